@@ -1,0 +1,181 @@
+//! Thin PyO3 bindings over the plain-Rust modules: argument conversion,
+//! GIL release for bulk work, and nothing else.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::framing;
+use crate::signature;
+use crate::wire::PromptKind;
+
+/// Bodies at least this large are hashed with the GIL released, so other
+/// requests in the process keep running. Below it, releasing and
+/// re-acquiring the GIL costs more than the hash (measured in benchmarks/).
+const DETACH_THRESHOLD: usize = 64 * 1024;
+
+fn kind_from(name: &str) -> PyResult<PromptKind> {
+    PromptKind::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown prompt kind {name:?}: expected text, object, image or speech"
+        ))
+    })
+}
+
+/// sign(secret, body) -> "sha256=<hex>"
+#[pyfunction]
+fn sign(secret: &str, body: &[u8]) -> String {
+    signature::sign(secret, body)
+}
+
+/// verify(secrets, header, body) -> bool. Never raises for a bad header.
+#[pyfunction]
+#[pyo3(signature = (secrets, header, body))]
+fn verify(py: Python<'_>, secrets: Secrets, header: Option<&str>, body: &[u8]) -> bool {
+    let Some(header) = header else { return false };
+    let secrets = secrets.0;
+    if body.len() >= DETACH_THRESHOLD {
+        py.detach(|| signature::verify(&secrets, header, body))
+    } else {
+        signature::verify(&secrets, header, body)
+    }
+}
+
+/// One secret or a sequence of them (rotation).
+struct Secrets(Vec<String>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Secrets {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if let Ok(one) = obj.extract::<String>() {
+            return Ok(Secrets(vec![one]));
+        }
+        obj.extract::<Vec<String>>().map(Secrets).map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err("secrets must be a str or a sequence of str")
+        })
+    }
+}
+
+/// frame_event(kind, event) -> bytes | None: one raw `RunnerEvent` to its line.
+#[pyfunction]
+fn frame_event<'py>(py: Python<'py>, kind: &str, event: &[u8]) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let mut framer = framing::PromptFramer::new(kind_from(kind)?);
+    let line = framer.feed_event(event);
+    Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
+}
+
+/// Frames one prompt run: `feed(batch)` per gRPC message, `close()` at the end.
+#[pyclass(module = "agentmark_gw._core")]
+struct PromptFramer(framing::PromptFramer);
+
+#[pymethods]
+impl PromptFramer {
+    #[new]
+    fn new(kind: &str) -> PyResult<Self> {
+        Ok(Self(framing::PromptFramer::new(kind_from(kind)?)))
+    }
+
+    fn feed<'py>(&mut self, py: Python<'py>, batch: &[u8]) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.feed(batch))
+    }
+
+    fn close<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.close())
+    }
+
+    #[getter]
+    fn trace_id(&self) -> &str {
+        &self.0.trace_id
+    }
+
+    #[getter]
+    fn terminated(&self) -> bool {
+        self.0.terminated
+    }
+}
+
+/// Frames one dataset run: rows and error lines; never terminal.
+#[pyclass(module = "agentmark_gw._core")]
+struct ExperimentFramer(framing::ExperimentFramer);
+
+#[pymethods]
+impl ExperimentFramer {
+    #[new]
+    fn new() -> Self {
+        Self(framing::ExperimentFramer::new())
+    }
+
+    fn feed<'py>(&mut self, py: Python<'py>, batch: &[u8]) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.feed(batch))
+    }
+
+    fn close<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.close())
+    }
+
+    #[getter]
+    fn trace_id(&self) -> &str {
+        &self.0.trace_id
+    }
+
+    #[getter]
+    fn rows(&self) -> u64 {
+        self.0.rows
+    }
+
+    #[getter]
+    fn errors(&self) -> u64 {
+        self.0.errors
+    }
+}
+
+/// Folds a prompt run into its non-streaming JSON envelope.
+#[pyclass(module = "agentmark_gw._core")]
+struct EnvelopeFolder(framing::EnvelopeFolder);
+
+#[pymethods]
+impl EnvelopeFolder {
+    #[new]
+    fn new(kind: &str) -> PyResult<Self> {
+        Ok(Self(framing::EnvelopeFolder::new(kind_from(kind)?)))
+    }
+
+    fn feed(&mut self, batch: &[u8]) {
+        self.0.feed(batch);
+    }
+
+    fn close<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.close())
+    }
+
+    #[getter]
+    fn trace_id(&self) -> &str {
+        &self.0.trace_id
+    }
+
+    #[getter]
+    fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+}
+
+/// error_line(message) -> bytes: the terminal `{"type":"error",...}` line.
+#[pyfunction]
+fn error_line<'py>(py: Python<'py>, message: &str) -> Bound<'py, PyBytes> {
+    let mut out = Vec::new();
+    framing::error_line(&mut out, message);
+    PyBytes::new(py, &out)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(sign, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(frame_event, m)?)?;
+    m.add_function(wrap_pyfunction!(error_line, m)?)?;
+    m.add_class::<PromptFramer>()?;
+    m.add_class::<ExperimentFramer>()?;
+    m.add_class::<EnvelopeFolder>()?;
+    Ok(())
+}
