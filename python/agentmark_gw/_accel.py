@@ -34,6 +34,7 @@ sign = core.sign
 verify = core.verify
 frame_event = core.frame_event
 error_line = core.error_line
+evals_payload = core.evals_payload
 PromptFramer = core.PromptFramer
 ExperimentFramer = core.ExperimentFramer
 EnvelopeFolder = core.EnvelopeFolder
@@ -60,6 +61,7 @@ __all__ = [
     "PromptFramer",
     "announce",
     "error_line",
+    "evals_payload",
     "frame_event",
     "sign",
     "verify",

@@ -26,6 +26,7 @@ __all__ = [
     "ExperimentFramer",
     "PromptFramer",
     "error_line",
+    "evals_payload",
     "frame_event",
     "sign",
     "verify",
@@ -131,6 +132,12 @@ def error_line(message: str) -> bytes:
 
 def _done_line(trace_id: str) -> bytes:
     return f'{{"type":"done","traceId":{_string(trace_id)}}}\n'.encode() if trace_id else b""
+
+
+def evals_payload(names: Sequence[str]) -> bytes:
+    """The `get-evals` answer body (control-plane.json)."""
+    result = json.dumps(sorted(names), separators=(",", ":"), ensure_ascii=False)
+    return f'{{"type":"evals","result":{_string(result)},"traceId":""}}'.encode()
 
 
 def _usage(usage: pb.Usage) -> str:
@@ -249,15 +256,15 @@ class ExperimentFramer:
         self.trace_id = ""
         self.rows = 0
         self.errors = 0
-        self._broken = False
+        self.terminated = False
 
     def feed(self, batch: bytes) -> bytes:
-        if self._broken:
+        if self.terminated:
             return b""
         try:
             events = pb.ExperimentEvents.FromString(batch).events
         except DecodeError:
-            self._broken = True
+            self.terminated = True
             self.errors += 1
             return error_line(UNDECODABLE_BATCH)
         out: list[bytes] = []
@@ -313,7 +320,7 @@ class EnvelopeFolder:
         self._kind = _kind(kind)
         self.trace_id = ""
         self.error: str | None = None
-        self._terminated = False
+        self.terminated = False
         self._text: list[str] = []
         self._tool_calls: list[str] = []
         self._tool_results: list[str] = []
@@ -324,7 +331,7 @@ class EnvelopeFolder:
         self._speech: pb.Speech | None = None
 
     def feed(self, batch: bytes) -> None:
-        if self._terminated:
+        if self.terminated:
             return
         try:
             events = pb.RunnerEvents.FromString(batch).events
@@ -336,12 +343,12 @@ class EnvelopeFolder:
                 self._step(event)
             except _InvalidField as invalid:
                 self._fail(str(invalid))
-            if self._terminated:
+            if self.terminated:
                 return
 
     def _fail(self, message: str) -> None:
         self.error = message
-        self._terminated = True
+        self.terminated = True
 
     def _step(self, event: pb.RunnerEvent) -> None:
         which, kind = event.WhichOneof("event"), self._kind
@@ -353,7 +360,7 @@ class EnvelopeFolder:
         elif which == "finish":
             self._finish_reason = event.finish.reason
             self._usage = event.finish.usage if event.finish.HasField("usage") else None
-            self._terminated = True
+            self.terminated = True
         elif kind == "text" and which == "text_delta":
             self._text.append(event.text_delta.text)
         elif kind == "text" and which == "tool_call":

@@ -162,6 +162,27 @@ fn checked_or_empty<'a>(text: &'a str, field: &str) -> Result<&'a str, String> {
     }
 }
 
+/// The `get-evals` answer (`control-plane.json`): names sorted by code point,
+/// `result` the compact JSON array as a string, `traceId` always empty.
+pub fn evals_payload<S: AsRef<str>>(names: &[S]) -> Vec<u8> {
+    let mut sorted: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable(); // UTF-8 byte order is code point order
+    let mut array = Vec::new();
+    array.push(b'[');
+    for (i, name) in sorted.iter().enumerate() {
+        if i > 0 {
+            array.push(b',');
+        }
+        write_str(&mut array, name);
+    }
+    array.push(b']');
+    let mut out = Vec::with_capacity(array.len() * 2 + 40);
+    out.extend_from_slice(b"{\"type\":\"evals\",\"result\":");
+    write_str(&mut out, std::str::from_utf8(&array).expect("built from str"));
+    out.extend_from_slice(b",\"traceId\":\"\"}");
+    out
+}
+
 /// Frames one prompt run's stream of `RunnerEvents` batches.
 pub struct PromptFramer {
     kind: PromptKind,
@@ -246,7 +267,8 @@ pub struct ExperimentFramer {
     pub trace_id: String,
     pub rows: u64,
     pub errors: u64,
-    broken: bool,
+    /// Set after an undecodable message: later rows cannot be trusted.
+    pub terminated: bool,
 }
 
 impl Default for ExperimentFramer {
@@ -257,17 +279,17 @@ impl Default for ExperimentFramer {
 
 impl ExperimentFramer {
     pub fn new() -> Self {
-        Self { trace_id: String::new(), rows: 0, errors: 0, broken: false }
+        Self { trace_id: String::new(), rows: 0, errors: 0, terminated: false }
     }
 
     pub fn feed(&mut self, batch: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        if self.broken {
+        if self.terminated {
             return out;
         }
         let Ok(batch) = wire::decode::<ExperimentEvents>(batch) else {
             // Rows after an undecodable message cannot be trusted to be whole.
-            self.broken = true;
+            self.terminated = true;
             self.errors += 1;
             error_line(&mut out, UNDECODABLE_BATCH);
             return out;
@@ -366,7 +388,8 @@ pub struct EnvelopeFolder {
     /// Set by an `error` event, an invalid batch or field, or (at close) a
     /// speech run that produced no audio. The gateway answers 500 with it.
     pub error: Option<String>,
-    terminated: bool,
+    /// After `finish` or an error: later events are ignored.
+    pub terminated: bool,
     text: String,
     tool_calls: Vec<u8>,
     tool_results: Vec<u8>,

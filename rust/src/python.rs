@@ -120,6 +120,11 @@ impl ExperimentFramer {
     }
 
     #[getter]
+    fn terminated(&self) -> bool {
+        self.0.terminated
+    }
+
+    #[getter]
     fn rows(&self) -> u64 {
         self.0.rows
     }
@@ -155,6 +160,11 @@ impl EnvelopeFolder {
     }
 
     #[getter]
+    fn terminated(&self) -> bool {
+        self.0.terminated
+    }
+
+    #[getter]
     fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
     }
@@ -168,12 +178,19 @@ fn error_line<'py>(py: Python<'py>, message: &str) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &out)
 }
 
+/// evals_payload(names) -> bytes: the `get-evals` answer body.
+#[pyfunction]
+fn evals_payload<'py>(py: Python<'py>, names: Vec<String>) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &framing::evals_payload(&names))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(frame_event, m)?)?;
     m.add_function(wrap_pyfunction!(error_line, m)?)?;
+    m.add_function(wrap_pyfunction!(evals_payload, m)?)?;
     m.add_class::<PromptFramer>()?;
     m.add_class::<ExperimentFramer>()?;
     m.add_class::<EnvelopeFolder>()?;

@@ -1,0 +1,207 @@
+"""The `agentmark-gw` command.
+
+argparse rather than a CLI framework: the commands are few and flat, and the
+gateway's install stays free of dependencies it does not need at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets as secrets_module
+import sys
+from pathlib import Path
+
+from .gateway.config import DEFAULT_BIND, DEFAULT_RUNNER, SECRET_ENV, ConfigError, GatewayConfig, load_config
+
+DEFAULT_URL = f"http://{DEFAULT_BIND}/"
+EPILOG_EXAMPLES = {
+    "serve": "example: AGENTMARK_WEBHOOK_SECRET=... agentmark-gw serve --runner 127.0.0.1:50051 --bind 0.0.0.0:8080",
+    "runner": "example: OPENAI_API_KEY=... agentmark-gw runner --listen 127.0.0.1:50051",
+    "up": "example: agentmark-gw up   (then, in another shell: agentmark-gw send event.json)",
+    "sign": "example: agentmark-gw sign event.json",
+    "send": "example: agentmark-gw send event.json --url http://127.0.0.1:8080/",
+}
+
+
+def secret_file() -> Path:
+    """Where `up` keeps the secret it generated, for `send` and `sign` to find."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "agentmark-gw" / "webhook-secret"
+
+
+def local_secret() -> str | None:
+    """The secret from the environment, else the one `up` saved."""
+    secret = os.environ.get(SECRET_ENV)
+    if secret:
+        return secret
+    try:
+        return secret_file().read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _save_secret(secret: str) -> Path:
+    path = secret_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return path
+
+
+def _read_body(file: str) -> bytes:
+    return sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+
+
+# --- commands -----------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .gateway.server import run
+
+    config = load_config(args.config, runners=args.runner, bind=args.bind)
+    config.require_secret()
+    run(config)
+    return 0
+
+
+def cmd_runner(args: argparse.Namespace) -> int:
+    from .runner import serve
+    from .runner.openai_runner import OpenAIRunner
+
+    if not os.environ.get("OPENAI_API_KEY"):
+        logging.getLogger("agentmark_gw").warning(
+            "OPENAI_API_KEY is not set: every run will answer with an error saying so"
+        )
+    serve(OpenAIRunner(), args.listen)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """The gateway and the OpenAI runner in one process, for a laptop."""
+    secret = local_secret()
+    if secret is None:
+        secret = secrets_module.token_urlsafe(32)
+        path = _save_secret(secret)
+        print(f"generated a webhook secret (saved to {path}; `agentmark-gw send` uses it):\n  {secret}", flush=True)
+    config = load_config(args.config, bind=args.bind, runners=(args.runner_listen,))
+    config = GatewayConfig(**{**config.__dict__, "secrets": (secret, *config.secrets)})
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_up(config, args.runner_listen))
+    else:
+        uvloop.run(_up(config, args.runner_listen))
+    return 0
+
+
+async def _up(config: GatewayConfig, runner_address: str) -> None:
+    from .gateway.server import serve
+    from .runner import start
+    from .runner.openai_runner import OpenAIRunner
+
+    runner_server, port = await start(OpenAIRunner(), runner_address)
+    print(f"runner listening on {runner_address}; gateway on http://{config.bind}/", flush=True)
+    try:
+        await serve(config)
+    finally:
+        await runner_server.stop(2)
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from . import _accel
+
+    secret = local_secret()
+    if secret is None:
+        print(f"error: no secret: set {SECRET_ENV} (or run `agentmark-gw up` once)", file=sys.stderr)
+        return 2
+    print(_accel.sign(secret, _read_body(args.file)))
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import httpx
+
+    from . import _accel
+
+    secret = local_secret()
+    if secret is None:
+        print(f"error: no secret: set {SECRET_ENV} (or run `agentmark-gw up` once)", file=sys.stderr)
+        return 2
+    body = _read_body(args.file)
+    headers = {
+        "Content-Type": "application/json",
+        "x-agentmark-signature-256": _accel.sign(secret, body),
+    }
+    try:
+        with httpx.stream("POST", args.url, content=body, headers=headers, timeout=args.timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                print(f"HTTP {response.status_code}: {response.text.strip()}", file=sys.stderr)
+                return 1
+            for line in response.iter_lines():
+                print(line, flush=True)
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentmark-gw",
+        description="AgentMark webhook gateway: verify, run on gRPC runners, stream NDJSON back.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, epilog=EPILOG_EXAMPLES[name])
+
+    serve = command("serve", "Serve the gateway (needs AGENTMARK_WEBHOOK_SECRET).")
+    serve.add_argument("--runner", action="append", metavar="HOST:PORT", help=f"a runner to call; repeat for several (default {DEFAULT_RUNNER})")
+    serve.add_argument("--bind", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_BIND})")
+    serve.add_argument("--config", metavar="FILE", help="a TOML configuration file")
+    serve.set_defaults(handler=cmd_serve)
+
+    runner = command("runner", "Serve the OpenAI reference runner over gRPC.")
+    runner.add_argument("--listen", default=DEFAULT_RUNNER, metavar="HOST:PORT", help=f"default {DEFAULT_RUNNER}")
+    runner.set_defaults(handler=cmd_runner)
+
+    up = command("up", "Gateway and OpenAI runner together, on embedded defaults.")
+    up.add_argument("--bind", metavar="HOST:PORT", help=f"gateway address (default {DEFAULT_BIND})")
+    up.add_argument("--runner-listen", default=DEFAULT_RUNNER, metavar="HOST:PORT", help=f"runner address (default {DEFAULT_RUNNER})")
+    up.add_argument("--config", metavar="FILE", help="a TOML configuration file")
+    up.set_defaults(handler=cmd_up)
+
+    sign = command("sign", "Print the x-agentmark-signature-256 header value for an event file.")
+    sign.add_argument("file", metavar="FILE", help="the event body; - for standard input")
+    sign.set_defaults(handler=cmd_sign)
+
+    send = command("send", "Sign and POST an event file; print each NDJSON line as it arrives.")
+    send.add_argument("file", metavar="FILE", help="the event body; - for standard input")
+    send.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
+    send.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    send.set_defaults(handler=cmd_send)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""A verified webhook body becomes a typed event, or a clear 400.
+
+Both body shapes AgentMark sends are accepted: `{"event": {"type", "data"}}`
+(production webhooks) and `{"type", "data"}` (dev and managed jobs). Fields
+of `data` this module does not know are kept: the whole `data` object
+travels to the runner.
+
+Nothing here knows HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import yaml
+
+from .errors import BadRequest
+
+PROMPT_KINDS = ("text", "object", "image", "speech")
+STREAMABLE_KINDS = ("text", "object")
+EVENT_TYPES = ("prompt-run", "dataset-run", "get-evals", "alert")
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRun:
+    kind: str
+    data: dict[str, Any]
+    should_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRun:
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GetEvals:
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    data: dict[str, Any]
+    id: str
+    type: str
+    status: str
+
+
+Event = PromptRun | DatasetRun | GetEvals | Alert
+
+
+def parse_event(body: bytes) -> Event:
+    """Parse a raw (already verified) body into one of the event types."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("Request body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise BadRequest("Request body must be a JSON object")
+    event = document.get("event", document) if "type" not in document else document
+    if not isinstance(event, dict):
+        raise BadRequest("`event` must be a JSON object")
+    event_type = event.get("type")
+    if event_type is None:
+        raise BadRequest("Missing event type")
+    if event_type not in EVENT_TYPES:
+        raise BadRequest(f"Unknown event type: {_shown(event_type)}")
+    data = event.get("data", {})
+    if not isinstance(data, dict):
+        raise BadRequest("`data` must be a JSON object")
+
+    if event_type == "prompt-run":
+        kind = prompt_kind(data)
+        options = data.get("options")
+        should_stream = True
+        if isinstance(options, dict) and options.get("shouldStream") is False:
+            should_stream = False
+        return PromptRun(kind, data, should_stream and kind in STREAMABLE_KINDS)
+    if event_type == "dataset-run":
+        kind = prompt_kind(data)
+        if kind not in STREAMABLE_KINDS:
+            raise BadRequest(f"dataset-run supports text and object prompts, not {kind}")
+        return DatasetRun(kind, data)
+    if event_type == "get-evals":
+        return GetEvals(data)
+    return _alert(data)
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 100 else text[:100] + "..."
+
+
+def prompt_kind(data: dict[str, Any]) -> str:
+    """The kind named by the AST frontmatter's `*_config` key."""
+    ast = data.get("ast")
+    if ast is None:
+        raise BadRequest("Missing ast")
+    if not isinstance(ast, dict):
+        raise BadRequest("`ast` must be a JSON object (the prompt's mdast tree)")
+    children = ast.get("children")
+    frontmatter = None
+    if isinstance(children, list):
+        frontmatter = next(
+            (c.get("value") for c in children if isinstance(c, dict) and c.get("type") == "yaml"),
+            None,
+        )
+    if not isinstance(frontmatter, str):
+        raise BadRequest("AST has no YAML frontmatter")
+    kind = _kind_of_frontmatter(frontmatter)
+    if kind is None:
+        raise BadRequest("AST frontmatter has no text_config, object_config, image_config or speech_config")
+    return kind
+
+
+@lru_cache(maxsize=512)
+def _kind_of_frontmatter(frontmatter: str) -> str | None:
+    """Cached: the dashboard runs the same few prompts again and again."""
+    try:
+        parsed = yaml.load(frontmatter, Loader=_YamlLoader)
+    except yaml.YAMLError:
+        raise BadRequest("AST frontmatter is not valid YAML") from None
+    if not isinstance(parsed, dict):
+        return None
+    # AgentMark's own precedence, should a prompt name several.
+    for kind in ("speech", "image", "object", "text"):
+        if parsed.get(f"{kind}_config"):
+            return kind
+    return None
+
+
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _alert(data: dict[str, Any]) -> Alert:
+    alert = data.get("alert")
+    if not isinstance(alert, dict):
+        raise BadRequest("Missing alert")
+    fields = {}
+    for name in ("id", "type", "status"):
+        value = alert.get(name)
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"alert.{name} must be a non-empty string")
+        fields[name] = value
+    return Alert(data, **fields)

@@ -1,0 +1,60 @@
+"""Serving a `Runner` over gRPC, with `grpc.health.v1` health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..protocol import runner_pb2, runner_pb2_grpc
+from .service import Runner, RunnerServicer
+
+log = logging.getLogger("agentmark_gw.runner")
+
+SERVICE_NAME = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+async def start(runner: Runner, address: str = DEFAULT_ADDRESS) -> tuple[grpc.aio.Server, int]:
+    """Start serving `runner` at `address` (port 0 picks a free one).
+    Returns the server and the port it is bound to."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # The gateway pings idle connections every 30 s; allow it.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(runner), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind the runner to {address}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port
+
+
+async def serve_async(runner: Runner, address: str = DEFAULT_ADDRESS, *, grace: float = 5.0) -> None:
+    """Serve until SIGINT or SIGTERM, then finish in-flight calls for `grace` seconds."""
+    server, port = await start(runner, address)
+    log.info("runner %s listening on %s", type(runner).__name__, address.rsplit(":", 1)[0] + f":{port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(server.wait_for_termination())
+    await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    await server.stop(grace)
+
+
+def serve(runner: Runner, address: str = DEFAULT_ADDRESS, *, grace: float = 5.0) -> None:
+    """Blocking: serve `runner` at `address` until interrupted."""
+    asyncio.run(serve_async(runner, address, grace=grace))

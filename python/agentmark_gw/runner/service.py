@@ -1,0 +1,224 @@
+"""The runner SDK: subclass `Runner`, yield events, `serve(...)` it.
+
+A runner's methods are async generators of the events in `.events`. The
+servicer here turns them into the gRPC `Runner` service and batches them:
+the runner's generator fills a queue, and each gRPC message carries the
+first event that arrives plus whatever else is already queued. Latency never
+waits for a batch to fill; throughput rises when events come in bursts.
+
+Never imports the gateway: a runner service needs only this package's
+`runner` and `protocol` modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+
+from ..protocol import runner_pb2 as pb
+from ..protocol import runner_pb2_grpc
+from . import events
+
+log = logging.getLogger("agentmark_gw.runner")
+
+KINDS = {pb.PROMPT_KIND_TEXT: "text", pb.PROMPT_KIND_OBJECT: "object", pb.PROMPT_KIND_IMAGE: "image", pb.PROMPT_KIND_SPEECH: "speech"}
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """One prompt run, with its JSON fields parsed."""
+
+    kind: str
+    ast: dict[str, Any]
+    props: dict[str, Any]
+    should_stream: bool
+    prompt_path: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExperimentRequest:
+    kind: str
+    ast: dict[str, Any]
+    experiment_id: str
+    dataset_path: str
+    concurrency: int
+    prompt_path: str
+    commit_sha: str
+    sampling: Any
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertRequest:
+    id: str
+    type: str
+    status: str
+    data: dict[str, Any]
+
+
+class Runner:
+    """Base class for runners. Override what you support."""
+
+    async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+        yield events.error(f"{type(self).__name__} does not run prompts")
+
+    async def run_experiment(self, request: ExperimentRequest) -> AsyncIterator[pb.ExperimentEvent]:
+        yield events.row_error(f"{type(self).__name__} does not run dataset experiments")
+
+    async def get_evals(self) -> Sequence[str]:
+        return []
+
+    async def handle_alert(self, alert: AlertRequest) -> str:
+        log.info("alert %s: %s %s", alert.id, alert.type, alert.status)
+        return "logged"
+
+
+class InvalidRequest(ValueError):
+    pass
+
+
+def _parse(text: str, field_name: str, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidRequest(f"{field_name} is not valid JSON") from None
+
+
+def _object(text: str, field_name: str) -> dict[str, Any]:
+    value = _parse(text, field_name, {})
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field_name} must be a JSON object")
+    return value
+
+
+def prompt_request(message: pb.RunPromptRequest) -> PromptRequest:
+    if message.kind not in KINDS:
+        raise InvalidRequest("kind is not set")
+    return PromptRequest(
+        kind=KINDS[message.kind],
+        ast=_object(message.ast_json, "ast_json"),
+        props=_object(message.custom_props_json, "custom_props_json"),
+        should_stream=message.should_stream,
+        prompt_path=message.prompt_path,
+        data=_object(message.data_json, "data_json"),
+    )
+
+
+def experiment_request(message: pb.RunExperimentRequest) -> ExperimentRequest:
+    if message.kind not in KINDS:
+        raise InvalidRequest("kind is not set")
+    return ExperimentRequest(
+        kind=KINDS[message.kind],
+        ast=_object(message.ast_json, "ast_json"),
+        experiment_id=message.experiment_id or "experiment",
+        dataset_path=message.dataset_path,
+        concurrency=message.concurrency,
+        prompt_path=message.prompt_path,
+        commit_sha=message.commit_sha,
+        sampling=_parse(message.sampling_json, "sampling_json", None),
+        data=_object(message.data_json, "data_json"),
+    )
+
+
+E = TypeVar("E")
+B = TypeVar("B")
+_END = object()
+
+
+async def batched(
+    source: AsyncIterator[E],
+    make_batch: Callable[[list[E]], B],
+    on_error: Callable[[Exception], E],
+    *,
+    terminal: Callable[[E], bool] = lambda _: False,
+) -> AsyncIterator[B]:
+    """Batches of whatever `source` has produced by the time the previous
+    batch went out. An exception in `source` becomes its `on_error` event."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def produce() -> None:
+        try:
+            async for event in source:
+                queue.put_nowait(event)
+        except Exception as exc:  # noqa: BLE001 - a runner bug becomes an error event
+            log.exception("runner raised while producing events")
+            queue.put_nowait(on_error(exc))
+        finally:
+            queue.put_nowait(_END)
+
+    producer = asyncio.create_task(produce())
+    try:
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            done = batch[-1] is _END
+            items = [e for e in batch if e is not _END]
+            # Nothing may follow a terminal event.
+            for i, item in enumerate(items):
+                if terminal(item):
+                    items, done = items[: i + 1], True
+                    break
+            if items:
+                yield make_batch(items)
+            if done:
+                return
+    finally:
+        producer.cancel()
+        # Let the runner's generator run its own clean-up (close model streams).
+        await asyncio.gather(producer, return_exceptions=True)
+        close = getattr(source, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _prompt_terminal(event: pb.RunnerEvent) -> bool:
+    return event.WhichOneof("event") in ("finish", "error")
+
+
+class RunnerServicer(runner_pb2_grpc.RunnerServicer):
+    """Adapts a `Runner` to the generated gRPC service."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    async def RunPrompt(self, request: pb.RunPromptRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RunnerEvents]:  # noqa: N802
+        try:
+            parsed = prompt_request(request)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        async for batch in batched(
+            self._runner.run_prompt(parsed),
+            lambda items: pb.RunnerEvents(events=items),
+            lambda exc: events.error(f"runner error: {exc}"),
+            terminal=_prompt_terminal,
+        ):
+            yield batch
+
+    async def RunExperiment(self, request: pb.RunExperimentRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExperimentEvents]:  # noqa: N802
+        try:
+            parsed = experiment_request(request)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        async for batch in batched(
+            self._runner.run_experiment(parsed),
+            lambda items: pb.ExperimentEvents(events=items),
+            lambda exc: events.row_error(f"runner error: {exc}"),
+        ):
+            yield batch
+
+    async def GetEvals(self, request: pb.GetEvalsRequest, context: grpc.aio.ServicerContext) -> pb.GetEvalsResponse:  # noqa: N802
+        return pb.GetEvalsResponse(names=list(await self._runner.get_evals()))
+
+    async def HandleAlert(self, request: pb.AlertRequest, context: grpc.aio.ServicerContext) -> pb.AlertResponse:  # noqa: N802
+        alert = AlertRequest(request.id, request.type, request.status, _object(request.data_json, "data_json"))
+        return pb.AlertResponse(message=await self._runner.handle_alert(alert))

@@ -1,0 +1,154 @@
+"""Shared fixtures: real servers on loopback ports, and the two byte-work
+implementations (every test that takes `core` runs on both)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+from quart import Quart
+
+from agentmark_gw import _core, _fallback
+from agentmark_gw.gateway import GatewayConfig, create_app
+from agentmark_gw.runner import start
+from agentmark_gw.runner.openai_runner import OpenAIRunner
+
+from .servers.fake_openai import FakeOpenAI
+from .servers.scripted_runner import ScriptedRunner
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "agentmark"
+SECRET = "test-secret"
+BODY_LIMIT = 256 * 1024
+
+
+def shared_json(relative: str) -> Any:
+    """A file of AgentMark's shared vectors, fixtures or events, unchanged."""
+    return json.loads((SHARED / relative).read_text())
+
+
+@pytest.fixture(params=["rust", "python"])
+def core(request: pytest.FixtureRequest) -> ModuleType:
+    """The Rust extension and its pure-Python twin, in turn."""
+    return _core if request.param == "rust" else _fallback
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"nothing listening on port {port}") from None
+            await asyncio.sleep(0.02)
+        else:
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
+class HttpServer:
+    """A Quart app served by a real Hypercorn on a loopback port, in the test loop."""
+
+    def __init__(self, app: Quart) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> HttpServer:
+        config = HypercornConfig()
+        config.bind = [f"127.0.0.1:{self.port}"]
+        config.accesslog = None
+        config.errorlog = None
+        config.graceful_timeout = 1
+        self._task = asyncio.create_task(hypercorn_serve(self.app, config, shutdown_trigger=self._stop.wait))  # type: ignore[arg-type]
+        await wait_for_port(self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await asyncio.wait_for(self._task, 10)
+
+
+@pytest.fixture(scope="session")
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    async with HttpServer(fake.app) as server:
+        fake.url = server.url + "/v1"  # type: ignore[attr-defined]
+        yield fake
+
+
+@pytest.fixture(scope="session")
+async def openai_runner(fake_openai: FakeOpenAI) -> AsyncIterator[str]:
+    """The reference runner, its real `openai` client pointed at the fake API."""
+    client = openai.AsyncOpenAI(api_key="test-key", base_url=fake_openai.url, max_retries=0)  # type: ignore[attr-defined]
+    server, port = await start(OpenAIRunner(client), "127.0.0.1:0")
+    yield f"127.0.0.1:{port}"
+    await server.stop(0)
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def scripted() -> AsyncIterator[tuple[ScriptedRunner, str]]:
+    runner = ScriptedRunner()
+    server, port = await start(runner, "127.0.0.1:0")
+    yield runner, f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+@pytest.fixture
+def scripted_runner(scripted: tuple[ScriptedRunner, str]) -> ScriptedRunner:
+    runner = scripted[0]
+    runner.script, runner.experiment_script, runner.pause, runner.evals = [], [], 0.0, []
+    runner.seen.clear()
+    runner.cancelled.clear()
+    return runner
+
+
+def gateway_config(runner: str) -> GatewayConfig:
+    return GatewayConfig(secrets=(SECRET,), runners=(runner,), bind="127.0.0.1:0", max_body_bytes=BODY_LIMIT)
+
+
+@pytest.fixture(scope="session")
+async def gateway(openai_runner: str) -> AsyncIterator[str]:
+    """The gateway in front of the OpenAI reference runner. Yields its URL."""
+    async with HttpServer(create_app(gateway_config(openai_runner))) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+async def scripted_gateway(scripted: tuple[ScriptedRunner, str]) -> AsyncIterator[str]:
+    """The gateway in front of the scripted runner. Yields its URL."""
+    async with HttpServer(create_app(gateway_config(scripted[1]))) as server:
+        yield server.url
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        yield http
+
+
+def signed(body: bytes | dict[str, Any], secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
+    """A body and the headers AgentMark would send with it."""
+    raw = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+    return raw, {"content-type": "application/json", "x-agentmark-signature-256": _core.sign(secret, raw)}
