@@ -155,7 +155,7 @@ def _tool(id_: str, name: str, key: str, json_text: str) -> str:
 
 def _kind(name: str) -> str:
     if name not in _KINDS:
-        raise ValueError(f"unknown prompt kind {name!r}: expected text, object, image or speech")
+        raise ValueError(f"unknown prompt kind '{name}': expected text, object, image or speech")
     return name
 
 

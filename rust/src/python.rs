@@ -17,7 +17,7 @@ const DETACH_THRESHOLD: usize = 64 * 1024;
 fn kind_from(name: &str) -> PyResult<PromptKind> {
     PromptKind::from_name(name).ok_or_else(|| {
         PyValueError::new_err(format!(
-            "unknown prompt kind {name:?}: expected text, object, image or speech"
+            "unknown prompt kind '{name}': expected text, object, image or speech"
         ))
     })
 }

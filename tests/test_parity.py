@@ -1,0 +1,132 @@
+"""Property tests: for any event stream, the Rust core and its Python twin
+write the same bytes, and every line they write is one valid JSON object."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agentmark_gw import _core, _fallback
+from agentmark_gw.protocol import runner_pb2 as pb
+
+settings.register_profile("fast", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("slow", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+# Protobuf strings are UTF-8, so no lone surrogates in string fields; inside
+# JSON text they can still appear as \ud800 escapes (see json_texts).
+texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=40) | st.sampled_from(["", "😀" * 3, "\x00\x1f\x7f", "\u2028\"\\"])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30) | st.floats(allow_nan=False, allow_infinity=False) | texts,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def json_texts(draw: st.DrawFn) -> str:
+    """Mostly valid JSON (compact, indented, with odd whitespace); sometimes not."""
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        return draw(st.sampled_from(["{", "NaN", "[1,]", "'x'", "1e", "\"\\ud800\"", "[" * 200 + "]" * 200, "1" * 5000, " ", "tru"]))
+    value = draw(json_values)
+    indent = draw(st.sampled_from([None, None, 2, "\t"]))
+    return json.dumps(value, indent=indent, ensure_ascii=draw(st.booleans()))
+
+
+usages = st.builds(
+    lambda i, o, t: pb.Usage(input_tokens=i, output_tokens=o, **({} if t is None else {"total_tokens": t})),
+    st.integers(0, 2**63),
+    st.integers(0, 2**63),
+    st.none() | st.integers(0, 2**64 - 1),
+)
+
+runner_events = st.one_of(
+    st.builds(lambda t: pb.RunnerEvent(started=pb.Started(trace_id=t)), texts),
+    st.builds(lambda t: pb.RunnerEvent(text_delta=pb.TextDelta(text=t)), texts),
+    st.builds(lambda t: pb.RunnerEvent(reasoning_delta=pb.ReasoningDelta(text=t)), texts),
+    st.builds(lambda i, n, a: pb.RunnerEvent(tool_call=pb.ToolCall(id=i, name=n, args_json=a)), texts, texts, json_texts()),
+    st.builds(lambda i, n, r, e: pb.RunnerEvent(tool_result=pb.ToolResult(id=i, name=n, result_json=r, is_error=e)), texts, texts, json_texts() | st.just(""), st.booleans()),
+    st.builds(lambda j: pb.RunnerEvent(object_delta=pb.ObjectDelta(partial_json=j)), json_texts() | st.just("")),
+    st.builds(lambda j: pb.RunnerEvent(object_final=pb.ObjectFinal(value_json=j)), json_texts()),
+    st.builds(lambda r, u: pb.RunnerEvent(finish=pb.Finish(reason=r, usage=u)), texts, st.none() | usages),
+    st.builds(lambda m: pb.RunnerEvent(error=pb.Error(message=m)), texts),
+    st.builds(lambda items: pb.RunnerEvent(image=pb.Image(items=[pb.ImageItem(mime_type=m, base64=b) for m, b in items])), st.lists(st.tuples(texts, texts), max_size=3)),
+    st.builds(lambda m, b, f: pb.RunnerEvent(speech=pb.Speech(mime_type=m, base64=b, format=f)), texts, texts, texts),
+)
+batches = st.lists(st.lists(runner_events, max_size=6).map(lambda evs: pb.RunnerEvents(events=evs).SerializeToString()), max_size=5)
+kinds = st.sampled_from(["text", "object", "image", "speech"])
+
+
+def assert_lines(out: bytes) -> None:
+    for line in out.splitlines():
+        assert isinstance(json.loads(line), dict)
+
+
+@given(kinds, batches)
+def test_framing_is_identical(kind: str, stream: list[bytes]) -> None:
+    rust, python = _core.PromptFramer(kind), _fallback.PromptFramer(kind)
+    for message in stream:
+        out = rust.feed(message)
+        assert out == python.feed(message)
+        assert_lines(out)
+        assert rust.terminated == python.terminated
+    assert rust.close() == python.close()
+    assert rust.trace_id == python.trace_id
+
+
+@given(kinds, batches)
+def test_folding_is_identical(kind: str, stream: list[bytes]) -> None:
+    rust, python = _core.EnvelopeFolder(kind), _fallback.EnvelopeFolder(kind)
+    for message in stream:
+        rust.feed(message)
+        python.feed(message)
+        assert rust.terminated == python.terminated
+    body = rust.close()
+    assert body == python.close()
+    assert rust.error == python.error
+    if rust.error is None:
+        assert isinstance(json.loads(body), dict)
+
+
+rows = st.builds(
+    lambda i, e, a, t, ev, tr, ri, rn: pb.DatasetRow(
+        input_json=i, evals_json=ev, trace_id=tr, run_id=ri, run_name=rn,
+        **({} if e is None else {"expected_output_json": e}),
+        **({} if a is None else {"actual_output_json": a}),
+        **({} if t is None else {"tokens": t}),
+    ),
+    json_texts() | st.just(""), st.none() | json_texts(), st.none() | json_texts(), st.none() | st.integers(0, 2**64 - 1),
+    json_texts() | st.just(""), texts, texts, texts,
+)
+experiment_events = st.one_of(
+    rows.map(lambda r: pb.ExperimentEvent(row=r)),
+    texts.map(lambda m: pb.ExperimentEvent(error=pb.Error(message=m))),
+    texts.map(lambda t: pb.ExperimentEvent(started=pb.Started(trace_id=t))),
+)
+
+
+@given(st.lists(st.lists(experiment_events, max_size=5).map(lambda evs: pb.ExperimentEvents(events=evs).SerializeToString()) | st.binary(max_size=20), max_size=4))
+def test_dataset_framing_is_identical(stream: list[bytes]) -> None:
+    rust, python = _core.ExperimentFramer(), _fallback.ExperimentFramer()
+    for message in stream:
+        out = rust.feed(message)
+        assert out == python.feed(message)
+        assert_lines(out)
+    assert (rust.rows, rust.errors, rust.close()) == (python.rows, python.errors, python.close())
+
+
+@given(st.lists(texts, max_size=8))
+def test_evals_payload_is_identical(names: list[str]) -> None:
+    assert _core.evals_payload(names) == _fallback.evals_payload(names)
+
+
+@given(st.text(max_size=64), st.binary(max_size=512), st.text(max_size=80))
+def test_signatures_are_identical(secret: str, body: bytes, header: str) -> None:
+    assert _core.sign(secret, body) == _fallback.sign(secret, body)
+    assert _core.verify([secret], header, body) == _fallback.verify([secret], header, body)
+    good = _fallback.sign(secret, body)
+    assert _core.verify([secret], good, body) and _fallback.verify([secret], good, body)
