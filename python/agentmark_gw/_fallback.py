@@ -16,8 +16,10 @@ import hashlib
 import hmac
 import json
 from collections.abc import Sequence
+from typing import TypeVar
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from .protocol import runner_pb2 as pb
 
@@ -123,6 +125,35 @@ def _checked_or_empty(text: str, field: str) -> str:
     return _checked(text, field) if text else ""
 
 
+# --- decoding ---------------------------------------------------------------
+
+M = TypeVar("M", bound=Message)
+
+
+def _decode(cls: type[M], data: bytes) -> M:
+    """Parse like the Rust decoder (prost): a known field number sent with the
+    wrong wire type is an error. Python's protobuf would instead keep it as an
+    unknown field and carry on, so such fields are looked for and refused.
+    Unknown field numbers (a newer runner's additions) are skipped by both."""
+    message = cls.FromString(data)
+    if _has_mistyped_field(message):
+        raise DecodeError("a known field has the wrong wire type")
+    return message
+
+
+def _has_mistyped_field(message: Message) -> bool:
+    known = message.DESCRIPTOR.fields_by_number
+    if any(field.field_number in known for field in UnknownFieldSet(message)):
+        return True
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        children = value if field.is_repeated else (value,)
+        if any(_has_mistyped_field(child) for child in children):
+            return True
+    return False
+
+
 # --- lines ------------------------------------------------------------------
 
 
@@ -206,7 +237,7 @@ class PromptFramer:
         if self.terminated:
             return b""
         try:
-            events = pb.RunnerEvents.FromString(batch).events
+            events = _decode(pb.RunnerEvents, batch).events
         except DecodeError:
             self.terminated = True
             return error_line(UNDECODABLE_BATCH)
@@ -220,7 +251,7 @@ class PromptFramer:
         if self.terminated:
             return b""
         try:
-            decoded = pb.RunnerEvent.FromString(event)
+            decoded = _decode(pb.RunnerEvent, event)
         except DecodeError:
             self.terminated = True
             return error_line(UNDECODABLE_EVENT)
@@ -262,7 +293,7 @@ class ExperimentFramer:
         if self.terminated:
             return b""
         try:
-            events = pb.ExperimentEvents.FromString(batch).events
+            events = _decode(pb.ExperimentEvents, batch).events
         except DecodeError:
             self.terminated = True
             self.errors += 1
@@ -334,7 +365,7 @@ class EnvelopeFolder:
         if self.terminated:
             return
         try:
-            events = pb.RunnerEvents.FromString(batch).events
+            events = _decode(pb.RunnerEvents, batch).events
         except DecodeError:
             self._fail(UNDECODABLE_BATCH)
             return

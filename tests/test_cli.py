@@ -1,0 +1,104 @@
+"""The `agentmark-gw` command, run as users run it: as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentmark_gw.runner import events
+
+from .conftest import SHARED, free_port, shared_json, wait_for_port
+from .servers.fake_openai import FakeOpenAI
+from .servers.scripted_runner import ScriptedRunner
+from .test_signature import oracle
+
+pytestmark = pytest.mark.e2e
+EXE = [sys.executable, "-m", "agentmark_gw.cli"]
+TEXT_EVENT = str(SHARED / "events" / "prompt-run-text.json")
+
+
+def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMARK_", "OPENAI_"))}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    env.update(extra)
+    return env
+
+
+async def run(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(*EXE, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("command", ["serve", "runner", "up", "sign", "send"])
+async def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) -> None:
+    code, out, _ = await run(command, "--help", env=environment(tmp_path))
+    assert code == 0 and "example: agentmark-gw" in out.replace("OPENAI_API_KEY=... ", "").replace("AGENTMARK_WEBHOOK_SECRET=... ", "")
+
+
+async def test_sign_prints_the_header_value(tmp_path: Path) -> None:
+    code, out, _ = await run("sign", TEXT_EVENT, env=environment(tmp_path, AGENTMARK_WEBHOOK_SECRET="s3cret"))
+    assert code == 0
+    assert out.strip() == oracle("s3cret", Path(TEXT_EVENT).read_bytes())
+
+
+async def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    code, _, err = await run("serve", env=environment(tmp_path))
+    assert code == 2
+    assert "AGENTMARK_WEBHOOK_SECRET" in err and "Traceback" not in err
+
+
+async def test_serve_and_send_on_the_pure_python_twin(tmp_path: Path, scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
+    """`serve` + `send` end to end, with the byte work forced onto the Python twin."""
+    scripted_runner.script = [events.started("trace-1"), events.text_delta("hi"), events.finish("stop")]
+    port = free_port()
+    env = environment(tmp_path, AGENTMARK_WEBHOOK_SECRET="s3cret", AGENTMARK_GW_PURE_PYTHON="1")
+    gateway = await asyncio.create_subprocess_exec(
+        *EXE, "serve", "--runner", scripted[1], "--bind", f"127.0.0.1:{port}", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_for_port(port, timeout=30)
+        code, out, err = await run("send", TEXT_EVENT, "--url", f"http://127.0.0.1:{port}/", env=env)
+        assert code == 0, err
+        assert [json.loads(line) for line in out.splitlines()] == [
+            {"type": "text", "result": "hi"},
+            {"type": "text", "finishReason": "stop"},
+            {"type": "done", "traceId": "trace-1"},
+        ]
+        code, _, err = await run("send", TEXT_EVENT, "--url", f"http://127.0.0.1:{port}/", env={**env, "AGENTMARK_WEBHOOK_SECRET": "wrong"})
+        assert code == 1 and err.strip() == 'HTTP 401: {"message": "Invalid signature"}'
+    finally:
+        gateway.terminate()
+        _, log = await asyncio.wait_for(gateway.communicate(), 20)
+    assert "pure-Python twin" in log.decode()
+
+
+async def test_up_generates_a_secret_that_send_uses(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """The README's first command: gateway and OpenAI runner on embedded defaults."""
+    fake_openai.reply = "four"
+    port, runner_port = free_port(), free_port()
+    env = environment(tmp_path, OPENAI_API_KEY="test-key", OPENAI_BASE_URL=fake_openai.url)  # type: ignore[attr-defined]
+    up = await asyncio.create_subprocess_exec(
+        *EXE, "up", "--bind", f"127.0.0.1:{port}", "--runner-listen", f"127.0.0.1:{runner_port}",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await wait_for_port(port, timeout=30)
+        saved = (tmp_path / "state" / "agentmark-gw" / "webhook-secret")
+        assert saved.stat().st_mode & 0o777 == 0o600
+        code, out, err = await run("send", TEXT_EVENT, "--url", f"http://127.0.0.1:{port}/", env=env)
+        assert code == 0, err
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert lines[0] == {"type": "text", "result": "four"}
+        assert lines[-1]["finishReason"] == "stop"
+    finally:
+        up.terminate()
+        printed, _ = await asyncio.wait_for(up.communicate(), 20)
+    assert saved.read_text().strip() in printed.decode()
+    assert shared_json("events/prompt-run-text.json")["event"]["type"] == "prompt-run"
