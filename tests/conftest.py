@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +27,8 @@ from agentmark_gw.runner.openai_runner import OpenAIRunner
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "agentmark"
+# AgentMark's shared vectors, fixtures and events live beside the checkout.
+SHARED = Path(os.environ.get("AGENTMARK_SHARED") or Path(__file__).resolve().parent.parent.parent / "shared" / "agentmark")
 SECRET = "test-secret"
 BODY_LIMIT = 256 * 1024
 

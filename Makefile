@@ -1,0 +1,34 @@
+# One command each for set-up, running, tests and benchmarks. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV := .venv/bin
+STAMP := .venv/.installed
+SOURCES := pyproject.toml Cargo.toml rust/Cargo.toml $(wildcard rust/src/*.rs)
+
+$(STAMP): $(SOURCES) scripts/bootstrap.sh
+	./scripts/bootstrap.sh
+	touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP) ## Create .venv (Python 3.12+) and install the project, Rust extension included
+
+.PHONY: up
+up: $(STAMP) ## Install, then run the gateway with the OpenAI runner on embedded defaults
+	$(VENV)/agentmark-gw up
+
+.PHONY: test
+test: $(STAMP) ## Install, then run every test: Rust unit tests, then the pytest suite
+	cargo test --no-default-features --quiet
+	$(VENV)/python -m pytest
+
+.PHONY: protos
+protos: $(STAMP) ## Regenerate the Python gRPC stubs from protos/
+	$(VENV)/python scripts/generate_protos.py
+
+.PHONY: bench
+bench: $(STAMP) ## Micro-benchmarks: the Rust core against its Python twin
+	$(VENV)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider
+
+.PHONY: help
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
