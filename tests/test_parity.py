@@ -142,3 +142,27 @@ def test_signatures_are_identical(secret: str, body: bytes, header: str) -> None
     assert _core.verify([secret], header, body) == _fallback.verify([secret], header, body)
     good = _fallback.sign(secret, body)
     assert _core.verify([secret], good, body) and _fallback.verify([secret], good, body)
+
+
+@st.composite
+def item_inputs(draw: st.DrawFn) -> str:
+    """JSON as a dataset file might hold it: any value, odd spacing, escapes,
+    duplicate keys, surrogate escapes, exponents."""
+    choice = draw(st.integers(0, 5))
+    if choice == 0:
+        return draw(st.sampled_from([
+            '{"a":1,"a":2}', '{"b":1,"a":{"d":[],"c":-0}}', '"\\ud83d\\ude00\\ud800x"', "[1e400,-1E-400,0.1e1]",
+            '{"\\u00e9":1,"e":2,"\\ud800":3}', "-0.0", "1" * 4300, "[1.5e16, 1e15, 123456789.123456789]", '"\\u007f\\u0000"',
+        ]))
+    return json.dumps(draw(json_values), indent=draw(st.sampled_from([None, 1])), ensure_ascii=draw(st.booleans()))
+
+
+@given(item_inputs(), st.integers(0, 10**6))
+def test_dataset_item_name_is_identical(text: str, index: int) -> None:
+    results = []
+    for module in (_core, _fallback):
+        try:
+            results.append(module.dataset_item_name(text, index))
+        except ValueError as exc:
+            results.append(f"ValueError: {exc}")
+    assert results[0] == results[1]

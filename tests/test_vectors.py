@@ -145,3 +145,16 @@ def test_undecodable_messages_become_one_error_line(garbage: bytes, core: Module
 def test_unknown_kind_is_a_value_error(core: ModuleType) -> None:
     with pytest.raises(ValueError, match="unknown prompt kind 'video'"):
         core.PromptFramer("video")
+
+
+@pytest.mark.parametrize("case", cases("dataset-item-name.json"))
+def test_dataset_item_names(case: dict[str, Any], core: ModuleType) -> None:
+    text = json.dumps(case["input"], ensure_ascii=False)
+    assert core.dataset_item_name(text, case["index"]) == case["expected"]
+    both(lambda m: m.dataset_item_name(text, case["index"]).encode())
+
+
+@pytest.mark.parametrize("text", ["{", "NaN", "[1,]", "1" * 4301, "[" * 129 + "]" * 129])
+def test_dataset_item_name_refuses_what_python_cannot_name(text: str, core: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        core.dataset_item_name(text, 0)

@@ -35,6 +35,7 @@ verify = core.verify
 frame_event = core.frame_event
 error_line = core.error_line
 evals_payload = core.evals_payload
+dataset_item_name = core.dataset_item_name
 PromptFramer = core.PromptFramer
 ExperimentFramer = core.ExperimentFramer
 EnvelopeFolder = core.EnvelopeFolder
@@ -60,6 +61,7 @@ __all__ = [
     "ExperimentFramer",
     "PromptFramer",
     "announce",
+    "dataset_item_name",
     "error_line",
     "evals_payload",
     "frame_event",

@@ -24,6 +24,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from .protocol import runner_pb2 as pb
 
 __all__ = [
+    "dataset_item_name",
     "EnvelopeFolder",
     "ExperimentFramer",
     "PromptFramer",
@@ -169,6 +170,25 @@ def evals_payload(names: Sequence[str]) -> bytes:
     """The `get-evals` answer body (control-plane.json)."""
     result = json.dumps(sorted(names), separators=(",", ":"), ensure_ascii=False)
     return f'{{"type":"evals","result":{_string(result)},"traceId":""}}'.encode()
+
+
+def dataset_item_name(input_json: str, index: int) -> str:
+    """AgentMark's item name (dataset-item-name.json): 12 hex digits of the MD5
+    of the input's sorted, compact JSON; the index when the input is empty."""
+    try:
+        value = json.loads(input_json, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("dataset item input is not valid JSON") from None
+    except ValueError as exc:
+        if "digits" in str(exc):
+            raise ValueError("dataset item input has an integer of more than 4300 digits") from None
+        raise ValueError("dataset item input is not valid JSON") from None
+    if input_json.count("[") + input_json.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise ValueError("dataset item input is not valid JSON")
+    if value is None or value == "" or value == {}:
+        return str(index)
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.md5(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def _usage(usage: pb.Usage) -> str:

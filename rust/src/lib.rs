@@ -3,6 +3,7 @@
 //! else here knows about Python, HTTP or gRPC.
 
 pub mod framing;
+pub mod items;
 pub mod json;
 pub mod signature;
 pub mod wire;

@@ -184,6 +184,13 @@ fn evals_payload<'py>(py: Python<'py>, names: Vec<String>) -> Bound<'py, PyBytes
     PyBytes::new(py, &framing::evals_payload(&names))
 }
 
+/// dataset_item_name(input_json, index) -> str (`dataset-item-name.json`).
+/// Raises ValueError for input that is not JSON.
+#[pyfunction]
+fn dataset_item_name(input_json: &str, index: u64) -> PyResult<String> {
+    crate::items::dataset_item_name(input_json, index).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sign, m)?)?;
@@ -191,6 +198,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(frame_event, m)?)?;
     m.add_function(wrap_pyfunction!(error_line, m)?)?;
     m.add_function(wrap_pyfunction!(evals_payload, m)?)?;
+    m.add_function(wrap_pyfunction!(dataset_item_name, m)?)?;
     m.add_class::<PromptFramer>()?;
     m.add_class::<ExperimentFramer>()?;
     m.add_class::<EnvelopeFolder>()?;

@@ -1,0 +1,28 @@
+"""The extension's stub is true to it, and the Python twin offers the same interface."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+from agentmark_gw import _core, _fallback
+
+
+def test_stub_matches_the_extension() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "agentmark_gw._core"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_twin_has_every_public_name_of_the_extension() -> None:
+    for name in _core.__all__:
+        rust, python = getattr(_core, name), getattr(_fallback, name)
+        if inspect.isclass(rust):
+            args = () if name == "ExperimentFramer" else ("text",)
+            public = {m for m in dir(rust(*args)) if not m.startswith("_")}
+            twin = set(dir(python(*args)))
+            assert public <= twin, f"{name}: twin lacks {public - twin}"
+        else:
+            assert list(inspect.signature(rust).parameters) == list(inspect.signature(python).parameters), name
