@@ -25,6 +25,10 @@ test: $(STAMP) ## Install, then run every test: Rust unit tests, then the pytest
 protos: $(STAMP) ## Regenerate the Python gRPC stubs from protos/
 	$(VENV)/python scripts/generate_protos.py
 
+.PHONY: fuzz
+fuzz: ## Fuzz the Rust core's raw-bytes entry points for 60 s (cargo fuzz)
+	./scripts/fuzz.sh 60
+
 .PHONY: bench
 bench: $(STAMP) ## Micro-benchmarks: the Rust core against its Python twin
 	$(VENV)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider
