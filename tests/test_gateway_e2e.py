@@ -299,3 +299,66 @@ async def test_good_requests_succeed_after_a_burst_of_bad_ones(scripted_gateway:
     scripted_runner.script = [events.text_delta("still fine"), events.finish("stop")]
     response, lines = await stream_lines(client, scripted_gateway + "/", shared_json("events/prompt-run-text.json"))
     assert response.status_code == 200 and lines[0] == {"type": "text", "result": "still fine"}
+
+
+async def test_runner_without_the_method_is_502(client: httpx.AsyncClient) -> None:
+    """A gRPC server that is up but is no Runner: UNIMPLEMENTED before any byte."""
+    import grpc
+
+    from agentmark_gw.gateway import create_app
+
+    from .conftest import HttpServer, gateway_config
+
+    bare = grpc.aio.server()
+    port = bare.add_insecure_port("127.0.0.1:0")
+    await bare.start()
+    try:
+        async with HttpServer(create_app(gateway_config(f"127.0.0.1:{port}"))) as server:
+            raw, headers = signed(shared_json("events/prompt-run-text.json"))
+            response = await client.post(server.url + "/", content=raw, headers=headers)
+    finally:
+        await bare.stop(0)
+    assert response.status_code == 502
+    assert response.json()["message"].startswith("Runner failed: UNIMPLEMENTED")
+
+
+async def test_deadline_before_the_first_event_is_504(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    from dataclasses import replace
+
+    from agentmark_gw.gateway import create_app
+    from agentmark_gw.gateway.config import Deadlines
+
+    from .conftest import HttpServer, gateway_config
+
+    scripted_runner.pause = 2.0
+    scripted_runner.script = [events.text_delta("too late")]
+    config = replace(gateway_config(scripted[1]), deadlines=Deadlines(prompt_run=0.3))
+    async with HttpServer(create_app(config)) as server:
+        raw, headers = signed(shared_json("events/prompt-run-text.json"))
+        response = await client.post(server.url + "/", content=raw, headers=headers)
+    assert response.status_code == 504
+    assert response.json() == {"message": "Runner did not answer before the deadline"}
+    await asyncio.wait_for(scripted_runner.cancelled.wait(), 5)
+
+
+async def test_runner_without_credentials_says_what_to_set(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentmark_gw.gateway import create_app
+    from agentmark_gw.runner import start
+    from agentmark_gw.runner.openai_runner import MISSING_CREDENTIALS, OpenAIRunner
+
+    from .conftest import HttpServer, gateway_config
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    runner, port = await start(OpenAIRunner(), "127.0.0.1:0")
+    try:
+        async with HttpServer(create_app(gateway_config(f"127.0.0.1:{port}"))) as server:
+            _, lines = await stream_lines(client, server.url + "/", shared_json("events/prompt-run-text.json"))
+    finally:
+        await runner.stop(0)
+    assert lines == [{"type": "error", "error": MISSING_CREDENTIALS}]
+    assert "OPENAI_API_KEY" in MISSING_CREDENTIALS and "OPENAI_BASE_URL" in MISSING_CREDENTIALS
+
+
+async def test_gateway_runs_on_the_rust_core_by_default(scripted_gateway: str, client: httpx.AsyncClient) -> None:
+    health = await client.get(scripted_gateway + "/healthz")
+    assert health.json()["implementation"] == "rust"

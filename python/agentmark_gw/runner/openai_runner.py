@@ -22,6 +22,7 @@ from agentmark.prompt_core.template_engines.templatedx import get_raw_config
 
 from ..protocol import runner_pb2 as pb
 from . import events
+from .helpers import finalize_usage, normalize_error
 from .service import PromptRequest, Runner
 
 MISSING_CREDENTIALS = (
@@ -126,20 +127,16 @@ class OpenAIRunner(Runner):
 
 
 def _finish(reason: str, usage: Any) -> pb.RunnerEvent:
-    if usage is None:
+    totals = None if usage is None else finalize_usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+    if totals is None:
         return events.finish(reason)
-    return events.finish(
-        reason,
-        input_tokens=usage.prompt_tokens,
-        output_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-    )
+    input_tokens, output_tokens, total_tokens = totals
+    return events.finish(reason, input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=total_tokens)
 
 
 def _api_error(exc: openai.APIError) -> str:
     """The provider's own message, without the client's "Error code: ..." wrapper."""
     status = getattr(exc, "status_code", None)
     prefix = f"model API error {status}" if status else "model API error"
-    body = exc.body
-    message = body.get("message") if isinstance(body, dict) else None
-    return f"{prefix}: {message if isinstance(message, str) and message else exc.message}"
+    message = normalize_error(exc.body) if isinstance(exc.body, dict) else exc.message
+    return f"{prefix}: {message}"

@@ -24,6 +24,7 @@ import grpc
 from ..protocol import runner_pb2 as pb
 from ..protocol import runner_pb2_grpc
 from . import events
+from .helpers import normalize_error
 
 log = logging.getLogger("agentmark_gw.runner")
 
@@ -199,7 +200,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
         async for batch in batched(
             self._runner.run_prompt(parsed),
             lambda items: pb.RunnerEvents(events=items),
-            lambda exc: events.error(f"runner error: {exc}"),
+            lambda exc: events.error(f"runner error: {normalize_error(exc)}"),
             terminal=_prompt_terminal,
         ):
             yield batch
@@ -212,7 +213,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
         async for batch in batched(
             self._runner.run_experiment(parsed),
             lambda items: pb.ExperimentEvents(events=items),
-            lambda exc: events.row_error(f"runner error: {exc}"),
+            lambda exc: events.row_error(f"runner error: {normalize_error(exc)}"),
         ):
             yield batch
 
