@@ -28,25 +28,25 @@ GENERATED = ("runner_pb2.py", "runner_pb2.pyi", "runner_pb2_grpc.py")
 
 
 def generate(into: Path) -> None:
+    """Write the stubs, flattened and with relative imports, into `into`."""
     from grpc_tools import protoc  # imported late: only this script needs it
 
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"--python_out={into}",
-        f"--pyi_out={into}",
-        f"--grpc_python_out={into}",
-        str(PROTO_ROOT / PROTO_FILE),
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
-    produced = into / Path(PROTO_FILE).parent
-    for name in GENERATED:
-        text = (produced / name).read_text()
-        text = text.replace(
-            "from agentmark.runner.v1 import runner_pb2", "from . import runner_pb2"
-        )
-        (into / name).write_text(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            str(PROTO_ROOT / PROTO_FILE),
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit("protoc failed")
+        produced = Path(tmp) / Path(PROTO_FILE).parent
+        for name in GENERATED:
+            text = (produced / name).read_text()
+            text = text.replace("from agentmark.runner.v1 import runner_pb2", "from . import runner_pb2")
+            (into / name).write_text(text)
 
 
 def main() -> int:
