@@ -14,11 +14,14 @@ import secrets as secrets_module
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
 from .gateway.config import DEFAULT_BIND, DEFAULT_RUNNER, SECRET_ENV, ConfigError, GatewayConfig, load_config
 
 DEFAULT_URL = f"http://{DEFAULT_BIND}/"
 EPILOG_EXAMPLES = {
-    "serve": "example: AGENTMARK_WEBHOOK_SECRET=... agentmark-gw serve --runner 127.0.0.1:50051 --bind 0.0.0.0:8080",
+    "serve": "example: AGENTMARK_WEBHOOK_SECRET=... agentmark-gw serve --runner 127.0.0.1:50051 --bind 0.0.0.0:8080 --workers 2",
+    "config": "example: agentmark-gw config check --config gateway.toml",
     "runner": "example: OPENAI_API_KEY=... agentmark-gw runner --listen 127.0.0.1:50051",
     "up": "example: agentmark-gw up   (then, in another shell: agentmark-gw send event.json)",
     "sign": "example: agentmark-gw sign event.json",
@@ -59,12 +62,29 @@ def _read_body(file: str) -> bytes:
 # --- commands -----------------------------------------------------------------
 
 
+def _config_path(args: argparse.Namespace) -> str | None:
+    return args.config or os.environ.get("AGENTMARK_GW_CONFIG")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .gateway.observability import configure_logging
     from .gateway.server import run
 
-    config = load_config(args.config, runners=args.runner, bind=args.bind)
+    config = load_config(_config_path(args), runners=args.runner, bind=args.bind, workers=args.workers)
     config.require_secret()
-    run(config)
+    configure_logging(config.log_format)
+    return run(config)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate the configuration and print it, secrets masked."""
+    import json
+
+    config = load_config(_config_path(args), runners=args.runner, bind=args.bind, workers=args.workers)
+    print(json.dumps(config.masked(), indent=2))
+    if not any(config.secrets):
+        print(f"warning: no webhook secret: `serve` will refuse to start until {SECRET_ENV} is set", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -87,8 +107,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         secret = secrets_module.token_urlsafe(32)
         path = _save_secret(secret)
         print(f"generated a webhook secret (saved to {path}; `agentmark-gw send` uses it):\n  {secret}", flush=True)
-    config = load_config(args.config, bind=args.bind, runners=(args.runner_listen,))
-    config = GatewayConfig(**{**config.__dict__, "secrets": (secret, *config.secrets)})
+    config = load_config(_config_path(args), bind=args.bind, runners=(args.runner_listen,))
+    config = replace(config, secrets=(secret, *[s for s in config.secrets if s != secret]), log_format="text")
     try:
         import uvloop
     except ImportError:
@@ -99,7 +119,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 async def _up(config: GatewayConfig, runner_address: str) -> None:
+    from .gateway.observability import configure_logging
     from .gateway.server import serve
+
+    configure_logging(config.log_format)
     from .runner import start
     from .runner.openai_runner import OpenAIRunner
 
@@ -163,11 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, epilog=EPILOG_EXAMPLES[name])
 
+    def gateway_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--runner", action="append", metavar="HOST:PORT", help=f"a runner to call; repeat for several, or a dns:/// name (default {DEFAULT_RUNNER})")
+        parser.add_argument("--bind", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_BIND})")
+        parser.add_argument("--workers", type=int, metavar="N", help="Hypercorn worker processes (default 1)")
+        parser.add_argument("--config", metavar="FILE", help="a TOML configuration file (or AGENTMARK_GW_CONFIG)")
+
     serve = command("serve", "Serve the gateway (needs AGENTMARK_WEBHOOK_SECRET).")
-    serve.add_argument("--runner", action="append", metavar="HOST:PORT", help=f"a runner to call; repeat for several (default {DEFAULT_RUNNER})")
-    serve.add_argument("--bind", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_BIND})")
-    serve.add_argument("--config", metavar="FILE", help="a TOML configuration file")
+    gateway_options(serve)
     serve.set_defaults(handler=cmd_serve)
+
+    config = command("config", "Work with the gateway's configuration.")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_commands.add_parser(
+        "check", help="Validate the configuration and print it, secrets masked.",
+        description="Validate the configuration (file, AGENTMARK_GW_* variables, flags) and print the effective values, secrets masked.",
+        epilog=EPILOG_EXAMPLES["config"],
+    )
+    gateway_options(check)
+    check.set_defaults(handler=cmd_config_check)
 
     runner = command("runner", "Serve the OpenAI reference runner over gRPC.")
     runner.add_argument("--listen", default=DEFAULT_RUNNER, metavar="HOST:PORT", help=f"default {DEFAULT_RUNNER}")
@@ -193,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One line per outbound request is noise in `send`, and names URLs in server logs.
+    # One line per outbound request is noise in `send`.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:

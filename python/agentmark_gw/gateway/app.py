@@ -1,9 +1,10 @@
 """The Quart app: routes, status codes and error bodies.
 
-The order on every webhook request is fixed: read the body (no further than
-the limit), verify the signature over the raw bytes, then parse. A request
-that fails any step never reaches a runner. Every refusal is
-`{"message": ...}`; no traceback and no request body is ever sent or logged.
+The order on every webhook request is fixed: check the content type, read
+the body (no further than the limit), verify the signature over the raw
+bytes, then parse. A request that fails any step never reaches a runner.
+Every refusal is `{"message": ...}`; no traceback and no request body is ever
+sent or logged.
 """
 
 from __future__ import annotations
@@ -11,21 +12,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from .. import _accel
 from . import responses
 from .config import GatewayConfig
 from .errors import Refusal, Unauthorized
+from .observability import Metrics, RequestRecord
+from .replay import ReplayGuard
 from .runners import RunnerPool, describe
 from .webhook import Alert, DatasetRun, Event, GetEvals, PromptRun, parse_event
 
 log = logging.getLogger("agentmark_gw.gateway")
+request_log = logging.getLogger("agentmark_gw.requests")
 
 SIGNATURE_HEADER = "x-agentmark-signature-256"
 WEBHOOK_PATHS = ("/", "/api/agentmark")
+OPERATIONS_PATHS = ("/healthz", "/readyz", "/metrics")
+EVENT_TYPES = {PromptRun: "prompt-run", DatasetRun: "dataset-run", GetEvals: "get-evals", Alert: "alert"}
 
 
 def create_app(config: GatewayConfig) -> Quart:
@@ -40,43 +47,84 @@ def create_app(config: GatewayConfig) -> Quart:
         PROPAGATE_EXCEPTIONS=False,
     )
     secrets = list(config.secrets)
-    state: dict[str, RunnerPool] = {}
+    metrics = Metrics()
+    replay = ReplayGuard(config.replay_window) if config.replay_window > 0 else None
+    pools: list[RunnerPool] = []
     background: set[asyncio.Task[None]] = set()
+
+    def runner_health(target: str, healthy: bool) -> None:
+        metrics.runner_healthy.labels(target).set(1 if healthy else 0)
 
     @app.before_serving
     async def open_runners() -> None:
-        state["pool"] = RunnerPool(config)
+        pool = RunnerPool(config, on_health=runner_health)
+        await pool.start()
+        pools.append(pool)
 
     @app.after_serving
     async def close_runners() -> None:
         for task in list(background):
             task.cancel()
-        await state.pop("pool").close()
+        for pool in pools:
+            await pool.close()
+        pools.clear()
+
+    # -- webhook ---------------------------------------------------------------
 
     async def webhook() -> Response:
         if not _is_json(request.content_type):
             raise Refusal("Content-Type must be application/json", status=415)
         body = await request.get_data(cache=False, as_text=False)
         if not _accel.verify(secrets, request.headers.get(SIGNATURE_HEADER), body):
+            metrics.signature_failures.inc()
             raise Unauthorized("Invalid signature")
-        return await dispatch(parse_event(body))
+        if replay is not None and replay.is_replay(body):
+            raise Refusal("Replayed request: this exact signed body was already received within the replay window", 409)
+        event = parse_event(body)
+        g.record.event_type = EVENT_TYPES[type(event)]
+        return await dispatch(event, g.record)
 
     for path in WEBHOOK_PATHS:
         app.add_url_rule(path, f"webhook{path}", webhook, methods=["POST"])
 
-    async def dispatch(event: Event) -> Response:
-        pool = state["pool"]
+    async def dispatch(event: Event, record: RequestRecord) -> Response:
+        pool = pools[0]
         if isinstance(event, PromptRun):
-            call = pool.run_prompt(event)
+            opened = await pool.open_prompt_stream(event)
+            record.runner = opened.runner
             if event.should_stream:
-                return await responses.stream(call, _accel.PromptFramer(event.kind))
-            return await responses.fold(call, event.kind)
+                return stream(opened, _accel.PromptFramer(event.kind), record)
+            response, record.trace_id = await responses.fold(opened, event.kind)
+            return response
         if isinstance(event, DatasetRun):
-            return await responses.stream(pool.run_experiment(event), _accel.ExperimentFramer())
+            opened = await pool.open_experiment_stream(event)
+            record.runner = opened.runner
+            return stream(opened, _accel.ExperimentFramer(), record)
         if isinstance(event, GetEvals):
             names = await pool.get_evals()
             return Response(_accel.evals_payload(names), status=200, content_type=responses.JSON)
         return acknowledge(pool, event)
+
+    def stream(opened: responses.OpenStream, framer: responses.Framer, record: RequestRecord) -> Response:
+        record.streaming = True
+        record.status = 200
+        metrics.inflight_streams.inc()
+
+        def on_chunk(size: int) -> None:
+            if record.first_chunk is None:
+                record.first_chunk = time.perf_counter()
+                metrics.time_to_first_chunk.labels(record.event_type).observe(record.first_chunk - record.started)
+            record.bytes_sent += size
+            metrics.stream_chunks.labels(record.event_type).inc()
+            metrics.stream_bytes.labels(record.event_type).inc(size)
+
+        def on_end(complete: bool) -> None:
+            metrics.inflight_streams.dec()
+            record.trace_id = framer.trace_id or None
+            record.aborted = not complete
+            record.finish(metrics, request_log)
+
+        return responses.stream(opened, framer, on_chunk=on_chunk, on_end=on_end)
 
     def acknowledge(pool: RunnerPool, alert: Alert) -> Response:
         """Answer at once; hand the alert to the runner in the background."""
@@ -88,28 +136,60 @@ def create_app(config: GatewayConfig) -> Quart:
     async def deliver_alert(pool: RunnerPool, alert: Alert) -> None:
         try:
             await pool.handle_alert(alert)
+        except Refusal as refusal:
+            log.warning("alert %s (%s %s) not delivered to the runner: %s", alert.id, alert.type, alert.status, refusal.message)
         except Exception as error:  # noqa: BLE001 - logged, never raised into the loop
             reason = describe(error) if hasattr(error, "code") else type(error).__name__
             log.warning("alert %s (%s %s) not delivered to the runner: %s", alert.id, alert.type, alert.status, reason)
         else:
             log.info("alert %s (%s %s) delivered to the runner", alert.id, alert.type, alert.status)
 
+    # -- operations --------------------------------------------------------------
+
     @app.get("/healthz")
     async def healthz() -> Response:
+        """Liveness: the process answers."""
         return _json_response({"status": "ok", "implementation": _accel.IMPLEMENTATION})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Readiness: at least one runner passes its health check."""
+        runners = {r.target: r.healthy for r in pools[0].runners} if pools else {}
+        ready = any(runners.values())
+        body = {"status": "ready" if ready else "unavailable", "runners": runners}
+        if not ready:
+            body["message"] = "No runner is healthy"
+        return _json_response(body, 200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), status=200, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # -- bookkeeping and refusals ------------------------------------------------
+
+    @app.before_request
+    async def start_record() -> None:
+        g.record = RequestRecord(request.method, request.path)
+
+    @app.after_request
+    async def finish_record(response: Response) -> Response:
+        record: RequestRecord | None = g.get("record")
+        if record is not None and not record.streaming and request.path not in OPERATIONS_PATHS:
+            record.finish(metrics, request_log, response.status_code)
+        return response
 
     @app.errorhandler(Refusal)
     async def refusal(error: Refusal) -> Response:
-        log.info("refused %s %s: %d %s", request.method, request.path, error.status, error.message)
         return _json_response({"message": error.message}, error.status)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        message = _HTTP_MESSAGES.get(error.code or 500) or error.name
-        if error.code == 413:
+        code = error.code or 500
+        message = _HTTP_MESSAGES.get(code) or error.name
+        if code == 413:
             message = f"Request body is larger than the limit of {config.max_body_bytes} bytes"
-        response = _json_response({"message": message}, error.code or 500)
-        if error.code == 405:
+        response = _json_response({"message": message}, code)
+        if code == 405:
             response.headers["Allow"] = "POST" if request.path in WEBHOOK_PATHS else "GET"
         return response
 
@@ -118,12 +198,15 @@ def create_app(config: GatewayConfig) -> Quart:
         log.error("internal error on %s %s", request.method, request.path, exc_info=error)
         return _json_response({"message": "Internal gateway error"}, 500)
 
+    app.extensions["agentmark_gw"] = {"metrics": metrics, "pools": pools}
     return app
 
 
 _HTTP_MESSAGES = {
+    400: "Bad request",
     404: "Not found: AgentMark webhooks are POSTed to / or /api/agentmark",
     405: "Method not allowed",
+    408: "Request timed out",
 }
 
 

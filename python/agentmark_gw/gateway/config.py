@@ -1,21 +1,31 @@
-"""Gateway configuration: embedded defaults, a TOML file, then the environment.
+"""Gateway configuration: embedded defaults, then a TOML file, then the
+environment, then command-line flags; validated once, at start-up.
 
-Secrets come from the environment (`AGENTMARK_WEBHOOK_SECRET`) or the file's
-`secrets` list (several, for rotation). They are never logged: `__repr__`
-masks them.
+Every key has an environment variable: `AGENTMARK_GW_<KEY>` (upper case;
+`[deadlines]` keys as `AGENTMARK_GW_DEADLINES_<KEY>`); lists are
+comma-separated. The webhook secret is `AGENTMARK_WEBHOOK_SECRET`, AgentMark's
+own name for it, and may hold several comma-separated secrets for rotation.
+
+Secrets are never logged or printed: `masked()` and `__repr__` hide them.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 SECRET_ENV = "AGENTMARK_WEBHOOK_SECRET"
+ENV_PREFIX = "AGENTMARK_GW_"
 DEFAULT_RUNNER = "127.0.0.1:50051"
 DEFAULT_BIND = "127.0.0.1:8080"
+# AGENTMARK_GW_* variables that are not settings: the config file's path,
+# the switch to the pure-Python core, and what `serve` hands its workers.
+NOT_SETTINGS = {"config", "pure_python"}
 
 
 class ConfigError(ValueError):
@@ -24,7 +34,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Deadlines:
-    """Seconds each event type may take at the runner, end to end."""
+    """Seconds each event type may take at the runner, end to end. Sent to
+    the runner as the gRPC deadline."""
 
     prompt_run: float = 300.0
     dataset_run: float = 3600.0
@@ -34,18 +45,40 @@ class Deadlines:
 
 @dataclass(frozen=True)
 class GatewayConfig:
+    # Webhook secrets; any of them verifies a request (rotation).
     secrets: tuple[str, ...] = ()
+    # Runner targets: HOST:PORT, or a gRPC name such as dns:///runners:50051.
     runners: tuple[str, ...] = (DEFAULT_RUNNER,)
     bind: str = DEFAULT_BIND
+    # Hypercorn worker processes.
+    workers: int = 1
+    # Bodies larger than this are refused with 413, unread.
     max_body_bytes: int = 10 * 1024 * 1024
     deadlines: Deadlines = field(default_factory=Deadlines)
     # gRPC messages from runners can carry whole images; allow that much.
     max_runner_message_bytes: int = 64 * 1024 * 1024
+    # Seconds between grpc.health.v1 checks of each runner, and each check's timeout.
+    health_interval: float = 5.0
+    health_timeout: float = 2.0
+    # On SIGTERM: seconds in-flight requests get to finish before they are cancelled.
+    shutdown_grace: float = 30.0
+    # Serve TLS (HTTP/1.1 and HTTP/2) directly when both are set.
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    # Refuse a byte-identical signed body seen again within this many seconds;
+    # 0 turns the guard off (re-running a prompt sends the same body).
+    replay_window: float = 0.0
+    # "json": one JSON object per log line; "text": for people.
+    log_format: Literal["json", "text"] = "json"
 
     def __repr__(self) -> str:
-        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "secrets"}
-        shown["secrets"] = f"<{len(self.secrets)} hidden>"
-        return f"GatewayConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+        return f"GatewayConfig({', '.join(f'{k}={v!r}' for k, v in self.masked().items())})"
+
+    def masked(self) -> dict[str, Any]:
+        """Every setting, secrets replaced by a count: safe to print or log."""
+        values = asdict(self)
+        values["secrets"] = f"<{len(self.secrets)} secret(s) hidden>"
+        return values
 
     def require_secret(self) -> None:
         if not any(self.secrets):
@@ -56,50 +89,152 @@ class GatewayConfig:
             )
 
 
-def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> GatewayConfig:
-    """Defaults, then the TOML file at `path`, then the environment, then
-    `overrides` (command-line flags; None values are ignored)."""
-    config = GatewayConfig()
+def load_config(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, str] | None = None, **flags: Any) -> GatewayConfig:
+    """Defaults, then the TOML file at `path`, then `env` (default: the
+    process environment), then `flags` (None values are ignored)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
     if path is not None:
-        config = _apply_file(config, Path(path))
-    secret = os.environ.get(SECRET_ENV)
-    if secret:
-        config = replace(config, secrets=(secret, *[s for s in config.secrets if s != secret]))
-    given = {k: v for k, v in overrides.items() if v not in (None, ())}
-    if "runners" in given:
-        given["runners"] = tuple(given["runners"])
-    return _validated(replace(config, **given))
+        values.update(_from_file(Path(path)))
+    values.update(_from_env(env))
+    values.update({k: v for k, v in flags.items() if v not in (None, ())})
+    deadlines = values.pop("deadlines", {})
+    config = GatewayConfig(**values, deadlines=replace(Deadlines(), **deadlines))
+    return _validated(config)
 
 
-def _apply_file(config: GatewayConfig, path: Path) -> GatewayConfig:
+_FIELDS = {f.name: f for f in fields(GatewayConfig)}
+_DEADLINE_FIELDS = {f.name: f for f in fields(Deadlines)}
+_HINTS = typing.get_type_hints(GatewayConfig)
+_DEADLINE_HINTS = typing.get_type_hints(Deadlines)
+
+
+def _from_file(path: Path) -> dict[str, Any]:
     try:
         raw = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    known = {f.name for f in fields(GatewayConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
-    values: dict[str, Any] = dict(raw)
-    if "deadlines" in values:
-        try:
-            values["deadlines"] = Deadlines(**{k.replace("-", "_"): float(v) for k, v in raw["deadlines"].items()})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"config file {path}: bad [deadlines]: {exc}") from None
-    for name in ("secrets", "runners"):
-        if name in values:
-            values[name] = tuple(values[name])
-    return replace(config, **values)
+    where = f"config file {path}"
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "deadlines":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [deadlines] must be a table")
+            values["deadlines"] = {k: _typed(v, _DEADLINE_HINTS, k, f"{where}: deadlines.{k}", _DEADLINE_FIELDS) for k, v in value.items()}
+        else:
+            values[key] = _typed(value, _HINTS, key, f"{where}: {key}", _FIELDS)
+    return values
+
+
+def _from_env(env: typing.Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    deadlines: dict[str, Any] = {}
+    secret = env.get(SECRET_ENV)
+    if secret:
+        values["secrets"] = tuple(s.strip() for s in secret.split(",") if s.strip())
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in NOT_SETTINGS or key.startswith("_"):
+            continue
+        if key.startswith("deadlines_"):
+            short = key[len("deadlines_") :]
+            deadlines[short] = _typed(_parse_env(text, _DEADLINE_HINTS.get(short)), _DEADLINE_HINTS, short, name, _DEADLINE_FIELDS)
+        elif key == "secrets":
+            raise ConfigError(f"{name}: put webhook secrets in {SECRET_ENV} (comma-separated for rotation)")
+        else:
+            values[key] = _typed(_parse_env(text, _HINTS.get(key)), _HINTS, key, name, _FIELDS)
+    if deadlines:
+        values["deadlines"] = deadlines
+    return values
+
+
+def _parse_env(text: str, hint: Any) -> Any:
+    if hint is not None and typing.get_origin(hint) is tuple:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+def _typed(value: Any, hints: dict[str, Any], key: str, where: str, known: dict[str, Any]) -> Any:
+    """`value` converted to the type of `key`, or a ConfigError saying what is wrong."""
+    if key not in known or key == "deadlines":
+        raise ConfigError(f"{where}: unknown setting (known: {', '.join(sorted(known))})")
+    hint = hints[key]
+    optional = type(None) in typing.get_args(hint)
+    if optional:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if value in ("", None):
+            return None
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if typing.get_origin(hint) is tuple:
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return tuple(value)
+        if typing.get_origin(hint) is Literal:
+            if value not in typing.get_args(hint):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "a list of strings"
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
 def _validated(config: GatewayConfig) -> GatewayConfig:
     if not config.runners:
-        raise ConfigError("no runner: give at least one --runner HOST:PORT")
+        raise ConfigError("no runner: give at least one --runner HOST:PORT (or `runners` in the config file)")
     if config.max_body_bytes <= 0:
         raise ConfigError("max_body_bytes must be positive")
+    if config.workers < 1:
+        raise ConfigError("workers must be at least 1")
+    for name in ("health_interval", "health_timeout"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
+    if config.shutdown_grace < 0 or config.replay_window < 0:
+        raise ConfigError("shutdown_grace and replay_window cannot be negative")
+    for name, seconds in asdict(config.deadlines).items():
+        if seconds <= 0:
+            raise ConfigError(f"deadlines.{name} must be positive")
     host, sep, port = config.bind.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"bind address {config.bind!r} is not HOST:PORT")
+    if (config.tls_certfile is None) != (config.tls_keyfile is None):
+        raise ConfigError("TLS needs both tls_certfile and tls_keyfile")
+    for name in ("tls_certfile", "tls_keyfile"):
+        path = getattr(config, name)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{name}: no such file {path}")
     return config

@@ -2,7 +2,13 @@
 
 Every refusal reaches the client as `{"message": ...}` with its status
 (PROTOCOL.md). Raised anywhere below the routes; turned into a response in
-one place, `app._refusal`.
+one place, the `Refusal` error handler in `app`.
+
+    Refusal (any status)
+    ├── BadRequest          400  the body is not an event we can run
+    ├── Unauthorized        401  missing, malformed or wrong signature
+    ├── RunnerUnavailable   503  no runner could be reached (names those tried)
+    └── ExecutionFailed     500  the runner reported an error on a non-streaming run
 """
 
 from __future__ import annotations
@@ -29,22 +35,8 @@ class Unauthorized(Refusal):
 
 
 class RunnerUnavailable(Refusal):
-    """No runner could be reached (gRPC UNAVAILABLE)."""
-
     status = 503
 
 
-class RunnerFailed(Refusal):
-    """The runner answered with a gRPC error before any byte was streamed."""
-
-    status = 502
-
-
-class RunnerTimedOut(Refusal):
-    status = 504
-
-
 class ExecutionFailed(Refusal):
-    """The runner reported an error event on a non-streaming run."""
-
     status = 500

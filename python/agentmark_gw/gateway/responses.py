@@ -3,74 +3,73 @@ into NDJSON lines (streaming) or a JSON envelope (non-streaming).
 
 The bytes themselves are made by `_accel`'s framers (Rust, or the Python
 twin); this module decides when to write them and what a failure looks like:
-before the first byte it is an HTTP status with `{"message": ...}`; after
-it, a terminal `{"type":"error",...}` line.
+before the first byte it is an HTTP status with `{"message": ...}` (raised
+by the runner pool); after it, a terminal `{"type":"error",...}` line.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-import grpc
 from grpc.aio import AioRpcError
 from quart import Response
 
 from .. import _accel
 from .errors import ExecutionFailed
-from .runners import refusal_for
+from .runners import OpenStream, read, refusal_for
+
+__all__ = ["JSON", "STREAM_HEADERS", "Framer", "OpenStream", "fold", "stream"]
 
 STREAM_HEADERS = {"AgentMark-Streaming": "true", "Content-Type": "application/x-ndjson"}
 JSON = "application/json"
 
 
 class Framer(Protocol):
-    terminated: bool
-
+    @property
+    def terminated(self) -> bool: ...
     def feed(self, batch: bytes) -> bytes: ...
     def close(self) -> bytes: ...
 
 
-async def _read(call: grpc.aio.UnaryStreamCall) -> bytes | None:
-    """The next raw message, or None at the end of the stream."""
-    message = await call.read()
-    return None if message is grpc.aio.EOF else message
-
-
-async def stream(call: grpc.aio.UnaryStreamCall, framer: Framer) -> Response:
-    """Stream a runner's answer as NDJSON. Waits for the first message, so a
-    runner that cannot be reached is an HTTP error, not a 200 with an error line."""
-    try:
-        first = await _read(call)
-    except AioRpcError as error:
-        raise refusal_for(error) from None
-    except BaseException:
-        call.cancel()
-        raise
+def stream(
+    opened: OpenStream,
+    framer: Framer,
+    on_chunk: Callable[[int], None] = lambda size: None,
+    on_end: Callable[[bool], None] = lambda complete: None,
+) -> Response:
+    """Stream a runner's answer as NDJSON, one write per runner message.
+    `on_chunk(size)` follows each write; `on_end(complete)` the last one, or
+    the client's going away (complete=False)."""
 
     async def body() -> AsyncIterator[bytes]:
+        complete = False
         try:
-            async for chunk in _chunks(call, framer, first):
+            async for chunk in _chunks(opened, framer):
+                on_chunk(len(chunk))
                 yield chunk
+            complete = True
         finally:
             # The client went away, the run ended, or it failed: either way
             # the runner should stop working on it.
-            call.cancel()
+            opened.call.cancel()
+            on_end(complete)
 
     response = Response(body(), status=200, headers=STREAM_HEADERS)
     response.timeout = None  # deadlines are the runner call's business
     return response
 
 
-async def _chunks(call: grpc.aio.UnaryStreamCall, framer: Framer, message: bytes | None) -> AsyncIterator[bytes]:
+async def _chunks(opened: OpenStream, framer: Framer) -> AsyncIterator[bytes]:
+    message = opened.first
     try:
         while message is not None:
             chunk = framer.feed(message)
             if chunk:
-                yield chunk  # one write per runner message: a whole batch of lines
+                yield chunk  # a whole batch of lines in one write
             if framer.terminated:
                 break
-            message = await _read(call)
+            message = await read(opened.call)
     except AioRpcError as error:
         yield _accel.error_line(refusal_for(error).message)
     done = framer.close()
@@ -78,17 +77,22 @@ async def _chunks(call: grpc.aio.UnaryStreamCall, framer: Framer, message: bytes
         yield done
 
 
-async def fold(call: grpc.aio.UnaryStreamCall, kind: str) -> Response:
-    """Collect a whole run into its one JSON envelope (non-streaming answers)."""
+async def fold(opened: OpenStream, kind: str) -> tuple[Response, str | None]:
+    """Collect a whole run into its one JSON envelope (non-streaming answers).
+    Returns the response and the run's trace id, if it had one."""
     folder = _accel.EnvelopeFolder(kind)
+    message = opened.first
     try:
-        while not folder.terminated and (message := await _read(call)) is not None:
+        while message is not None:
             folder.feed(message)
+            if folder.terminated:
+                break
+            message = await read(opened.call)
     except AioRpcError as error:
         raise refusal_for(error) from None
     finally:
-        call.cancel()
+        opened.call.cancel()
     body = folder.close()
     if folder.error is not None:
         raise ExecutionFailed(folder.error)
-    return Response(body, status=200, content_type=JSON)
+    return Response(body, status=200, content_type=JSON), folder.trace_id or None

@@ -4,27 +4,41 @@ Requests are built with the generated protobuf classes (once per request);
 streamed answers are taken as raw bytes, so no Python protobuf object is made
 per message on the hot path: `_accel`'s framers decode them.
 
-Each configured runner target gets one channel; calls go round-robin over
-them. A target can also be a gRPC name such as `dns:///runners:50051`,
-in which case gRPC's own round-robin balancing spreads calls over every
-address the name resolves to.
+Each configured runner target gets a channel. A target may be a gRPC name
+such as `dns:///runners.default.svc:50051`; gRPC's own round-robin policy
+then spreads that channel's calls over every address the name resolves to
+(a Kubernetes headless service). Across targets, calls go round-robin too,
+healthy runners first (`grpc.health.v1`, polled in the background).
+
+A runner that is unreachable before the first message is skipped for the
+next one; the request has produced nothing yet, so nothing is lost or sent
+twice to the client. After the first message, a failure is the stream's
+last line (see `responses`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc.aio import AioRpcError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..protocol import runner_pb2 as pb
 from .config import GatewayConfig
-from .errors import Refusal, RunnerFailed, RunnerTimedOut, RunnerUnavailable
-from .webhook import Alert, DatasetRun, PromptRun
+from .errors import Refusal, RunnerUnavailable
 
-_SERVICE = "/agentmark.runner.v1.Runner/"
+log = logging.getLogger("agentmark_gw.runners")
+
+SERVICE_NAME = "agentmark.runner.v1.Runner"
+_METHOD = f"/{SERVICE_NAME}/"
 _KIND = {
     "text": pb.PROMPT_KIND_TEXT,
     "object": pb.PROMPT_KIND_OBJECT,
@@ -32,19 +46,106 @@ _KIND = {
     "speech": pb.PROMPT_KIND_SPEECH,
 }
 
+# gRPC status → HTTP status, for failures before the first byte. The table
+# grpc-gateway and Connect converged on, except that failures which are the
+# runner's own (it refused the gateway's credentials, or crashed) are 502:
+# the request was fine, the upstream was not.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNAUTHENTICATED: 502,
+    grpc.StatusCode.PERMISSION_DENIED: 502,
+    grpc.StatusCode.INTERNAL: 502,
+    grpc.StatusCode.UNKNOWN: 502,
+    grpc.StatusCode.DATA_LOSS: 502,
+}
+
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def _channel_target(target: str) -> str:
-    # A bare HOST:PORT is resolved by gRPC's default (DNS) resolver anyway;
-    # naming the scheme makes round-robin apply to every resolved address.
+    # A bare HOST:PORT goes through gRPC's DNS resolver, so every address a
+    # name resolves to is used, not just the first.
     return target if "://" in target or target.startswith(("ipv4:", "ipv6:", "unix:")) else f"dns:///{target}"
 
 
+def describe(error: AioRpcError) -> str:
+    """One line for a client: the status name and the runner's own details."""
+    details = (error.details() or "").strip()
+    return f"{error.code().name}: {details}" if details else error.code().name
+
+
+def refusal_for(error: AioRpcError) -> Refusal:
+    """The HTTP refusal for a gRPC failure that happened before any byte was sent."""
+    code = error.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Refusal("Runner did not answer before the deadline", 504)
+    return Refusal(f"Runner failed: {describe(error)}", HTTP_STATUS.get(code, 502))
+
+
+@dataclass
+class OpenStream:
+    """A streaming call whose first message has arrived (or the stream ended)."""
+
+    call: grpc.aio.UnaryStreamCall
+    first: bytes | None
+    runner: str
+
+
+async def read(call: grpc.aio.UnaryStreamCall) -> bytes | None:
+    """The next raw message, or None at the end of the stream."""
+    message = await call.read()
+    return None if message is grpc.aio.EOF else message
+
+
+class Runner:
+    """One runner target: its channel, its callables, and what we know of its health."""
+
+    def __init__(self, target: str, options: list[tuple[str, Any]]) -> None:
+        self.target = target
+        self.channel = grpc.aio.insecure_channel(_channel_target(target), options=options)
+        # Streamed answers stay raw bytes (no response_deserializer).
+        self.run_prompt = self.channel.unary_stream(_METHOD + "RunPrompt")
+        self.run_experiment = self.channel.unary_stream(_METHOD + "RunExperiment")
+        self.get_evals = self.channel.unary_unary(_METHOD + "GetEvals", response_deserializer=pb.GetEvalsResponse.FromString)
+        self.handle_alert = self.channel.unary_unary(_METHOD + "HandleAlert", response_deserializer=pb.AlertResponse.FromString)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self.healthy: bool | None = None  # None: not checked yet
+
+    async def check_health(self, timeout: float) -> bool:
+        """Ask `grpc.health.v1` about the Runner service (or, for runners that
+        register only the server-wide status, about the server)."""
+        for service in (SERVICE_NAME, ""):
+            try:
+                response = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            except AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND and service:
+                    continue
+                self.healthy = False
+                return False
+            self.healthy = response.status == health_pb2.HealthCheckResponse.SERVING
+            return self.healthy
+        self.healthy = False
+        return False
+
+
 class RunnerPool:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, on_health: Callable[[str, bool], None] | None = None) -> None:
         self._config = config
         options = [
             ("grpc.lb_policy_name", "round_robin"),
@@ -54,18 +155,57 @@ class RunnerPool:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
+            # A restarted runner is back in seconds, not after gRPC's default 2-minute backoff.
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5_000),
         ]
-        self._channels = [grpc.aio.insecure_channel(_channel_target(t), options=options) for t in config.runners]
-        self._stubs = [_Stubs(channel) for channel in self._channels]
-        self._next = itertools.cycle(self._stubs)
+        self.runners = [Runner(target, options) for target in config.runners]
+        self._turn = itertools.count()
+        self._on_health = on_health
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start polling runner health in the background."""
+        await self.check_health()
+        self._health_task = asyncio.create_task(self._poll_health())
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        for runner in self.runners:
+            await runner.channel.close()
+
+    async def check_health(self) -> None:
+        results = await asyncio.gather(*(r.check_health(self._config.health_timeout) for r in self.runners))
+        for runner, healthy in zip(self.runners, results, strict=True):
+            if self._on_health is not None:
+                self._on_health(runner.target, healthy)
+
+    async def _poll_health(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.health_interval)
+            try:
+                await self.check_health()
+            except Exception:  # noqa: BLE001 - polling must outlive any one failure
+                log.exception("runner health check failed")
+
+    @property
+    def ready(self) -> bool:
+        return any(r.healthy for r in self.runners)
+
+    def _candidates(self) -> list[Runner]:
+        """Every runner once, starting at the next in turn; healthy ones first,
+        unknown next, unhealthy last (they may have come back since)."""
+        start = next(self._turn) % len(self.runners)
+        rotated = self.runners[start:] + self.runners[:start]
+        rank = {True: 0, None: 1, False: 2}
+        return sorted(rotated, key=lambda r: rank[r.healthy])
 
     # -- calls -----------------------------------------------------------
 
-    def run_prompt(self, run: PromptRun) -> grpc.aio.UnaryStreamCall:
+    async def open_prompt_stream(self, run: Any) -> OpenStream:
         data = run.data
         request = pb.RunPromptRequest(
             kind=_KIND[run.kind],
@@ -74,10 +214,10 @@ class RunnerPool:
             should_stream=run.should_stream,
             prompt_path=_str(data.get("promptPath")),
             data_json=_json(data),
-        )
-        return next(self._next).run_prompt(request.SerializeToString(), timeout=self._config.deadlines.prompt_run)
+        ).SerializeToString()
+        return await self._open(lambda r, **kw: r.run_prompt(request, **kw), self._config.deadlines.prompt_run)
 
-    def run_experiment(self, run: DatasetRun) -> grpc.aio.UnaryStreamCall:
+    async def open_experiment_stream(self, run: Any) -> OpenStream:
         data = run.data
         sampling = data.get("sampling")
         concurrency = data.get("concurrency")
@@ -91,50 +231,66 @@ class RunnerPool:
             commit_sha=_str(data.get("commitSha")),
             sampling_json=_json(sampling) if sampling is not None else "",
             data_json=_json(data),
-        )
-        return next(self._next).run_experiment(request.SerializeToString(), timeout=self._config.deadlines.dataset_run)
+        ).SerializeToString()
+        return await self._open(lambda r, **kw: r.run_experiment(request, **kw), self._config.deadlines.dataset_run)
 
     async def get_evals(self) -> list[str]:
-        try:
-            response = await next(self._next).get_evals(pb.GetEvalsRequest().SerializeToString(), timeout=self._config.deadlines.get_evals)
-        except AioRpcError as error:
-            raise refusal_for(error) from None
+        request = pb.GetEvalsRequest().SerializeToString()
+        response = await self._unary(lambda r, **kw: r.get_evals(request, **kw), self._config.deadlines.get_evals)
         return list(response.names)
 
-    async def handle_alert(self, alert: Alert) -> str:
-        request = pb.AlertRequest(id=alert.id, type=alert.type, status=alert.status, data_json=_json(alert.data))
-        response = await next(self._next).handle_alert(
-            request.SerializeToString(), timeout=self._config.deadlines.alert
-        )
+    async def handle_alert(self, alert: Any) -> str:
+        request = pb.AlertRequest(id=alert.id, type=alert.type, status=alert.status, data_json=_json(alert.data)).SerializeToString()
+        response = await self._unary(lambda r, **kw: r.handle_alert(request, **kw), self._config.deadlines.alert)
         return response.message
 
+    async def _open(self, start: Callable[..., grpc.aio.UnaryStreamCall], timeout: float) -> OpenStream:
+        """Start the call on the first runner that answers; the deadline
+        covers the whole attempt, failovers included."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        tried: list[str] = []
+        for runner in self._candidates():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            call = start(runner, timeout=remaining)
+            try:
+                first = await read(call)
+            except AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise refusal_for(error) from None
+                self._mark_down(runner, error)
+                tried.append(runner.target)
+                continue
+            except BaseException:
+                call.cancel()
+                raise
+            return OpenStream(call, first, runner.target)
+        raise self._none_left(tried)
 
-class _Stubs:
-    """One channel's callables. Streamed answers stay raw bytes
-    (no `response_deserializer`): the framers decode them."""
+    async def _unary(self, call: Callable[..., Awaitable[Any]], timeout: float) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        tried: list[str] = []
+        for runner in self._candidates():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                return await call(runner, timeout=remaining)
+            except AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise refusal_for(error) from None
+                self._mark_down(runner, error)
+                tried.append(runner.target)
+        raise self._none_left(tried)
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.run_prompt = channel.unary_stream(_SERVICE + "RunPrompt")
-        self.run_experiment = channel.unary_stream(_SERVICE + "RunExperiment")
-        self.get_evals = channel.unary_unary(_SERVICE + "GetEvals", response_deserializer=pb.GetEvalsResponse.FromString)
-        self.handle_alert = channel.unary_unary(_SERVICE + "HandleAlert", response_deserializer=pb.AlertResponse.FromString)
+    def _mark_down(self, runner: Runner, error: AioRpcError) -> None:
+        log.warning("runner %s unavailable (%s); trying the next", runner.target, describe(error))
+        runner.healthy = False
+        if self._on_health is not None:
+            self._on_health(runner.target, False)
 
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def refusal_for(error: AioRpcError) -> Refusal:
-    """The HTTP refusal for a gRPC failure that happened before any byte was sent."""
-    code = error.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return RunnerUnavailable("Runner unavailable: no runner could be reached")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return RunnerTimedOut("Runner did not answer before the deadline")
-    return RunnerFailed(f"Runner failed: {describe(error)}")
-
-
-def describe(error: AioRpcError) -> str:
-    """One line for a client: the status name and the runner's own details."""
-    details = (error.details() or "").strip()
-    return f"{error.code().name}: {details}" if details else error.code().name
+    def _none_left(self, tried: list[str]) -> Refusal:
+        if not tried:
+            return Refusal("Runner did not answer before the deadline", 504)
+        return RunnerUnavailable(f"Runner unavailable: tried {', '.join(tried)}")

@@ -1,40 +1,89 @@
-"""Serving the gateway on Hypercorn."""
+"""Serving the gateway on Hypercorn: one process, or several workers.
+
+Workers are separate processes started by Hypercorn; each builds its app
+from the effective configuration the parent hands down in the environment
+(`asgi.py`), so what `serve` validated is exactly what every worker runs.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
+import json
+import logging
+import os
+import tempfile
 from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.run import run as hypercorn_run
 
-from .app import create_app
-from .config import GatewayConfig
+from .config import Deadlines, GatewayConfig
+
+EFFECTIVE_CONFIG_ENV = "AGENTMARK_GW__EFFECTIVE_CONFIG"
+APPLICATION_PATH = "agentmark_gw.gateway.asgi:app"
 
 
 def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     hyper = HypercornConfig()
     hyper.bind = [config.bind]
-    hyper.accesslog = None  # access logs carry no bodies, but are noise by default
-    hyper.errorlog = "-"
+    hyper.application_path = APPLICATION_PATH
+    # 0 runs the one worker in this process; more are spawned processes.
+    hyper.workers = 0 if config.workers == 1 else config.workers
+    # With several workers on the default asyncio loop, one worker was seen
+    # taking nearly every connection; uvloop spreads them (see docs/deploy.md).
+    hyper.worker_class = "uvloop" if _has_uvloop() else "asyncio"
+    hyper.accesslog = None  # one structured line per request comes from the app instead
+    hyper.errorlog = logging.getLogger("hypercorn.error")
+    # On SIGTERM: stop accepting, give in-flight requests this long, then cancel them.
+    hyper.graceful_timeout = config.shutdown_grace
     # Slow or stuck clients must not hold connections for ever.
     hyper.read_timeout = 60
     hyper.keep_alive_timeout = 75  # above the usual 60 s load-balancer idle timeout
-    hyper.graceful_timeout = 10
+    if config.tls_certfile and config.tls_keyfile:
+        hyper.certfile = config.tls_certfile
+        hyper.keyfile = config.tls_keyfile
+        hyper.alpn_protocols = ["h2", "http/1.1"]
     return hyper
 
 
-async def serve(config: GatewayConfig, shutdown_trigger: Callable[..., Awaitable[None]] | None = None) -> None:
-    """Serve until `shutdown_trigger` completes (default: SIGINT/SIGTERM)."""
-    app = create_app(config)
-    await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
-
-
-def run(config: GatewayConfig) -> None:
-    """Blocking entry point for the command line, on uvloop when available."""
+def _has_uvloop() -> bool:
     try:
-        import uvloop
+        import uvloop  # noqa: F401
     except ImportError:
-        asyncio.run(serve(config))
-    else:
-        uvloop.run(serve(config))
+        return False
+    return True
+
+
+def dump_config(config: GatewayConfig) -> str:
+    return json.dumps(dataclasses.asdict(config))
+
+
+def load_dumped_config(text: str) -> GatewayConfig:
+    values = json.loads(text)
+    return GatewayConfig(
+        **{
+            **values,
+            "secrets": tuple(values["secrets"]),
+            "runners": tuple(values["runners"]),
+            "deadlines": Deadlines(**values["deadlines"]),
+        }
+    )
+
+
+def run(config: GatewayConfig) -> int:
+    """Blocking entry point for `agentmark-gw serve`."""
+    config.require_secret()
+    os.environ[EFFECTIVE_CONFIG_ENV] = dump_config(config)
+    if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Metrics from every worker, whichever one a scrape reaches.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="agentmark-gw-metrics-")
+    return hypercorn_run(hypercorn_config(config))
+
+
+async def serve(config: GatewayConfig, shutdown_trigger: Callable[..., Awaitable[None]] | None = None) -> None:
+    """Serve in the running event loop until `shutdown_trigger` completes
+    (default: SIGINT/SIGTERM). Used by `up`, which runs a runner beside it."""
+    from .app import create_app
+
+    await hypercorn_serve(create_app(config), hypercorn_config(config), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]

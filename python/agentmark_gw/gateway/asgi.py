@@ -1,0 +1,21 @@
+"""The ASGI application for Hypercorn workers: `agentmark_gw.gateway.asgi:app`.
+
+`agentmark-gw serve` passes its validated configuration down in the
+environment. Run directly (`hypercorn agentmark_gw.gateway.asgi:app`), the
+app reads the usual environment variables and `AGENTMARK_GW_CONFIG` (a TOML
+file path), like `serve` does.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .app import create_app
+from .config import load_config
+from .observability import configure_logging
+from .server import EFFECTIVE_CONFIG_ENV, load_dumped_config
+
+_dumped = os.environ.get(EFFECTIVE_CONFIG_ENV)
+config = load_dumped_config(_dumped) if _dumped else load_config(os.environ.get("AGENTMARK_GW_CONFIG"))
+configure_logging(config.log_format)
+app = create_app(config)
