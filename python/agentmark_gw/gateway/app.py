@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 
 from quart import Quart, Response, g, request
@@ -148,8 +149,8 @@ def create_app(config: GatewayConfig) -> Quart:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        """Liveness: the process answers."""
-        return _json_response({"status": "ok", "implementation": _accel.IMPLEMENTATION})
+        """Liveness: the process answers. `worker` tells Hypercorn workers apart."""
+        return _json_response({"status": "ok", "implementation": _accel.IMPLEMENTATION, "worker": os.getpid()})
 
     @app.get("/readyz")
     async def readyz() -> Response:

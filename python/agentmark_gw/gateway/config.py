@@ -94,11 +94,12 @@ def load_config(path: str | os.PathLike[str] | None = None, env: typing.Mapping[
     process environment), then `flags` (None values are ignored)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    if path is not None:
-        values.update(_from_file(Path(path)))
-    values.update(_from_env(env))
-    values.update({k: v for k, v in flags.items() if v not in (None, ())})
-    deadlines = values.pop("deadlines", {})
+    deadlines: dict[str, float] = {}
+    sources = [_from_file(Path(path)) if path is not None else {}, _from_env(env)]
+    sources.append({k: v for k, v in flags.items() if v not in (None, ())})
+    for source in sources:
+        deadlines.update(source.pop("deadlines", {}))
+        values.update(source)
     config = GatewayConfig(**values, deadlines=replace(Deadlines(), **deadlines))
     return _validated(config)
 

@@ -1,0 +1,128 @@
+"""`agentmark-gw serve` as deployed: several workers, TLS with HTTP/2, and a
+graceful SIGTERM. Each test runs the real command as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import signal
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentmark_gw.runner import events
+
+from .conftest import SECRET, free_port, shared_json, signed, wait_for_port
+from .servers.scripted_runner import ScriptedRunner
+
+pytestmark = pytest.mark.e2e
+TEXT_EVENT = shared_json("events/prompt-run-text.json")
+
+
+@asynccontextmanager
+async def serve(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMARK_")}
+    environment.update({"AGENTMARK_WEBHOOK_SECRET": SECRET, "AGENTMARK_GW_LOG_FORMAT": "text"}, **(env or {}))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentmark_gw.cli", "serve", "--bind", f"127.0.0.1:{port}", *args,
+        env=environment, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_for_port(port, timeout=30)
+        yield process, port
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 40)
+
+
+async def test_workers_share_the_connections(scripted: tuple[ScriptedRunner, str]) -> None:
+    async with serve("--runner", scripted[1], "--workers", "2") as (_, port):
+        async def one() -> int:
+            # A fresh connection each time, as a load balancer's would be.
+            async with httpx.AsyncClient() as http:
+                return (await http.get(f"http://127.0.0.1:{port}/healthz")).json()["worker"]
+
+        await asyncio.sleep(1)  # both workers listening
+        served: collections.Counter[int] = collections.Counter()
+        for _ in range(8):
+            served.update(await asyncio.gather(*(one() for _ in range(8))))
+    print(f"connections per worker: {sorted(served.values())}")
+    assert len(served) == 2, served
+
+
+async def test_tls_with_http2(tmp_path: Path, scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
+    import trustme
+
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    certificate.private_key_pem.write_to_path(str(keyfile))
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    scripted_runner.script = [events.text_delta("over tls"), events.finish("stop")]
+
+    env = {"AGENTMARK_GW_TLS_CERTFILE": str(certfile), "AGENTMARK_GW_TLS_KEYFILE": str(keyfile)}
+    async with serve("--runner", scripted[1], env=env) as (_, port):
+        async with httpx.AsyncClient(verify=client_context, http2=True) as http:
+            raw, headers = signed(TEXT_EVENT)
+            response = await http.post(f"https://127.0.0.1:{port}/", content=raw, headers=headers)
+        async with httpx.AsyncClient() as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get(f"http://127.0.0.1:{port}/healthz")
+    assert response.http_version == "HTTP/2"
+    assert response.headers["agentmark-streaming"] == "true"
+    assert [json.loads(line) for line in response.text.splitlines()] == [
+        {"type": "text", "result": "over tls"},
+        {"type": "text", "finishReason": "stop"},
+    ]
+
+
+async def test_sigterm_lets_a_stream_in_flight_finish(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
+    scripted_runner.pause = 0.1
+    scripted_runner.script = [events.text_delta(str(i)) for i in range(20)] + [events.finish("stop")]
+    async with serve("--runner", scripted[1]) as (process, port):
+        raw, headers = signed(TEXT_EVENT)
+        lines = []
+        async with httpx.AsyncClient(timeout=30) as http:
+            async with http.stream("POST", f"http://127.0.0.1:{port}/", content=raw, headers=headers) as response:
+                async for line in response.aiter_lines():
+                    lines.append(json.loads(line))
+                    if len(lines) == 1:
+                        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 30)
+    assert len(lines) == 21 and lines[-1] == {"type": "text", "finishReason": "stop"}
+    assert code == 0
+
+
+async def test_config_check_prints_the_effective_configuration_masked(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('runners = ["a:1"]\n[deadlines]\ndataset_run = 7200\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMARK_")}
+    env.update(AGENTMARK_WEBHOOK_SECRET="hunter2", AGENTMARK_GW_WORKERS="4")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentmark_gw.cli", "config", "check", "--config", str(config),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    shown = json.loads(out)
+    assert shown["runners"] == ["a:1"] and shown["workers"] == 4 and shown["deadlines"]["dataset_run"] == 7200
+    assert "hunter2" not in out.decode()
+
+    env["AGENTMARK_GW_WORKERS"] = "many"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentmark_gw.cli", "config", "check", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 2
+    assert err.decode().strip() == "error: AGENTMARK_GW_WORKERS: expected an integer, got 'many'"

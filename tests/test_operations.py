@@ -1,0 +1,138 @@
+"""The operations surface: runner failover and health, readiness, metrics,
+request logs, the replay guard, and runners dying mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from agentmark_gw.gateway import create_app
+from agentmark_gw.runner import events, start
+
+from .conftest import HttpServer, free_port, gateway_config, shared_json, signed
+from .servers.scripted_runner import ScriptedRunner
+from .test_gateway_e2e import stream_lines
+
+pytestmark = pytest.mark.e2e
+TEXT_EVENT = shared_json("events/prompt-run-text.json")
+
+
+async def test_a_runner_that_is_down_is_skipped_for_the_next(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.script = [events.text_delta("from the live one"), events.finish("stop")]
+    down = f"127.0.0.1:{free_port()}"
+    config = replace(gateway_config(down), runners=(down, scripted[1]))
+    async with HttpServer(create_app(config)) as server:
+        for _ in range(4):  # round-robin lands on the dead one at least once
+            response, lines = await stream_lines(client, server.url + "/", TEXT_EVENT)
+            assert response.status_code == 200
+            assert lines[0] == {"type": "text", "result": "from the live one"}
+        ready = await client.get(server.url + "/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["runners"] == {down: False, scripted[1]: True}
+
+
+async def test_all_runners_down_is_503_naming_them(client: httpx.AsyncClient) -> None:
+    down = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    config = replace(gateway_config(down[0]), runners=tuple(down))
+    async with HttpServer(create_app(config)) as server:
+        raw, headers = signed(TEXT_EVENT)
+        response = await client.post(server.url + "/", content=raw, headers=headers)
+        ready = await client.get(server.url + "/readyz")
+    assert response.status_code == 503
+    message = response.json()["message"]
+    assert message.startswith("Runner unavailable: tried ") and all(target in message for target in down)
+    assert ready.status_code == 503
+    assert ready.json()["message"] == "No runner is healthy"
+
+
+async def test_a_runner_dying_mid_stream_ends_it_with_an_error_line(client: httpx.AsyncClient) -> None:
+    runner = ScriptedRunner()
+    runner.pause = 0.05
+    runner.script = [events.text_delta(str(i)) for i in range(100)]
+    server, port = await start(runner, "127.0.0.1:0")
+    async with HttpServer(create_app(gateway_config(f"127.0.0.1:{port}"))) as gateway:
+        raw, headers = signed(TEXT_EVENT)
+        lines = []
+        async with client.stream("POST", gateway.url + "/", content=raw, headers=headers) as response:
+            async for line in response.aiter_lines():
+                lines.append(json.loads(line))
+                if len(lines) == 3:
+                    await server.stop(0)  # the runner goes away mid-stream
+    assert response.status_code == 200
+    assert lines[:3] == [{"type": "text", "result": str(i)} for i in range(3)]
+    assert lines[-1]["type"] == "error" and lines[-1]["error"].startswith("Runner failed: ")
+    assert len(lines) < 100
+
+
+async def test_metrics_count_requests_failures_and_streams(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.script = [events.text_delta("a"), events.finish("stop")]
+    await stream_lines(client, scripted_gateway + "/", TEXT_EVENT)
+    await client.post(scripted_gateway + "/", content=b"{}", headers={"content-type": "application/json"})
+    text = (await client.get(scripted_gateway + "/metrics")).text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert values['agentmark_gw_requests_total{event_type="prompt-run",status="200"}'] >= 1
+    assert values['agentmark_gw_requests_total{event_type="-",status="401"}'] >= 1
+    assert values["agentmark_gw_signature_failures_total"] >= 1
+    assert values['agentmark_gw_stream_chunks_total{event_type="prompt-run"}'] >= 1
+    assert values['agentmark_gw_time_to_first_chunk_seconds_count{event_type="prompt-run"}'] >= 1
+    assert values["agentmark_gw_inflight_streams"] == 0
+    assert any(k.startswith("agentmark_gw_runner_healthy{") and v == 1 for k, v in values.items())
+
+
+async def test_one_structured_log_line_per_request_without_body_or_secret(
+    scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agentmark_gw.gateway.observability import JsonFormatter
+
+    scripted_runner.script = [events.started("trace-42"), events.text_delta("secret-answer"), events.finish("stop")]
+    with caplog.at_level(logging.INFO, logger="agentmark_gw"):
+        await stream_lines(client, scripted_gateway + "/api/agentmark", TEXT_EVENT)
+        await asyncio.sleep(0.05)
+    records = [r for r in caplog.records if r.name == "agentmark_gw.requests"]
+    assert len(records) == 1
+    line = JsonFormatter().format(records[0])
+    entry = json.loads(line)
+    assert {k: entry[k] for k in ("method", "path", "event_type", "status", "trace_id")} == {
+        "method": "POST", "path": "/api/agentmark", "event_type": "prompt-run", "status": 200, "trace_id": "trace-42",
+    }
+    assert entry["runner"] and entry["duration_ms"] >= 0 and entry["bytes"] > 0
+    everything = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    for leaked in ("test-secret", "What is 2+2?", "secret-answer", "You are a helpful math tutor"):
+        assert leaked not in everything
+
+
+async def test_replay_guard_refuses_the_same_body_within_the_window(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.script = [events.finish("stop")]
+    config = replace(gateway_config(scripted[1]), replay_window=60)
+    async with HttpServer(create_app(config)) as server:
+        first, _ = await stream_lines(client, server.url + "/", TEXT_EVENT)
+        again, _ = await stream_lines(client, server.url + "/", TEXT_EVENT)
+        raw, headers = signed(TEXT_EVENT)
+        body = (await client.post(server.url + "/", content=raw, headers=headers)).json()
+    assert first.status_code == 200
+    assert again.status_code == 409
+    assert body == {"message": "Replayed request: this exact signed body was already received within the replay window"}
+
+
+async def test_replay_guard_is_off_by_default(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.script = [events.finish("stop")]
+    for _ in range(2):
+        response, _ = await stream_lines(client, scripted_gateway + "/", TEXT_EVENT)
+        assert response.status_code == 200
+
+
+def test_replay_window_expires() -> None:
+    from agentmark_gw.gateway.replay import ReplayGuard
+
+    guard = ReplayGuard(window=10, max_entries=3)
+    assert not guard.is_replay(b"a", now=0)
+    assert guard.is_replay(b"a", now=5)
+    assert not guard.is_replay(b"a", now=11)  # expired, seen afresh
+    for body in (b"b", b"c", b"d"):
+        assert not guard.is_replay(body, now=12)
+    assert not guard.is_replay(b"a", now=12)  # evicted: the guard's memory is bounded
