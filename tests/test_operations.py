@@ -136,3 +136,47 @@ def test_replay_window_expires() -> None:
     for body in (b"b", b"c", b"d"):
         assert not guard.is_replay(body, now=12)
     assert not guard.is_replay(b"a", now=12)  # evicted: the guard's memory is bounded
+
+
+async def test_a_span_per_webhook_and_its_context_reaches_the_runner(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    scripted_runner.script = [events.started("am-trace"), events.text_delta("x"), events.finish("stop")]
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with HttpServer(create_app(gateway_config(scripted[1]), tracer_provider=provider)) as server:
+        raw, headers = signed(TEXT_EVENT)
+        async with client.stream("POST", server.url + "/", content=raw, headers={**headers, "traceparent": caller}) as response:
+            body = [line async for line in response.aiter_lines()]
+        await asyncio.sleep(0.05)
+    assert len(body) == 3 and body[-1] == '{"type":"done","traceId":"am-trace"}'
+    (span,) = exporter.get_finished_spans()
+    context = span.get_span_context()
+    assert format(context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"  # joined the caller's trace
+    assert span.parent is not None and format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert span.attributes["agentmark.event_type"] == "prompt-run"
+    assert span.attributes["agentmark.trace_id"] == "am-trace"
+    assert span.attributes["http.response.status_code"] == 200
+    assert span.attributes["agentmark.bytes_streamed"] > 0
+    sent = scripted_runner.seen[-1].trace_context["traceparent"]
+    assert sent == f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+
+
+async def test_without_tracing_the_callers_context_is_passed_on(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.script = [events.finish("stop")]
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    raw, headers = signed(TEXT_EVENT)
+    await client.post(scripted_gateway + "/", content=raw, headers={**headers, "traceparent": caller})
+    assert scripted_runner.seen[-1].trace_context == {"traceparent": caller}
+
+
+def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
+    from agentmark_gw.gateway.tracing import tracing_configured
+
+    assert not tracing_configured({})
+    assert tracing_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert not tracing_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"})

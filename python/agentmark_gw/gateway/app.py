@@ -15,6 +15,7 @@ import logging
 import os
 import time
 
+from opentelemetry.sdk.trace import TracerProvider
 from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -24,7 +25,8 @@ from .config import GatewayConfig
 from .errors import Refusal, Unauthorized
 from .observability import Metrics, RequestRecord
 from .replay import ReplayGuard
-from .runners import RunnerPool, describe
+from .runners import Metadata, RunnerPool, describe
+from .tracing import Tracing, provider_from_environment
 from .webhook import Alert, DatasetRun, Event, GetEvals, PromptRun, parse_event
 
 log = logging.getLogger("agentmark_gw.gateway")
@@ -36,8 +38,9 @@ OPERATIONS_PATHS = ("/healthz", "/readyz", "/metrics")
 EVENT_TYPES = {PromptRun: "prompt-run", DatasetRun: "dataset-run", GetEvals: "get-evals", Alert: "alert"}
 
 
-def create_app(config: GatewayConfig) -> Quart:
-    """The gateway app. Runner channels open when serving starts."""
+def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = None) -> Quart:
+    """The gateway app. Runner channels open when serving starts. Spans go to
+    `tracer_provider`, or to OTLP when the `OTEL_*` variables ask for it."""
     config.require_secret()
     _accel.announce()
     app = Quart("agentmark_gw")
@@ -50,6 +53,7 @@ def create_app(config: GatewayConfig) -> Quart:
     secrets = list(config.secrets)
     metrics = Metrics()
     replay = ReplayGuard(config.replay_window) if config.replay_window > 0 else None
+    tracing = Tracing(tracer_provider if tracer_provider is not None else provider_from_environment())
     pools: list[RunnerPool] = []
     background: set[asyncio.Task[None]] = set()
 
@@ -69,6 +73,7 @@ def create_app(config: GatewayConfig) -> Quart:
         for pool in pools:
             await pool.close()
         pools.clear()
+        tracing.shutdown()
 
     # -- webhook ---------------------------------------------------------------
 
@@ -83,28 +88,29 @@ def create_app(config: GatewayConfig) -> Quart:
             raise Refusal("Replayed request: this exact signed body was already received within the replay window", 409)
         event = parse_event(body)
         g.record.event_type = EVENT_TYPES[type(event)]
-        return await dispatch(event, g.record)
+        metadata = tracing.runner_metadata(g.get("span"), request.headers)
+        return await dispatch(event, g.record, metadata)
 
     for path in WEBHOOK_PATHS:
         app.add_url_rule(path, f"webhook{path}", webhook, methods=["POST"])
 
-    async def dispatch(event: Event, record: RequestRecord) -> Response:
+    async def dispatch(event: Event, record: RequestRecord, metadata: Metadata) -> Response:
         pool = pools[0]
         if isinstance(event, PromptRun):
-            opened = await pool.open_prompt_stream(event)
+            opened = await pool.open_prompt_stream(event, metadata)
             record.runner = opened.runner
             if event.should_stream:
                 return stream(opened, _accel.PromptFramer(event.kind), record)
             response, record.trace_id = await responses.fold(opened, event.kind)
             return response
         if isinstance(event, DatasetRun):
-            opened = await pool.open_experiment_stream(event)
+            opened = await pool.open_experiment_stream(event, metadata)
             record.runner = opened.runner
             return stream(opened, _accel.ExperimentFramer(), record)
         if isinstance(event, GetEvals):
-            names = await pool.get_evals()
+            names = await pool.get_evals(metadata)
             return Response(_accel.evals_payload(names), status=200, content_type=responses.JSON)
-        return acknowledge(pool, event)
+        return acknowledge(pool, event, metadata)
 
     def stream(opened: responses.OpenStream, framer: responses.Framer, record: RequestRecord) -> Response:
         record.streaming = True
@@ -127,16 +133,16 @@ def create_app(config: GatewayConfig) -> Quart:
 
         return responses.stream(opened, framer, on_chunk=on_chunk, on_end=on_end)
 
-    def acknowledge(pool: RunnerPool, alert: Alert) -> Response:
+    def acknowledge(pool: RunnerPool, alert: Alert, metadata: Metadata) -> Response:
         """Answer at once; hand the alert to the runner in the background."""
-        task = asyncio.create_task(deliver_alert(pool, alert))
+        task = asyncio.create_task(deliver_alert(pool, alert, metadata))
         background.add(task)
         task.add_done_callback(background.discard)
         return _json_response({"message": "Alert processed", "alertId": alert.id, "status": alert.status})
 
-    async def deliver_alert(pool: RunnerPool, alert: Alert) -> None:
+    async def deliver_alert(pool: RunnerPool, alert: Alert, metadata: Metadata) -> None:
         try:
-            await pool.handle_alert(alert)
+            await pool.handle_alert(alert, metadata)
         except Refusal as refusal:
             log.warning("alert %s (%s %s) not delivered to the runner: %s", alert.id, alert.type, alert.status, refusal.message)
         except Exception as error:  # noqa: BLE001 - logged, never raised into the loop
@@ -170,7 +176,13 @@ def create_app(config: GatewayConfig) -> Quart:
 
     @app.before_request
     async def start_record() -> None:
-        g.record = RequestRecord(request.method, request.path)
+        g.record = record = RequestRecord(request.method, request.path)
+        if request.path in WEBHOOK_PATHS and request.method == "POST":
+            span = tracing.start(request.method, request.path, request.headers)
+            if span is not None:
+                g.span = span
+                record.otel_trace_id = format(span.get_span_context().trace_id, "032x")
+                record.on_finish.append(lambda r: tracing.finish(span, _span_attributes(r), r.status))
 
     @app.after_request
     async def finish_record(response: Response) -> Response:
@@ -201,6 +213,16 @@ def create_app(config: GatewayConfig) -> Quart:
 
     app.extensions["agentmark_gw"] = {"metrics": metrics, "pools": pools}
     return app
+
+
+def _span_attributes(record: RequestRecord) -> dict[str, object]:
+    return {
+        "agentmark.event_type": record.event_type,
+        "agentmark.runner": record.runner,
+        "agentmark.trace_id": record.trace_id,
+        "agentmark.bytes_streamed": record.bytes_sent,
+        "agentmark.aborted": record.aborted,
+    }
 
 
 _HTTP_MESSAGES = {

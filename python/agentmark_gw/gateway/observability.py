@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,12 +81,16 @@ class RequestRecord:
     status: int = 0
     runner: str | None = None
     trace_id: str | None = None
+    # The gateway's own OpenTelemetry trace, when tracing is on.
+    otel_trace_id: str | None = None
     bytes_sent: int = 0
     first_chunk: float | None = None
     streaming: bool = False
     # A stream that ended before the run did (the client went away).
     aborted: bool = False
     finished: bool = False
+    # Called once the request is over (its span is ended there).
+    on_finish: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
     def finish(self, metrics: Metrics, log: logging.Logger, status: int | None = None) -> None:
         if self.finished:
@@ -96,6 +101,8 @@ class RequestRecord:
         duration = time.perf_counter() - self.started
         metrics.requests.labels(self.event_type, str(self.status)).inc()
         metrics.duration.labels(self.event_type).observe(duration)
+        for callback in self.on_finish:
+            callback(self)
         log.info(
             "%s %s %s %d",
             self.method,
@@ -111,6 +118,7 @@ class RequestRecord:
                     "duration_ms": round(duration * 1000, 2),
                     "runner": self.runner,
                     "trace_id": self.trace_id,
+                    **({"otel_trace_id": self.otel_trace_id} if self.otel_trace_id else {}),
                     "bytes": self.bytes_sent,
                     **({"aborted": True} if self.aborted else {}),
                 }

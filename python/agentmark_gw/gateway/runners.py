@@ -70,6 +70,10 @@ HTTP_STATUS = {
 }
 
 
+# gRPC metadata for a call: the W3C trace context, when there is one.
+Metadata = tuple[tuple[str, str], ...]
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -205,7 +209,7 @@ class RunnerPool:
 
     # -- calls -----------------------------------------------------------
 
-    async def open_prompt_stream(self, run: Any) -> OpenStream:
+    async def open_prompt_stream(self, run: Any, metadata: Metadata = ()) -> OpenStream:
         data = run.data
         request = pb.RunPromptRequest(
             kind=_KIND[run.kind],
@@ -215,9 +219,9 @@ class RunnerPool:
             prompt_path=_str(data.get("promptPath")),
             data_json=_json(data),
         ).SerializeToString()
-        return await self._open(lambda r, **kw: r.run_prompt(request, **kw), self._config.deadlines.prompt_run)
+        return await self._open(lambda r, **kw: r.run_prompt(request, metadata=metadata, **kw), self._config.deadlines.prompt_run)
 
-    async def open_experiment_stream(self, run: Any) -> OpenStream:
+    async def open_experiment_stream(self, run: Any, metadata: Metadata = ()) -> OpenStream:
         data = run.data
         sampling = data.get("sampling")
         concurrency = data.get("concurrency")
@@ -232,16 +236,16 @@ class RunnerPool:
             sampling_json=_json(sampling) if sampling is not None else "",
             data_json=_json(data),
         ).SerializeToString()
-        return await self._open(lambda r, **kw: r.run_experiment(request, **kw), self._config.deadlines.dataset_run)
+        return await self._open(lambda r, **kw: r.run_experiment(request, metadata=metadata, **kw), self._config.deadlines.dataset_run)
 
-    async def get_evals(self) -> list[str]:
+    async def get_evals(self, metadata: Metadata = ()) -> list[str]:
         request = pb.GetEvalsRequest().SerializeToString()
-        response = await self._unary(lambda r, **kw: r.get_evals(request, **kw), self._config.deadlines.get_evals)
+        response = await self._unary(lambda r, **kw: r.get_evals(request, metadata=metadata, **kw), self._config.deadlines.get_evals)
         return list(response.names)
 
-    async def handle_alert(self, alert: Any) -> str:
+    async def handle_alert(self, alert: Any, metadata: Metadata = ()) -> str:
         request = pb.AlertRequest(id=alert.id, type=alert.type, status=alert.status, data_json=_json(alert.data)).SerializeToString()
-        response = await self._unary(lambda r, **kw: r.handle_alert(request, **kw), self._config.deadlines.alert)
+        response = await self._unary(lambda r, **kw: r.handle_alert(request, metadata=metadata, **kw), self._config.deadlines.alert)
         return response.message
 
     async def _open(self, start: Callable[..., grpc.aio.UnaryStreamCall], timeout: float) -> OpenStream:

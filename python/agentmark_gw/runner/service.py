@@ -41,6 +41,9 @@ class PromptRequest:
     should_stream: bool
     prompt_path: str
     data: dict[str, Any] = field(default_factory=dict)
+    # The caller's W3C trace context (`traceparent`, `tracestate`), from gRPC
+    # metadata: make it the parent of the runner's spans.
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class ExperimentRequest:
     commit_sha: str
     sampling: Any
     data: dict[str, Any] = field(default_factory=dict)
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,15 @@ def _object(text: str, field_name: str) -> dict[str, Any]:
     return value
 
 
-def prompt_request(message: pb.RunPromptRequest) -> PromptRequest:
+TRACE_CONTEXT_KEYS = ("traceparent", "tracestate")
+
+
+def trace_context(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    metadata = context.invocation_metadata() or ()
+    return {key: value for key, value in metadata if key in TRACE_CONTEXT_KEYS and isinstance(value, str)}
+
+
+def prompt_request(message: pb.RunPromptRequest, trace: dict[str, str] | None = None) -> PromptRequest:
     if message.kind not in KINDS:
         raise InvalidRequest("kind is not set")
     return PromptRequest(
@@ -111,10 +123,11 @@ def prompt_request(message: pb.RunPromptRequest) -> PromptRequest:
         should_stream=message.should_stream,
         prompt_path=message.prompt_path,
         data=_object(message.data_json, "data_json"),
+        trace_context=trace or {},
     )
 
 
-def experiment_request(message: pb.RunExperimentRequest) -> ExperimentRequest:
+def experiment_request(message: pb.RunExperimentRequest, trace: dict[str, str] | None = None) -> ExperimentRequest:
     if message.kind not in KINDS:
         raise InvalidRequest("kind is not set")
     return ExperimentRequest(
@@ -127,6 +140,7 @@ def experiment_request(message: pb.RunExperimentRequest) -> ExperimentRequest:
         commit_sha=message.commit_sha,
         sampling=_parse(message.sampling_json, "sampling_json", None),
         data=_object(message.data_json, "data_json"),
+        trace_context=trace or {},
     )
 
 
@@ -194,7 +208,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
 
     async def RunPrompt(self, request: pb.RunPromptRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RunnerEvents]:  # noqa: N802
         try:
-            parsed = prompt_request(request)
+            parsed = prompt_request(request, trace_context(context))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         async for batch in batched(
@@ -207,7 +221,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
 
     async def RunExperiment(self, request: pb.RunExperimentRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExperimentEvents]:  # noqa: N802
         try:
-            parsed = experiment_request(request)
+            parsed = experiment_request(request, trace_context(context))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         async for batch in batched(
