@@ -180,3 +180,26 @@ def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
     assert not tracing_configured({})
     assert tracing_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
     assert not tracing_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"})
+
+
+async def test_the_deadline_per_event_type_reaches_the_runner(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    from agentmark_gw.gateway.config import Deadlines
+
+    scripted_runner.script = [events.finish("stop")]
+    scripted_runner.experiment_script = []
+    config = replace(gateway_config(scripted[1]), deadlines=Deadlines(prompt_run=42, dataset_run=4200))
+    async with HttpServer(create_app(config)) as server:
+        await stream_lines(client, server.url + "/", TEXT_EVENT)
+        await stream_lines(client, server.url + "/", shared_json("events/dataset-run.json"))
+    prompt, experiment = scripted_runner.seen[-2:]
+    assert 40 < prompt.time_remaining <= 42
+    # gRPC sends long deadlines in coarse units, rounded up (here to 10 s).
+    assert 4190 < experiment.time_remaining <= 4210
+
+
+async def test_a_dns_target_resolves_to_the_runner(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.script = [events.text_delta("via dns"), events.finish("stop")]
+    port = scripted[1].rsplit(":", 1)[1]
+    async with HttpServer(create_app(gateway_config(f"dns:///localhost:{port}"))) as server:
+        response, lines = await stream_lines(client, server.url + "/", TEXT_EVENT)
+    assert response.status_code == 200 and lines[0] == {"type": "text", "result": "via dns"}

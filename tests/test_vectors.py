@@ -117,18 +117,35 @@ def test_done_line_only_with_a_trace_id(core: ModuleType) -> None:
 @pytest.mark.parametrize(
     ("stream", "error"),
     [
-        ([], "runner finished without producing speech"),
-        (["boom"], "boom"),
+        ([], "runner ended the stream without finishing"),
+        (["finish"], "runner finished without producing speech"),
+        (["error"], "boom"),
     ],
 )
 def test_speech_folding_failures(stream: list[str], error: str, core: ModuleType) -> None:
     from agentmark_gw.runner import events
 
     folder = core.EnvelopeFolder("speech")
-    for message in stream:
-        folder.feed(batch(events.error(message)))
+    for name in stream:
+        folder.feed(batch(events.finish("stop") if name == "finish" else events.error("boom")))
     assert folder.close() == b""
     assert folder.error == error
+
+
+@pytest.mark.parametrize("kind", ["text", "object"])
+def test_a_stream_cut_short_ends_with_an_error(kind: str, core: ModuleType) -> None:
+    from agentmark_gw.runner import events
+
+    framer = core.PromptFramer(kind)
+    framer.feed(batch(events.started("t1"), events.text_delta("partial")))
+    assert not framer.terminated
+    assert framer.close() == (
+        b'{"type":"error","error":"runner ended the stream without finishing"}\n'
+        b'{"type":"done","traceId":"t1"}\n'
+    )
+    folder = core.EnvelopeFolder(kind)
+    folder.feed(batch(events.text_delta("partial")))
+    assert folder.close() == b"" and folder.error == "runner ended the stream without finishing"
 
 
 # Not protobuf; a truncated message; a string field that is not UTF-8.

@@ -16,10 +16,9 @@ import hashlib
 import hmac
 import json
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from .protocol import runner_pb2 as pb
 
@@ -37,6 +36,7 @@ __all__ = [
 
 UNDECODABLE_BATCH = "runner sent a message that is not a valid event batch"
 UNDECODABLE_EVENT = "runner sent a message that is not a valid event"
+UNFINISHED = "runner ended the stream without finishing"
 MAX_DEPTH = 128
 _PREFIX = "sha256="
 _WHITESPACE = " \t\n\r"
@@ -130,29 +130,100 @@ def _checked_or_empty(text: str, field: str) -> str:
 
 M = TypeVar("M", bound=Message)
 
+# Python's protobuf is more forgiving than the Rust decoder (prost): it keeps
+# a known field sent with the wrong wire type as an unknown field, wraps
+# overlong varints, and accepts field number 0 inside unknown groups. To
+# answer exactly as Rust does, bytes are first walked the way prost reads
+# them; only then parsed.
+_VARINT, _FIXED64, _LENGTH, _START_GROUP, _END_GROUP, _FIXED32 = range(6)
+_RECURSION_LIMIT = 100  # prost's default
+
+
+class _Malformed(Exception):
+    pass
+
 
 def _decode(cls: type[M], data: bytes) -> M:
-    """Parse like the Rust decoder (prost): a known field number sent with the
-    wrong wire type is an error. Python's protobuf would instead keep it as an
-    unknown field and carry on, so such fields are looked for and refused.
-    Unknown field numbers (a newer runner's additions) are skipped by both."""
-    message = cls.FromString(data)
-    if _has_mistyped_field(message):
-        raise DecodeError("a known field has the wrong wire type")
-    return message
+    try:
+        _walk(cls.DESCRIPTOR, memoryview(data), _RECURSION_LIMIT)
+    except (_Malformed, IndexError):
+        raise DecodeError("not a valid message") from None
+    return cls.FromString(data)
 
 
-def _has_mistyped_field(message: Message) -> bool:
-    known = message.DESCRIPTOR.fields_by_number
-    if any(field.field_number in known for field in UnknownFieldSet(message)):
-        return True
-    for field, value in message.ListFields():
-        if field.message_type is None:
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = 0
+    for i in range(10):
+        byte = data[pos + i]
+        if i == 9 and byte > 1:
+            raise _Malformed("varint overflows 64 bits")
+        value |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            return value, pos + i + 1
+    raise _Malformed("varint longer than 10 bytes")
+
+
+def _field_key(data: memoryview, pos: int) -> tuple[int, int, int]:
+    key, pos = _varint(data, pos)
+    if key > 0xFFFFFFFF or key & 7 > _FIXED32 or key >> 3 == 0:
+        raise _Malformed("invalid key")
+    return key >> 3, key & 7, pos
+
+
+def _expected_wire_type(field: Any) -> int:
+    if field.type in (field.TYPE_MESSAGE, field.TYPE_STRING, field.TYPE_BYTES):
+        return _LENGTH
+    return _VARINT  # every scalar in runner.proto is a varint
+
+
+def _walk(descriptor: Any, data: memoryview, depth: int) -> None:
+    pos = 0
+    while pos < len(data):
+        number, wire, pos = _field_key(data, pos)
+        field = descriptor.fields_by_number.get(number)
+        if field is None:
+            pos = _skip(data, pos, number, wire, depth)
             continue
-        children = value if field.is_repeated else (value,)
-        if any(_has_mistyped_field(child) for child in children):
-            return True
-    return False
+        if wire != _expected_wire_type(field):
+            raise _Malformed("known field with the wrong wire type")
+        if wire == _VARINT:
+            _, pos = _varint(data, pos)
+            continue
+        length, pos = _varint(data, pos)
+        if pos + length > len(data):
+            raise _Malformed("truncated")
+        if field.type == field.TYPE_MESSAGE:
+            if depth == 0:
+                raise _Malformed("nested too deep")
+            _walk(field.message_type, data[pos : pos + length], depth - 1)
+        pos += length
+
+
+def _skip(data: memoryview, pos: int, number: int, wire: int, depth: int) -> int:
+    if wire == _VARINT:
+        return _varint(data, pos)[1]
+    if wire == _FIXED64:
+        end = pos + 8
+    elif wire == _FIXED32:
+        end = pos + 4
+    elif wire == _LENGTH:
+        length, pos = _varint(data, pos)
+        end = pos + length
+    elif wire == _START_GROUP:
+        if depth == 0:
+            raise _Malformed("nested too deep")
+        while True:
+            inner, inner_wire, pos = _field_key(data, pos)
+            if inner_wire == _END_GROUP:
+                if inner != number:
+                    raise _Malformed("unmatched end of group")
+                return pos
+            pos = _skip(data, pos, inner, inner_wire, depth - 1)
+    else:
+        raise _Malformed("end of a group that was not started")
+    if end > len(data):
+        raise _Malformed("truncated")
+    return end
 
 
 # --- lines ------------------------------------------------------------------
@@ -291,8 +362,19 @@ class PromptFramer:
         self.terminated = terminal
         return terminal
 
+    def fail(self, message: str) -> bytes:
+        """The terminal error line for a failure the gateway saw itself."""
+        if self.terminated:
+            return b""
+        self.terminated = True
+        return error_line(message)
+
     def close(self) -> bytes:
-        return _done_line(self.trace_id)
+        """An error line if the runner stopped without `finish` or `error`,
+        then the `done` line when the run had a trace id."""
+        unfinished = b"" if self.terminated else error_line(UNFINISHED)
+        self.terminated = True
+        return unfinished + _done_line(self.trace_id)
 
 
 def frame_event(kind: str, event: bytes) -> bytes | None:
@@ -334,6 +416,14 @@ class ExperimentFramer:
             elif which == "started" and event.started.trace_id:
                 self.trace_id = event.started.trace_id
         return b"".join(out)
+
+    def fail(self, message: str) -> bytes:
+        """An error line for a failure the gateway saw itself; later rows are dropped."""
+        if self.terminated:
+            return b""
+        self.terminated = True
+        self.errors += 1
+        return error_line(message)
 
     def close(self) -> bytes:
         return _done_line(self.trace_id)
@@ -432,6 +522,8 @@ class EnvelopeFolder:
             self._speech = event.speech
 
     def close(self) -> bytes:
+        if self.error is None and not self.terminated:
+            self.error = UNFINISHED
         if self.error is None and self._kind == "speech" and self._speech is None:
             self.error = "runner finished without producing speech"
         if self.error is not None:

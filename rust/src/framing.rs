@@ -20,6 +20,7 @@ use crate::wire::{
 
 pub const UNDECODABLE_BATCH: &str = "runner sent a message that is not a valid event batch";
 pub const UNDECODABLE_EVENT: &str = "runner sent a message that is not a valid event";
+pub const UNFINISHED: &str = "runner ended the stream without finishing";
 
 fn invalid_json(field: &str) -> String {
     format!("runner sent invalid JSON in {field}")
@@ -251,13 +252,30 @@ impl PromptFramer {
         outcome
     }
 
-    /// The `done` line when the run had a trace id, else nothing.
-    pub fn close(&self) -> Vec<u8> {
-        if self.trace_id.is_empty() {
-            Vec::new()
-        } else {
-            done_line(&self.trace_id)
+    /// The terminal error line for a failure the gateway saw itself (the
+    /// runner's call broke); nothing is framed after it.
+    pub fn fail(&mut self, message: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.terminated {
+            self.terminated = true;
+            error_line(&mut out, message);
         }
+        out
+    }
+
+    /// The stream's last lines: an error if the runner stopped without
+    /// `finish` or `error` (a client must not take a cut-off answer for a
+    /// whole one), then the `done` line when the run had a trace id.
+    pub fn close(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.terminated {
+            self.terminated = true;
+            error_line(&mut out, UNFINISHED);
+        }
+        if !self.trace_id.is_empty() {
+            out.extend_from_slice(&done_line(&self.trace_id));
+        }
+        out
     }
 }
 
@@ -316,6 +334,17 @@ impl ExperimentFramer {
                     }
                 }
             }
+        }
+        out
+    }
+
+    /// An error line for a failure the gateway saw itself; later rows are dropped.
+    pub fn fail(&mut self, message: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.terminated {
+            self.terminated = true;
+            self.errors += 1;
+            error_line(&mut out, message);
         }
         out
     }
@@ -490,6 +519,9 @@ impl EnvelopeFolder {
 
     /// The envelope. Check `error` first: when it is set, this is empty.
     pub fn close(&mut self) -> Vec<u8> {
+        if self.error.is_none() && !self.terminated {
+            self.error = Some(UNFINISHED.to_string());
+        }
         if self.error.is_none() && self.kind == PromptKind::Speech && self.speech.is_none() {
             self.error = Some("runner finished without producing speech".to_string());
         }

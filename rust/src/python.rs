@@ -80,7 +80,11 @@ impl PromptFramer {
         PyBytes::new(py, &self.0.feed(batch))
     }
 
-    fn close<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+    fn fail<'py>(&mut self, py: Python<'py>, message: &str) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.fail(message))
+    }
+
+    fn close<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.0.close())
     }
 
@@ -108,6 +112,10 @@ impl ExperimentFramer {
 
     fn feed<'py>(&mut self, py: Python<'py>, batch: &[u8]) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.0.feed(batch))
+    }
+
+    fn fail<'py>(&mut self, py: Python<'py>, message: &str) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.fail(message))
     }
 
     fn close<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {

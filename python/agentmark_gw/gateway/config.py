@@ -215,6 +215,9 @@ def _describe(hint: Any) -> str:
 
 
 def _validated(config: GatewayConfig) -> GatewayConfig:
+    if any(not secret.strip() for secret in config.secrets):
+        # An empty secret would verify signatures made with the public key `DEFAULT`.
+        raise ConfigError("secrets: an empty webhook secret is not allowed")
     if not config.runners:
         raise ConfigError("no runner: give at least one --runner HOST:PORT (or `runners` in the config file)")
     if config.max_body_bytes <= 0:

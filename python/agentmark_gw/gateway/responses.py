@@ -28,7 +28,10 @@ JSON = "application/json"
 class Framer(Protocol):
     @property
     def terminated(self) -> bool: ...
+    @property
+    def trace_id(self) -> str: ...
     def feed(self, batch: bytes) -> bytes: ...
+    def fail(self, message: str) -> bytes: ...
     def close(self) -> bytes: ...
 
 
@@ -71,7 +74,7 @@ async def _chunks(opened: OpenStream, framer: Framer) -> AsyncIterator[bytes]:
                 break
             message = await read(opened.call)
     except AioRpcError as error:
-        yield _accel.error_line(refusal_for(error).message)
+        yield framer.fail(refusal_for(error).message)
     done = framer.close()
     if done:
         yield done

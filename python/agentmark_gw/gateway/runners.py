@@ -75,7 +75,9 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # ASCII: a body may hold lone surrogates (`"\ud800"` is valid JSON) that
+    # UTF-8, and so protobuf strings, cannot carry; escaped, they arrive intact.
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _str(value: Any) -> str:
@@ -289,10 +291,9 @@ class RunnerPool:
         raise self._none_left(tried)
 
     def _mark_down(self, runner: Runner, error: AioRpcError) -> None:
+        # Health is the health checks' to say: a runner may answer UNAVAILABLE
+        # itself (say, when its model provider is down) while being up.
         log.warning("runner %s unavailable (%s); trying the next", runner.target, describe(error))
-        runner.healthy = False
-        if self._on_health is not None:
-            self._on_health(runner.target, False)
 
     def _none_left(self, tried: list[str]) -> Refusal:
         if not tried:

@@ -37,8 +37,10 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     hyper.errorlog = logging.getLogger("hypercorn.error")
     # On SIGTERM: stop accepting, give in-flight requests this long, then cancel them.
     hyper.graceful_timeout = config.shutdown_grace
-    # Slow or stuck clients must not hold connections for ever.
-    hyper.read_timeout = 60
+    # No read timeout: Hypercorn applies it to every socket read, including
+    # while a client silently waits on a long stream, so it would cut dataset
+    # runs short. Request bodies are bounded by Quart's BODY_TIMEOUT instead.
+    hyper.read_timeout = None
     hyper.keep_alive_timeout = 75  # above the usual 60 s load-balancer idle timeout
     if config.tls_certfile and config.tls_keyfile:
         hyper.certfile = config.tls_certfile

@@ -56,7 +56,7 @@ Event = PromptRun | DatasetRun | GetEvals | Alert
 def parse_event(body: bytes) -> Event:
     """Parse a raw (already verified) body into one of the event types."""
     try:
-        document = json.loads(body)
+        document = json.loads(body, parse_constant=_not_json)
     except (ValueError, RecursionError):
         raise BadRequest("Request body is not valid JSON") from None
     if not isinstance(document, dict):
@@ -88,6 +88,10 @@ def parse_event(body: bytes) -> Event:
     if event_type == "get-evals":
         return GetEvals(data)
     return _alert(data)
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # Python accepts NaN and Infinity; JSON does not
 
 
 def _shown(value: Any) -> str:

@@ -44,6 +44,8 @@ class PromptRequest:
     # The caller's W3C trace context (`traceparent`, `tracestate`), from gRPC
     # metadata: make it the parent of the runner's spans.
     trace_context: dict[str, str] = field(default_factory=dict)
+    # Seconds left before the gateway's deadline for this run (None: no deadline).
+    time_remaining: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class ExperimentRequest:
     sampling: Any
     data: dict[str, Any] = field(default_factory=dict)
     trace_context: dict[str, str] = field(default_factory=dict)
+    time_remaining: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,12 +111,18 @@ def _object(text: str, field_name: str) -> dict[str, Any]:
 TRACE_CONTEXT_KEYS = ("traceparent", "tracestate")
 
 
-def trace_context(context: grpc.aio.ServicerContext) -> dict[str, str]:
+def _call_details(context: grpc.aio.ServicerContext | None) -> dict[str, Any]:
+    """What the call itself carries: the trace context and the deadline."""
+    if context is None:
+        return {}
     metadata = context.invocation_metadata() or ()
-    return {key: value for key, value in metadata if key in TRACE_CONTEXT_KEYS and isinstance(value, str)}
+    return {
+        "trace_context": {k: v for k, v in metadata if k in TRACE_CONTEXT_KEYS and isinstance(v, str)},
+        "time_remaining": context.time_remaining(),
+    }
 
 
-def prompt_request(message: pb.RunPromptRequest, trace: dict[str, str] | None = None) -> PromptRequest:
+def prompt_request(message: pb.RunPromptRequest, context: grpc.aio.ServicerContext | None = None) -> PromptRequest:
     if message.kind not in KINDS:
         raise InvalidRequest("kind is not set")
     return PromptRequest(
@@ -123,11 +132,11 @@ def prompt_request(message: pb.RunPromptRequest, trace: dict[str, str] | None = 
         should_stream=message.should_stream,
         prompt_path=message.prompt_path,
         data=_object(message.data_json, "data_json"),
-        trace_context=trace or {},
+        **_call_details(context),
     )
 
 
-def experiment_request(message: pb.RunExperimentRequest, trace: dict[str, str] | None = None) -> ExperimentRequest:
+def experiment_request(message: pb.RunExperimentRequest, context: grpc.aio.ServicerContext | None = None) -> ExperimentRequest:
     if message.kind not in KINDS:
         raise InvalidRequest("kind is not set")
     return ExperimentRequest(
@@ -140,7 +149,7 @@ def experiment_request(message: pb.RunExperimentRequest, trace: dict[str, str] |
         commit_sha=message.commit_sha,
         sampling=_parse(message.sampling_json, "sampling_json", None),
         data=_object(message.data_json, "data_json"),
-        trace_context=trace or {},
+        **_call_details(context),
     )
 
 
@@ -208,7 +217,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
 
     async def RunPrompt(self, request: pb.RunPromptRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RunnerEvents]:  # noqa: N802
         try:
-            parsed = prompt_request(request, trace_context(context))
+            parsed = prompt_request(request, context)
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         async for batch in batched(
@@ -221,7 +230,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
 
     async def RunExperiment(self, request: pb.RunExperimentRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExperimentEvents]:  # noqa: N802
         try:
-            parsed = experiment_request(request, trace_context(context))
+            parsed = experiment_request(request, context)
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         async for batch in batched(
