@@ -102,3 +102,26 @@ async def test_up_generates_a_secret_that_send_uses(tmp_path: Path, fake_openai:
         printed, _ = await asyncio.wait_for(up.communicate(), 20)
     assert saved.read_text().strip() in printed.decode()
     assert shared_json("events/prompt-run-text.json")["event"]["type"] == "prompt-run"
+
+
+async def test_send_reports_a_missing_file_without_a_traceback(tmp_path: Path) -> None:
+    code, _, err = await run("send", str(tmp_path / "absent.json"), env=environment(tmp_path, AGENTMARK_WEBHOOK_SECRET="s"))
+    assert code == 2
+    assert err.strip() == f"error: cannot read {tmp_path / 'absent.json'}: No such file or directory"
+
+
+async def test_sign_uses_the_first_of_several_secrets(tmp_path: Path) -> None:
+    code, out, _ = await run("sign", TEXT_EVENT, env=environment(tmp_path, AGENTMARK_WEBHOOK_SECRET="new, old"))
+    assert code == 0 and out.strip() == oracle("new", Path(TEXT_EVENT).read_bytes())
+
+
+async def test_send_fails_when_the_stream_ends_in_an_error(tmp_path: Path, scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
+    from agentmark_gw.gateway import create_app
+
+    from .conftest import SECRET, HttpServer, gateway_config
+
+    scripted_runner.script = [events.text_delta("a"), events.error("model refused")]
+    async with HttpServer(create_app(gateway_config(scripted[1]))) as server:
+        code, out, _ = await run("send", TEXT_EVENT, "--url", server.url + "/", env=environment(tmp_path, AGENTMARK_WEBHOOK_SECRET=SECRET))
+    assert code == 1
+    assert out.splitlines()[-1] == '{"type":"error","error":"model refused"}'

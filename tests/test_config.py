@@ -95,3 +95,9 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_serve_needs_a_secret() -> None:
     with pytest.raises(ConfigError, match="AGENTMARK_WEBHOOK_SECRET"):
         load_config(env={}).require_secret()
+
+
+def test_an_empty_secret_among_several_is_refused(tmp_path: Path) -> None:
+    # An empty secret would accept signatures made with the public key "DEFAULT".
+    with pytest.raises(ConfigError, match="an empty webhook secret is not allowed"):
+        load_config(write(tmp_path, 'secrets = ["", "real"]'), env={})

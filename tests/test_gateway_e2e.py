@@ -363,3 +363,24 @@ async def test_runner_without_credentials_says_what_to_set(client: httpx.AsyncCl
 async def test_gateway_runs_on_the_rust_core_by_default(scripted_gateway: str, client: httpx.AsyncClient) -> None:
     health = await client.get(scripted_gateway + "/healthz")
     assert health.json()["implementation"] == "rust"
+
+
+async def test_lone_surrogates_in_the_body_reach_the_runner_intact(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.script = [events.finish("stop")]
+    event = shared_json("events/prompt-run-text.json")
+    event["event"]["data"]["customProps"] = {"userMessage": "PLACEHOLDER"}
+    raw = json.dumps(event).replace("PLACEHOLDER", "odd \\ud800 text").encode()
+    response, _ = await stream_lines(client, scripted_gateway + "/", raw)
+    assert response.status_code == 200
+    assert scripted_runner.seen[-1].props == {"userMessage": "odd \ud800 text"}
+
+    in_frontmatter = json.dumps(event).replace("What is 2+2?", "odd \\ud800 text").encode()
+    raw, headers = signed(in_frontmatter)
+    response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
+    assert response.status_code == 400 and response.json() == {"message": "AST frontmatter is not valid YAML"}
+
+
+async def test_nan_is_not_json(scripted_gateway: str, client: httpx.AsyncClient) -> None:
+    raw, headers = signed(b'{"type":"prompt-run","data":{"x":NaN}}')
+    response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
+    assert response.status_code == 400 and response.json() == {"message": "Request body is not valid JSON"}

@@ -153,7 +153,7 @@ def item_inputs(draw: st.DrawFn) -> str:
     if choice == 0:
         return draw(st.sampled_from([
             '{"a":1,"a":2}', '{"b":1,"a":{"d":[],"c":-0}}', '"\\ud83d\\ude00\\ud800x"', "[1e400,-1E-400,0.1e1]",
-            '{"\\u00e9":1,"e":2,"\\ud800":3}', "-0.0", "1" * 4300, "[1.5e16, 1e15, 123456789.123456789]", '"\\u007f\\u0000"',
+            '{"\\u00e9":1,"e":2,"\\ud800":3}', "-0.0", "1" * 4300, "[1.5e16, 1e15, 123456789.123456789]", '"\\u007f\\u0000"', "[" * 129 + "1" * 4301 + "]" * 129,
         ]))
     return json.dumps(draw(json_values), indent=draw(st.sampled_from([None, 1])), ensure_ascii=draw(st.booleans()))
 

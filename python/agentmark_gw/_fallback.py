@@ -37,6 +37,7 @@ __all__ = [
 UNDECODABLE_BATCH = "runner sent a message that is not a valid event batch"
 UNDECODABLE_EVENT = "runner sent a message that is not a valid event"
 UNFINISHED = "runner ended the stream without finishing"
+ITEM_INPUT_REFUSED = "dataset item input must be JSON nested at most 128 deep, with integers of at most 4300 digits"
 MAX_DEPTH = 128
 _PREFIX = "sha256="
 _WHITESPACE = " \t\n\r"
@@ -248,14 +249,10 @@ def dataset_item_name(input_json: str, index: int) -> str:
     of the input's sorted, compact JSON; the index when the input is empty."""
     try:
         value = json.loads(input_json, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError("dataset item input is not valid JSON") from None
-    except ValueError as exc:
-        if "digits" in str(exc):
-            raise ValueError("dataset item input has an integer of more than 4300 digits") from None
-        raise ValueError("dataset item input is not valid JSON") from None
+    except (ValueError, RecursionError):
+        raise ValueError(ITEM_INPUT_REFUSED) from None
     if input_json.count("[") + input_json.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
-        raise ValueError("dataset item input is not valid JSON")
+        raise ValueError(ITEM_INPUT_REFUSED)
     if value is None or value == "" or value == {}:
         return str(index)
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))

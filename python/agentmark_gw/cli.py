@@ -36,10 +36,11 @@ def secret_file() -> Path:
 
 
 def local_secret() -> str | None:
-    """The secret from the environment, else the one `up` saved."""
+    """The secret to sign with: the first of the environment's (the variable
+    may list several, comma-separated, for rotation), else the one `up` saved."""
     secret = os.environ.get(SECRET_ENV)
     if secret:
-        return secret
+        return next((s.strip() for s in secret.split(",") if s.strip()), None)
     try:
         return secret_file().read_text().strip() or None
     except OSError:
@@ -55,8 +56,17 @@ def _save_secret(secret: str) -> Path:
     return path
 
 
+class CommandError(Exception):
+    """A mistake on the command line: printed as `error: ...`, exit status 2."""
+
+
 def _read_body(file: str) -> bytes:
-    return sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    if file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(file).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {file}: {exc.strerror}") from None
 
 
 # --- commands -----------------------------------------------------------------
@@ -165,12 +175,15 @@ def cmd_send(args: argparse.Namespace) -> int:
                 response.read()
                 print(f"HTTP {response.status_code}: {response.text.strip()}", file=sys.stderr)
                 return 1
+            failed = False
             for line in response.iter_lines():
                 print(line, flush=True)
+                failed = failed or line.startswith('{"type":"error"')
     except httpx.HTTPError as exc:
         print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
-    return 0
+    # A stream that ended in an error line is a failed run, for scripts too.
+    return 1 if failed else 0
 
 
 # --- parser ---------------------------------------------------------------------
@@ -235,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except ConfigError as exc:
+    except (ConfigError, CommandError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a port in use, a file that cannot be read
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

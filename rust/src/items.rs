@@ -20,13 +20,15 @@ pub enum ItemNameError {
 }
 
 impl std::fmt::Display for ItemNameError {
+    /// One message for every refusal: which check trips first differs
+    /// between parsers, and the twin must say the same thing.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::InvalidJson => f.write_str("dataset item input is not valid JSON"),
-            Self::IntegerTooLong => f.write_str("dataset item input has an integer of more than 4300 digits"),
-        }
+        f.write_str(ITEM_INPUT_REFUSED)
     }
 }
+
+pub const ITEM_INPUT_REFUSED: &str =
+    "dataset item input must be JSON nested at most 128 deep, with integers of at most 4300 digits";
 
 enum Value {
     Null,

@@ -35,6 +35,7 @@ request_log = logging.getLogger("agentmark_gw.requests")
 SIGNATURE_HEADER = "x-agentmark-signature-256"
 WEBHOOK_PATHS = ("/", "/api/agentmark")
 OPERATIONS_PATHS = ("/healthz", "/readyz", "/metrics")
+ALERT_DRAIN_SECONDS = 5.0
 EVENT_TYPES = {PromptRun: "prompt-run", DatasetRun: "dataset-run", GetEvals: "get-evals", Alert: "alert"}
 
 
@@ -68,8 +69,13 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
 
     @app.after_serving
     async def close_runners() -> None:
-        for task in list(background):
-            task.cancel()
+        # Alerts already acknowledged get a moment to reach the runner.
+        if background:
+            _, late = await asyncio.wait(list(background), timeout=ALERT_DRAIN_SECONDS)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("%d acknowledged alert(s) not delivered before shutdown", len(late))
         for pool in pools:
             await pool.close()
         pools.clear()
@@ -84,7 +90,9 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
         if not _accel.verify(secrets, request.headers.get(SIGNATURE_HEADER), body):
             metrics.signature_failures.inc()
             raise Unauthorized("Invalid signature")
-        if replay is not None and replay.is_replay(body):
+        if replay is not None:
+            g.body_digest = replay.digest(body)
+        if replay is not None and replay.is_replay(g.body_digest):
             raise Refusal("Replayed request: this exact signed body was already received within the replay window", 409)
         event = parse_event(body)
         g.record.event_type = EVENT_TYPES[type(event)]
@@ -186,6 +194,8 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
 
     @app.after_request
     async def finish_record(response: Response) -> Response:
+        if replay is not None and response.status_code >= 500 and "body_digest" in g:
+            replay.forget(g.body_digest)  # a failed request may be retried
         record: RequestRecord | None = g.get("record")
         if record is not None and not record.streaming and request.path not in OPERATIONS_PATHS:
             record.finish(metrics, request_log, response.status_code)

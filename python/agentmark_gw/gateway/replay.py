@@ -24,16 +24,23 @@ class ReplayGuard:
         self._max_entries = max_entries
         self._seen: OrderedDict[bytes, float] = OrderedDict()
 
-    def is_replay(self, body: bytes, now: float | None = None) -> bool:
-        """Record `body`; True if it was already seen within the window."""
+    @staticmethod
+    def digest(body: bytes) -> bytes:
+        return hashlib.sha256(body).digest()
+
+    def is_replay(self, digest: bytes, now: float | None = None) -> bool:
+        """Record a body's digest; True if it was already seen within the window."""
         now = time.monotonic() if now is None else now
         while self._seen:
             oldest, at = next(iter(self._seen.items()))
             if now - at < self._window and len(self._seen) < self._max_entries:
                 break
             del self._seen[oldest]
-        digest = hashlib.sha256(body).digest()
         if digest in self._seen:
             return True
         self._seen[digest] = now
         return False
+
+    def forget(self, digest: bytes) -> None:
+        """Let a body through again: its request failed and may be retried."""
+        self._seen.pop(digest, None)

@@ -9,6 +9,7 @@ by the runner pool); after it, a terminal `{"type":"error",...}` line.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -45,6 +46,17 @@ def stream(
     `on_chunk(size)` follows each write; `on_end(complete)` the last one, or
     the client's going away (complete=False)."""
 
+    ended = False
+
+    def end(complete: bool) -> None:
+        # The client went away, the run ended, or it failed: either way the
+        # runner should stop working on it. Runs once.
+        nonlocal ended
+        if not ended:
+            ended = True
+            opened.call.cancel()
+            on_end(complete)
+
     async def body() -> AsyncIterator[bytes]:
         complete = False
         try:
@@ -53,10 +65,13 @@ def stream(
                 yield chunk
             complete = True
         finally:
-            # The client went away, the run ended, or it failed: either way
-            # the runner should stop working on it.
-            opened.call.cancel()
-            on_end(complete)
+            end(complete)
+
+    # If the client is gone before the body is even started, Quart never
+    # iterates (or closes) it: end the run when the request's task ends.
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(lambda _: end(False))
 
     response = Response(body(), status=200, headers=STREAM_HEADERS)
     response.timeout = None  # deadlines are the runner call's business

@@ -126,7 +126,7 @@ def _kind_of_frontmatter(frontmatter: str) -> str | None:
     """Cached: the dashboard runs the same few prompts again and again."""
     try:
         parsed = yaml.load(frontmatter, Loader=_YamlLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeError):  # lone surrogates are valid JSON but not YAML
         raise BadRequest("AST frontmatter is not valid YAML") from None
     if not isinstance(parsed, dict):
         return None

@@ -28,14 +28,18 @@ async def start(runner: Runner, address: str = DEFAULT_ADDRESS) -> tuple[grpc.ai
             # The gateway pings idle connections every 30 s; allow it.
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # gRPC would otherwise share the port with another runner already
+            # on it and split the traffic silently.
+            ("grpc.so_reuseport", 0),
         ]
     )
     runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(runner), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind the runner to {address}")
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        raise OSError(f"cannot listen on {address}: the address is in use or not valid") from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from ..protocol import runner_pb2 as pb
 from ..protocol import runner_pb2_grpc
@@ -153,9 +154,16 @@ def experiment_request(message: pb.RunExperimentRequest, context: grpc.aio.Servi
     )
 
 
-E = TypeVar("E")
+E = TypeVar("E", bound=Message)
 B = TypeVar("B")
-_END = object()
+_END: Any = object()
+
+# Back-pressure and message size: a runner that produces faster than the
+# client reads waits once this many events are queued, and one gRPC message
+# carries at most this many events or bytes (well under gRPC's size limits).
+QUEUE_EVENTS = 1024
+BATCH_EVENTS = 512
+BATCH_BYTES = 1024 * 1024
 
 
 async def batched(
@@ -167,31 +175,37 @@ async def batched(
 ) -> AsyncIterator[B]:
     """Batches of whatever `source` has produced by the time the previous
     batch went out. An exception in `source` becomes its `on_error` event."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_EVENTS)
 
     async def produce() -> None:
         try:
             async for event in source:
-                queue.put_nowait(event)
+                await queue.put(event)
+                if terminal(event):
+                    return  # nothing may follow a terminal event
         except Exception as exc:  # noqa: BLE001 - a runner bug becomes an error event
             log.exception("runner raised while producing events")
-            queue.put_nowait(on_error(exc))
+            await queue.put(on_error(exc))
         finally:
-            queue.put_nowait(_END)
+            await queue.put(_END)
 
     producer = asyncio.create_task(produce())
+    pending: Any = None
     try:
         while True:
-            batch = [await queue.get()]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
+            batch = [pending if pending is not None else await queue.get()]
+            pending = None
+            size = 0 if batch[0] is _END else batch[0].ByteSize()
+            while batch[-1] is not _END and len(batch) < BATCH_EVENTS and not queue.empty():
+                event = queue.get_nowait()
+                if event is not _END:
+                    size += event.ByteSize()
+                    if size > BATCH_BYTES:
+                        pending = event  # starts the next batch
+                        break
+                batch.append(event)
             done = batch[-1] is _END
             items = [e for e in batch if e is not _END]
-            # Nothing may follow a terminal event.
-            for i, item in enumerate(items):
-                if terminal(item):
-                    items, done = items[: i + 1], True
-                    break
             if items:
                 yield make_batch(items)
             if done:
@@ -241,8 +255,21 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
             yield batch
 
     async def GetEvals(self, request: pb.GetEvalsRequest, context: grpc.aio.ServicerContext) -> pb.GetEvalsResponse:  # noqa: N802
-        return pb.GetEvalsResponse(names=list(await self._runner.get_evals()))
+        try:
+            return pb.GetEvalsResponse(names=list(await self._runner.get_evals()))
+        except Exception as exc:  # noqa: BLE001 - a clear status, not gRPC's "Unexpected <class>"
+            log.exception("get_evals failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"runner error: {normalize_error(exc)}")
+            raise  # unreachable: abort raises
 
     async def HandleAlert(self, request: pb.AlertRequest, context: grpc.aio.ServicerContext) -> pb.AlertResponse:  # noqa: N802
-        alert = AlertRequest(request.id, request.type, request.status, _object(request.data_json, "data_json"))
-        return pb.AlertResponse(message=await self._runner.handle_alert(alert))
+        try:
+            alert = AlertRequest(request.id, request.type, request.status, _object(request.data_json, "data_json"))
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            return pb.AlertResponse(message=await self._runner.handle_alert(alert))
+        except Exception as exc:  # noqa: BLE001
+            log.exception("handle_alert failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"runner error: {normalize_error(exc)}")
+            raise
