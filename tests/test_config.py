@@ -101,3 +101,10 @@ def test_an_empty_secret_among_several_is_refused(tmp_path: Path) -> None:
     # An empty secret would accept signatures made with the public key "DEFAULT".
     with pytest.raises(ConfigError, match="an empty webhook secret is not allowed"):
         load_config(write(tmp_path, 'secrets = ["", "real"]'), env={})
+
+
+def test_the_configuration_reference_matches_the_schema() -> None:
+    from agentmark_gw.gateway.config import reference
+
+    documented = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert documented.read_text() == reference(), "run: python scripts/config_reference.py"

@@ -384,3 +384,15 @@ async def test_nan_is_not_json(scripted_gateway: str, client: httpx.AsyncClient)
     raw, headers = signed(b'{"type":"prompt-run","data":{"x":NaN}}')
     response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
     assert response.status_code == 400 and response.json() == {"message": "Request body is not valid JSON"}
+
+
+async def test_the_readme_example_event_runs(gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
+    from pathlib import Path
+
+    fake_openai.reply = "Signed payloads arrive"
+    example = json.loads((Path(__file__).resolve().parent.parent / "examples" / "prompt-run.json").read_text())
+    response, lines = await stream_lines(client, gateway + "/", example)
+    assert response.status_code == 200
+    assert "".join(line.get("result", "") for line in lines) == "Signed payloads arrive"
+    assert fake_openai.requests[-1]["messages"][-1] == {"role": "user", "content": "A haiku about webhooks"}
+    assert fake_openai.requests[-1]["model"] == "gpt-4o-mini"

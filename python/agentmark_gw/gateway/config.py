@@ -11,6 +11,7 @@ Secrets are never logged or printed: `masked()` and `__repr__` hide them.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -32,44 +33,48 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message says what to change."""
 
 
+def setting(default: Any, help: str, *, factory: Any = None) -> Any:
+    """A configuration field with the help text the reference (docs/configuration.md) is built from."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Deadlines:
     """Seconds each event type may take at the runner, end to end. Sent to
     the runner as the gRPC deadline."""
 
-    prompt_run: float = 300.0
-    dataset_run: float = 3600.0
-    get_evals: float = 10.0
-    alert: float = 30.0
+    prompt_run: float = setting(300.0, "Seconds a prompt run may take, streaming or not.")
+    dataset_run: float = setting(3600.0, "Seconds a whole dataset run may take.")
+    get_evals: float = setting(10.0, "Seconds the runner has to list its evals.")
+    alert: float = setting(30.0, "Seconds the runner has to take an alert.")
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    # Webhook secrets; any of them verifies a request (rotation).
-    secrets: tuple[str, ...] = ()
-    # Runner targets: HOST:PORT, or a gRPC name such as dns:///runners:50051.
-    runners: tuple[str, ...] = (DEFAULT_RUNNER,)
-    bind: str = DEFAULT_BIND
-    # Hypercorn worker processes.
-    workers: int = 1
-    # Bodies larger than this are refused with 413, unread.
-    max_body_bytes: int = 10 * 1024 * 1024
-    deadlines: Deadlines = field(default_factory=Deadlines)
-    # gRPC messages from runners can carry whole images; allow that much.
-    max_runner_message_bytes: int = 64 * 1024 * 1024
-    # Seconds between grpc.health.v1 checks of each runner, and each check's timeout.
-    health_interval: float = 5.0
-    health_timeout: float = 2.0
-    # On SIGTERM: seconds in-flight requests get to finish before they are cancelled.
-    shutdown_grace: float = 30.0
-    # Serve TLS (HTTP/1.1 and HTTP/2) directly when both are set.
-    tls_certfile: str | None = None
-    tls_keyfile: str | None = None
-    # Refuse a byte-identical signed body seen again within this many seconds;
-    # 0 turns the guard off (re-running a prompt sends the same body).
-    replay_window: float = 0.0
-    # "json": one JSON object per log line; "text": for people.
-    log_format: Literal["json", "text"] = "json"
+    secrets: tuple[str, ...] = setting(
+        (), f"Webhook secrets; any of them verifies a request (rotation). From `{SECRET_ENV}`, comma-separated."
+    )
+    runners: tuple[str, ...] = setting(
+        (DEFAULT_RUNNER,), "Runner targets: `HOST:PORT`, or a gRPC name such as `dns:///runners:50051`."
+    )
+    bind: str = setting(DEFAULT_BIND, "Address the gateway listens on, `HOST:PORT`.")
+    workers: int = setting(1, "Hypercorn worker processes.")
+    max_body_bytes: int = setting(10 * 1024 * 1024, "Bodies larger than this are refused with 413, unread.")
+    deadlines: Deadlines = setting(None, "Per event type; see `[deadlines]` below.", factory=Deadlines)
+    max_runner_message_bytes: int = setting(
+        64 * 1024 * 1024, "Largest gRPC message accepted from a runner (messages can carry whole images)."
+    )
+    health_interval: float = setting(5.0, "Seconds between `grpc.health.v1` checks of each runner.")
+    health_timeout: float = setting(2.0, "Seconds one health check may take.")
+    shutdown_grace: float = setting(30.0, "On SIGTERM: seconds in-flight requests get to finish before they are cancelled.")
+    tls_certfile: str | None = setting(None, "PEM certificate chain; with `tls_keyfile`, TLS (HTTP/1.1 and HTTP/2) is served directly.")
+    tls_keyfile: str | None = setting(None, "PEM private key for `tls_certfile`.")
+    replay_window: float = setting(
+        0.0, "Refuse a byte-identical signed body seen again within this many seconds; 0 turns the guard off."
+    )
+    log_format: Literal["json", "text"] = setting("json", "`json`: one JSON object per log line; `text`: for people.")
 
     def __repr__(self) -> str:
         return f"GatewayConfig({', '.join(f'{k}={v!r}' for k, v in self.masked().items())})"
@@ -87,6 +92,45 @@ class GatewayConfig:
                 "dashboard (or list `secrets` in the config file). The gateway will not fall "
                 "back to a default key."
             )
+
+
+def reference() -> str:
+    """The configuration reference in Markdown, made from the fields above."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `agentmark_gw/gateway/config.py` by `python scripts/config_reference.py`;",
+        "a test fails when this file and the code disagree.",
+        "",
+        "Sources, each overriding the one before: defaults, the TOML file (`--config FILE` or",
+        "`AGENTMARK_GW_CONFIG`), environment variables, command-line flags. Lists in the",
+        "environment are comma-separated. `agentmark-gw config check` prints the result.",
+        "",
+        "| key | environment variable | type | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(key: str, env: str, f: Any, hint: Any, default: Any) -> str:
+        shown = "" if default is None else f"`{json_default(default)}`"
+        return f"| `{key}` | `{env}` | {_describe(hint)} | {shown} | {f.metadata['help']} |"
+
+    def json_default(value: Any) -> str:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+    defaults = GatewayConfig()
+    for f in fields(GatewayConfig):
+        if f.name == "deadlines":
+            continue
+        env = SECRET_ENV if f.name == "secrets" else ENV_PREFIX + f.name.upper()
+        hint = _HINTS[f.name]
+        if type(None) in typing.get_args(hint):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        lines.append(row(f.name, env, f, hint, getattr(defaults, f.name)))
+    lines += ["", "## `[deadlines]`", "", Deadlines.__doc__.replace("\n    ", " ").strip() if Deadlines.__doc__ else "", ""]
+    lines += ["| key | environment variable | type | default | meaning |", "|---|---|---|---|---|"]
+    for f in fields(Deadlines):
+        lines.append(row(f.name, f"{ENV_PREFIX}DEADLINES_{f.name.upper()}", f, _DEADLINE_HINTS[f.name], getattr(defaults.deadlines, f.name)))
+    return "\n".join(lines) + "\n"
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, str] | None = None, **flags: Any) -> GatewayConfig:
