@@ -22,7 +22,7 @@ from quart import Quart
 from agentmark_gw import _core, _fallback
 from agentmark_gw.gateway import GatewayConfig, create_app
 from agentmark_gw.runner import start
-from agentmark_gw.runner.openai_runner import OpenAIRunner
+from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor
 
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
@@ -99,11 +99,23 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
+def exact_match_json(params: dict[str, Any]) -> dict[str, Any]:
+    """The eval the shared sentiment prompt names: output equals the expected JSON."""
+    expected = params["expectedOutput"]
+    passed = params["output"] == (json.loads(expected) if isinstance(expected, str) else expected)
+    return {"score": 1 if passed else 0, "passed": passed, "label": "match" if passed else "mismatch"}
+
+
 @pytest.fixture(scope="session")
 async def openai_runner(fake_openai: FakeOpenAI) -> AsyncIterator[str]:
-    """The reference runner, its real `openai` client pointed at the fake API."""
+    """The reference runner: AgentMark's runtime (datasets from the shared
+    fixtures) and the OpenAI executor, its real client pointed at the fake API."""
+    from agentmark.prompt_core import FileLoader, create_agentmark
+
     client = openai.AsyncOpenAI(api_key="test-key", base_url=fake_openai.url, max_retries=0)  # type: ignore[attr-defined]
-    server, port = await start(OpenAIRunner(client), "127.0.0.1:0")
+    agentmark = create_agentmark(loader=FileLoader(str(SHARED / "fixtures" / "datasets")), scorers={"exact_match_json": exact_match_json})
+    runner = AgentMarkRunner(agentmark, OpenAIExecutor(client, backoff=0.01))
+    server, port = await start(runner, "127.0.0.1:0")
     yield f"127.0.0.1:{port}"
     await server.stop(0)
     await client.close()

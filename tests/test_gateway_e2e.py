@@ -77,7 +77,9 @@ async def test_object_prompt_streams_the_parsed_object(gateway: str, client: htt
     fake_openai.object_reply = {"answer": "4"}
     response, lines = await stream_lines(client, gateway + "/", shared_json("events/prompt-run-object.json"))
     assert response.status_code == 200
-    assert lines[0] == {"type": "object", "result": {"answer": "4"}}
+    results = [line["result"] for line in lines if "result" in line]
+    assert results[0] == {} and results[-2:] == [{"answer": "4"}, {"answer": "4"}]  # deltas grow, then the final value
+    assert all(set(r) <= {"answer"} for r in results)
     assert lines[-1]["type"] == "object" and lines[-1]["usage"]["inputTokens"] == 12
     assert fake_openai.requests[-1]["response_format"]["type"] == "json_schema"
 
@@ -345,12 +347,15 @@ async def test_deadline_before_the_first_event_is_504(scripted: tuple[ScriptedRu
 async def test_runner_without_credentials_says_what_to_set(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
     from agentmark_gw.gateway import create_app
     from agentmark_gw.runner import start
-    from agentmark_gw.runner.openai_runner import MISSING_CREDENTIALS, OpenAIRunner
+    from agentmark.prompt_core import create_agentmark
+
+    from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor
+    from agentmark_gw.runner.openai_executor import MISSING_CREDENTIALS
 
     from .conftest import HttpServer, gateway_config
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    runner, port = await start(OpenAIRunner(), "127.0.0.1:0")
+    runner, port = await start(AgentMarkRunner(create_agentmark(), OpenAIExecutor()), "127.0.0.1:0")
     try:
         async with HttpServer(create_app(gateway_config(f"127.0.0.1:{port}"))) as server:
             _, lines = await stream_lines(client, server.url + "/", shared_json("events/prompt-run-text.json"))

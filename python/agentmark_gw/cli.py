@@ -13,6 +13,7 @@ import os
 import secrets as secrets_module
 import sys
 from pathlib import Path
+from typing import Any
 
 from dataclasses import replace
 
@@ -22,7 +23,7 @@ DEFAULT_URL = f"http://{DEFAULT_BIND}/"
 EPILOG_EXAMPLES = {
     "serve": "example: AGENTMARK_WEBHOOK_SECRET=... agentmark-gw serve --runner 127.0.0.1:50051 --bind 0.0.0.0:8080 --workers 2",
     "config": "example: agentmark-gw config check --config gateway.toml",
-    "runner": "example: OPENAI_API_KEY=... agentmark-gw runner --listen 127.0.0.1:50051",
+    "runner": "example: OPENAI_API_KEY=... agentmark-gw runner --listen 127.0.0.1:50051 --data-dir ./agentmark",
     "up": "example: agentmark-gw up   (then, in another shell: agentmark-gw send event.json)",
     "sign": "example: agentmark-gw sign event.json",
     "send": "example: agentmark-gw send event.json --url http://127.0.0.1:8080/",
@@ -98,15 +99,23 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def reference_runner(data_dir: str) -> Any:
+    """AgentMark's runtime with the OpenAI executor; datasets resolve under `data_dir`."""
+    from agentmark.prompt_core import FileLoader, create_agentmark
+
+    from .runner import AgentMarkRunner, OpenAIExecutor
+
+    if not Path(data_dir).is_dir():
+        raise CommandError(f"--data-dir {data_dir}: no such directory")
+    if not os.environ.get("OPENAI_API_KEY"):
+        logging.getLogger("agentmark_gw").warning("OPENAI_API_KEY is not set: every run will answer with an error saying so")
+    return AgentMarkRunner(create_agentmark(loader=FileLoader(data_dir)), OpenAIExecutor())
+
+
 def cmd_runner(args: argparse.Namespace) -> int:
     from .runner import serve
-    from .runner.openai_runner import OpenAIRunner
 
-    if not os.environ.get("OPENAI_API_KEY"):
-        logging.getLogger("agentmark_gw").warning(
-            "OPENAI_API_KEY is not set: every run will answer with an error saying so"
-        )
-    serve(OpenAIRunner(), args.listen)
+    serve(reference_runner(args.data_dir), args.listen)
     return 0
 
 
@@ -122,21 +131,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_up(config, args.runner_listen))
+        asyncio.run(_up(config, args.runner_listen, args.data_dir))
     else:
-        uvloop.run(_up(config, args.runner_listen))
+        uvloop.run(_up(config, args.runner_listen, args.data_dir))
     return 0
 
 
-async def _up(config: GatewayConfig, runner_address: str) -> None:
+async def _up(config: GatewayConfig, runner_address: str, data_dir: str) -> None:
     from .gateway.observability import configure_logging
     from .gateway.server import serve
 
-    configure_logging(config.log_format)
     from .runner import start
-    from .runner.openai_runner import OpenAIRunner
 
-    runner_server, port = await start(OpenAIRunner(), runner_address)
+    configure_logging(config.log_format)
+    runner_server, port = await start(reference_runner(data_dir), runner_address)
     print(f"runner listening on {runner_address}; gateway on http://{config.bind}/", flush=True)
     try:
         await serve(config)
@@ -219,14 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_options(check)
     check.set_defaults(handler=cmd_config_check)
 
-    runner = command("runner", "Serve the OpenAI reference runner over gRPC.")
+    runner = command("runner", "Serve AgentMark's runtime with the OpenAI executor over gRPC.")
     runner.add_argument("--listen", default=DEFAULT_RUNNER, metavar="HOST:PORT", help=f"default {DEFAULT_RUNNER}")
+    runner.add_argument("--data-dir", default=".", metavar="DIR", help="where dataset paths resolve; paths outside it are refused (default: .)")
     runner.set_defaults(handler=cmd_runner)
 
     up = command("up", "Gateway and OpenAI runner together, on embedded defaults.")
     up.add_argument("--bind", metavar="HOST:PORT", help=f"gateway address (default {DEFAULT_BIND})")
     up.add_argument("--runner-listen", default=DEFAULT_RUNNER, metavar="HOST:PORT", help=f"runner address (default {DEFAULT_RUNNER})")
     up.add_argument("--config", metavar="FILE", help="a TOML configuration file")
+    up.add_argument("--data-dir", default=".", metavar="DIR", help="where dataset paths resolve (default: .)")
     up.set_defaults(handler=cmd_up)
 
     sign = command("sign", "Print the x-agentmark-signature-256 header value for an event file.")

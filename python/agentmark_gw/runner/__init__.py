@@ -1,23 +1,29 @@
-"""The runner SDK: write a runner in Python and serve it over gRPC.
+"""The runner SDK: serve prompts over gRPC to the gateway.
 
-    from agentmark_gw.runner import Runner, events, serve
+Most users put their AgentMark app behind it in a few lines:
 
-    class Echo(Runner):
-        async def run_prompt(self, request):
-            yield events.text_delta(str(request.props))
-            yield events.finish("stop")
+    from agentmark.prompt_core import FileLoader, create_agentmark
+    from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, serve
 
-    serve(Echo(), "127.0.0.1:50051")
+    client = create_agentmark(loader=FileLoader("."))
+    serve(AgentMarkRunner(client, OpenAIExecutor()), "127.0.0.1:50051")
+
+Or write a runner from scratch: subclass `Runner` and yield `events`.
 
 Never imports the gateway.
 """
 
 from . import events
+from .agentmark_bridge import AgentMarkRunner
+from .openai_executor import OpenAIExecutor, Tool
 from .server import serve, serve_async, start
 from .service import AlertRequest, ExperimentRequest, PromptRequest, Runner, RunnerServicer
 
 __all__ = [
+    "AgentMarkRunner",
     "AlertRequest",
+    "OpenAIExecutor",
+    "Tool",
     "ExperimentRequest",
     "PromptRequest",
     "Runner",

@@ -1,0 +1,187 @@
+"""A small HTTP/1.1 client on raw asyncio streams, for `benchmarks/e2e.py`:
+the correctness check (one request, whole body) and the time-to-first-chunk
+runs (N requests over C keep-alive connections, bounded in count and time).
+
+Raw sockets rather than httpx so that the client spends as little CPU as
+possible on a 2-core machine it shares with the servers, and so that "first
+chunk" means the first body bytes off the socket, not whatever a library
+buffers. Handles Content-Length, chunked and close-delimited bodies (the
+AgentMark peer streams until it closes the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    first_byte_s: float | None  # request written -> first body bytes read
+    total_s: float  # request written -> last body byte read
+    keep_alive: bool
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class Connection:
+    """One keep-alive connection; reopened when the server closes it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def close(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Reply:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        reader, writer = self._reader, self._writer
+        assert reader is not None and writer is not None
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        started = time.perf_counter()
+        try:
+            reply = await self._read_reply(reader, started)
+        except BaseException:
+            await self.close()
+            raise
+        if not reply.keep_alive:
+            await self.close()
+        return reply
+
+    async def _read_reply(self, reader: asyncio.StreamReader, started: float) -> Reply:
+        try:
+            raw_head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            raise ProtocolError("connection closed before a response") from exc
+        lines = raw_head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+            raise ProtocolError(f"bad status line {lines[0]!r}")
+        version, status = parts[0], int(parts[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        connection = headers.get("connection", "").lower()
+        keep_alive = connection == "keep-alive" if version == "HTTP/1.0" else connection != "close"
+        chunks: list[bytes] = []
+        first: float | None = None
+
+        def got(data: bytes) -> None:
+            nonlocal first
+            if data:
+                if first is None:
+                    first = time.perf_counter() - started
+                chunks.append(data)
+
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass  # trailers
+                    break
+                data = await reader.readexactly(size + 2)
+                got(data[:-2])
+        elif "content-length" in headers:
+            remaining = int(headers["content-length"])
+            while remaining > 0:
+                data = await reader.read(min(remaining, 1 << 16))
+                if not data:
+                    raise ProtocolError("connection closed inside the body")
+                remaining -= len(data)
+                got(data)
+        elif status in (204, 304) or 100 <= status < 200:
+            pass
+        else:
+            keep_alive = False  # the body ends when the server closes
+            while data := await reader.read(1 << 16):
+                got(data)
+        return Reply(status, headers, b"".join(chunks), first, time.perf_counter() - started, keep_alive)
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    first_byte_s: list[float] = field(default_factory=list)
+    total_s: list[float] = field(default_factory=list)
+    body_sizes: list[int] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    stopped_by_time: bool = False
+
+
+async def load(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    concurrency: int,
+    total: int,
+    time_limit: float,
+    request_timeout: float = 30.0,
+) -> LoadResult:
+    """`total` POSTs over `concurrency` connections, or as many as fit in
+    `time_limit` seconds, whichever comes first."""
+    result = LoadResult()
+    deadline = time.monotonic() + time_limit
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        connection = Connection(host, port)
+        try:
+            while issued < total:
+                if time.monotonic() >= deadline:
+                    result.stopped_by_time = True
+                    return
+                issued += 1
+                try:
+                    reply = await asyncio.wait_for(connection.request("POST", path, body, headers), request_timeout)
+                except (OSError, ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                    result.errors.append(f"{type(exc).__name__}: {exc}")
+                    await connection.close()
+                    continue
+                result.requests += 1
+                result.statuses[reply.status] = result.statuses.get(reply.status, 0) + 1
+                if reply.first_byte_s is not None:
+                    result.first_byte_s.append(reply.first_byte_s)
+                result.total_s.append(reply.total_s)
+                result.body_sizes.append(len(reply.body))
+        finally:
+            await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+async def one(host: str, port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, timeout: float = 30.0) -> Reply:
+    connection = Connection(host, port)
+    try:
+        return await asyncio.wait_for(connection.request(method, path, body, headers), timeout)
+    finally:
+        await connection.close()

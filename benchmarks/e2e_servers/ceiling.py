@@ -1,0 +1,93 @@
+"""The ceiling of the end-to-end benchmark: a bare Quart app on Hypercorn,
+one worker, uvloop (the gateway's worker class), the same Hypercorn settings
+as the gateway, and nothing else: no signature, no runner, no metrics, no logs.
+
+    python benchmarks/e2e_servers/ceiling.py --bind 127.0.0.1:PORT
+
+Routes (every POST reads and parses the ~2 KB JSON body first):
+  POST /prompt    one JSON envelope (what a non-streaming prompt-run answers)
+  POST /stream    100 text lines and a finish line, one write per line
+  POST /dataset   100 dataset rows, one write per line
+  GET  /health    ok
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import uvloop  # noqa: E402
+from hypercorn.asyncio import serve  # noqa: E402
+from hypercorn.config import Config  # noqa: E402
+from quart import Quart, Response, request  # noqa: E402
+
+import payloads  # noqa: E402
+
+STREAM_HEADERS = {"AgentMark-Streaming": "true", "Content-Type": "application/x-ndjson"}
+
+app = Quart("ceiling")
+app.config.update(RESPONSE_TIMEOUT=None)
+
+
+async def _read_event() -> dict:
+    return json.loads(await request.get_data(cache=False, as_text=False))
+
+
+@app.post("/prompt")
+async def prompt() -> Response:
+    await _read_event()
+    return Response(payloads.ENVELOPE, status=200, content_type="application/json")
+
+
+@app.post("/stream")
+async def stream() -> Response:
+    await _read_event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for line in payloads.TEXT_LINES:
+            yield line
+        yield payloads.FINISH_LINE
+
+    response = Response(body(), status=200, headers=STREAM_HEADERS)
+    response.timeout = None
+    return response
+
+
+@app.post("/dataset")
+async def dataset() -> Response:
+    await _read_event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for line in payloads.DATASET_LINES:
+            yield line
+
+    response = Response(body(), status=200, headers=STREAM_HEADERS)
+    response.timeout = None
+    return response
+
+
+@app.get("/health")
+async def health() -> Response:
+    return Response(b"ok", status=200, content_type="text/plain")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bind", required=True, help="host:port, loopback")
+    args = parser.parse_args()
+    config = Config()
+    config.bind = [args.bind]
+    # As the gateway's hypercorn_config: no access log, no read timeout.
+    config.accesslog = None
+    config.read_timeout = None
+    config.keep_alive_timeout = 75
+    uvloop.run(serve(app, config))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The peer of the end-to-end benchmark: AgentMark's own Python webhook
+server (`serve_webhook_runner` from agentmark-prompt-core) running its own
+`WebhookRunner` over an executor that answers from memory.
+
+    python benchmarks/e2e_servers/peer.py --port PORT
+
+Equivalent to the gateway's trivial runner: text prompts stream 100 text
+deltas and a finish with usage; object prompts (dataset-run.json's prompt)
+answer one final object and a finish. Dataset runs read 100 rows from an
+in-memory loader. What stays is AgentMark's own per-request work: compiling
+the prompt AST, rendering it (once per dataset row), its wire mapping and its
+HTTP server (stdlib threads, a background event loop, connection close after
+each response). It has no tracing hooks (agentmark_sdk is not installed) and
+does not check signatures (AgentMark's server has none).
+
+The peer reads `{type, data}` bodies: `benchmarks/e2e.py` sends it the
+`event` object of the shared event files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from agentmark.prompt_core import (  # noqa: E402
+    ExecCtx,
+    ExecutorCapabilities,
+    FinishEvent,
+    ObjectFinalEvent,
+    TextDeltaEvent,
+    UsageData,
+    create_agentmark,
+    create_webhook_runner,
+)
+from agentmark.prompt_core.serve_webhook_runner import serve_webhook_runner  # noqa: E402
+
+import payloads  # noqa: E402
+
+USAGE = UsageData(payloads.INPUT_TOKENS, payloads.OUTPUT_TOKENS, payloads.TOTAL_TOKENS)
+TEXT_EVENTS = [TextDeltaEvent(chunk) for chunk in payloads.CHUNKS] + [FinishEvent("stop", USAGE)]
+OBJECT_EVENTS = [ObjectFinalEvent(payloads.ACTUAL_OUTPUT), FinishEvent("stop", USAGE)]
+ROWS = [{"input": row, "expected_output": payloads.EXPECTED_OUTPUT} for row in payloads.ROW_INPUTS]
+
+
+class MemoryExecutor:
+    """An Executor (agentmark.prompt_core.Executor) that answers from memory."""
+
+    @property
+    def name(self) -> str:
+        return "bench-memory"
+
+    def capabilities(self) -> ExecutorCapabilities:
+        return ExecutorCapabilities(text=True, object=True)
+
+    async def execute_text(self, formatted: Any, ctx: ExecCtx) -> AsyncIterator[Any]:
+        for event in TEXT_EVENTS:
+            yield event
+
+    async def execute_object(self, formatted: Any, ctx: ExecCtx) -> AsyncIterator[Any]:
+        for event in OBJECT_EVENTS:
+            yield event
+
+
+class _Reader:
+    def __init__(self) -> None:
+        self._rows = iter(ROWS)
+
+    async def read(self) -> dict[str, Any]:
+        row = next(self._rows, None)
+        return {"done": True} if row is None else {"done": False, "value": row}
+
+
+class _Dataset:
+    def get_reader(self) -> _Reader:
+        return _Reader()
+
+
+class MemoryLoader:
+    """A Loader whose every dataset is the 100 rows above."""
+
+    async def load(self, path: str, prompt_type: Any, options: dict[str, Any] | None = None) -> Any:
+        raise ValueError("the benchmark sends prompt ASTs, not paths")
+
+    async def load_dataset(self, dataset_path: str) -> _Dataset:
+        return _Dataset()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    client = create_agentmark(loader=MemoryLoader())
+    runner = create_webhook_runner(client, MemoryExecutor())
+    serve_webhook_runner(runner, port=args.port, host="127.0.0.1")
+
+
+if __name__ == "__main__":
+    main()

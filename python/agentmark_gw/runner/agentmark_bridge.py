@@ -1,0 +1,312 @@
+"""AgentMark's own Python runtime, served as the gRPC `Runner`.
+
+Give it the client from `create_agentmark` (its loader, its evals) and any
+AgentMark `Executor`; everything AgentMark already does stays AgentMark's:
+prompt rendering (templatedx), dataset loading and sampling
+(`format_with_dataset`), eval scoring (the client's registry), the
+concurrency pool, item names and span hooks. This module only turns
+AgentMark's events into the runner protocol's.
+
+    client = create_agentmark(loader=FileLoader("."), scorers={"exact_match": exact_match})
+    serve(AgentMarkRunner(client, OpenAIExecutor()), "127.0.0.1:50051")
+
+Tracing: with `agentmark-sdk` installed and configured, its span hooks are
+used (as AgentMark's `create_webhook_runner` does), so the trace id reaches
+the platform and the gateway's `done` line; the W3C trace context the
+gateway sends becomes the parent of those spans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from agentmark.prompt_core import AgentMark
+from agentmark.prompt_core.executor import (
+    ErrorEvent,
+    ExecCtx,
+    FinishEvent,
+    ObjectDeltaEvent,
+    ObjectFinalEvent,
+    ReasoningDeltaEvent,
+    TextDeltaEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+)
+from agentmark.prompt_core.experiment import run_dataset_pool
+from agentmark.prompt_core.template_engines import get_front_matter
+from agentmark.prompt_core.webhook_runner import ExperimentItemParams, PromptSpanParams, _compute_dataset_item_name
+from opentelemetry import context as otel_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from ..protocol import runner_pb2 as pb
+from . import events
+from .helpers import normalize_error
+from .service import AlertRequest, ExperimentRequest, PromptRequest, Runner
+
+DEFAULT_CONCURRENCY = 4
+
+
+class _NoSpan:
+    trace_id: str | None = None
+
+    def set_attribute(self, key: str, value: str | int) -> None:
+        pass
+
+
+@asynccontextmanager
+async def _no_span(_params: Any) -> AsyncIterator[_NoSpan]:
+    yield _NoSpan()
+
+
+def _agentmark_sdk_hooks() -> tuple[Any, Any]:
+    """AgentMark's own span hooks when `agentmark-sdk` is installed."""
+    with contextlib.suppress(ImportError):
+        from agentmark_sdk import create_agentmark_span_hooks
+
+        hooks = create_agentmark_span_hooks()
+        return hooks["prompt_span_hook"], hooks["item_span_hook"]
+    return None, None
+
+
+@contextlib.contextmanager
+def _parent_trace(carrier: dict[str, str]) -> Iterator[None]:
+    """Make the caller's W3C trace context current, so new spans are its children."""
+    if not carrier:
+        yield
+        return
+    token = otel_context.attach(TraceContextTextMapPropagator().extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def _plain(value: Any) -> Any:
+    """Executors may yield Pydantic models as object values."""
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def to_runner_event(event: Any) -> pb.RunnerEvent | None:
+    """One AgentMark event as a runner event (None for an unknown type)."""
+    if isinstance(event, TextDeltaEvent):
+        return events.text_delta(event.text)
+    if isinstance(event, ReasoningDeltaEvent):
+        return events.reasoning_delta(event.text)
+    if isinstance(event, ToolCallEvent):
+        return events.tool_call(event.id, event.name, event.args)
+    if isinstance(event, ToolResultEvent):
+        return events.tool_result(event.id, event.name, event.result, is_error=event.is_error)
+    if isinstance(event, ObjectDeltaEvent):
+        return events.object_delta(_plain(event.partial))
+    if isinstance(event, ObjectFinalEvent):
+        return events.object_final(_plain(event.value))
+    if isinstance(event, FinishEvent):
+        usage = event.usage
+        if usage is None:
+            return events.finish(event.reason)
+        return events.finish(event.reason, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens)
+    if isinstance(event, ErrorEvent):
+        return events.error(event.error)
+    return None
+
+
+class AgentMarkRunner(Runner):
+    def __init__(
+        self,
+        client: AgentMark,
+        executor: Any,
+        *,
+        prompt_span_hook: Any = None,
+        item_span_hook: Any = None,
+        default_concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        if prompt_span_hook is None and item_span_hook is None:
+            prompt_span_hook, item_span_hook = _agentmark_sdk_hooks()
+        self.client = client
+        self.executor = executor
+        self._prompt_span = prompt_span_hook or _no_span
+        self._item_span = item_span_hook or _no_span
+        self._default_concurrency = default_concurrency
+
+    async def get_evals(self) -> Sequence[str]:
+        return self.client.get_eval_names()
+
+    async def handle_alert(self, alert: AlertRequest) -> str:
+        handler = getattr(self.executor, "handle_alert", None)
+        if handler is None:
+            return await super().handle_alert(alert)
+        result = handler(alert)
+        return str(await result if inspect.isawaitable(result) else result)
+
+    async def _load(self, kind: str, ast: dict[str, Any]) -> Any:
+        load = {
+            "text": self.client.load_text_prompt,
+            "object": self.client.load_object_prompt,
+            "image": self.client.load_image_prompt,
+            "speech": self.client.load_speech_prompt,
+        }[kind]
+        return await load(ast)
+
+    # -- prompt runs --------------------------------------------------------------
+
+    async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+        frontmatter = get_front_matter(request.ast)
+        name = frontmatter.get("name") if isinstance(frontmatter, dict) else None
+        capabilities = self.executor.capabilities()
+        if not getattr(capabilities, request.kind, False):
+            yield events.error(f"Executor '{self.executor.name}' does not support {request.kind} prompts.")
+            return
+        params = PromptSpanParams(
+            name=name or "prompt-run", prompt_name=name, commit_sha=_commit_sha(frontmatter), prompt_path=request.prompt_path or None
+        )
+        with _parent_trace(request.trace_context):
+            async with self._prompt_span(params) as span:
+                trace_id = getattr(span, "trace_id", None) or ""
+                yield events.started(trace_id)
+                try:
+                    prompt = await self._load(request.kind, request.ast)
+                    props = request.props
+                    formatted = await prompt.format(props=props) if props else await prompt.format_with_test_props()
+                except Exception as exc:  # noqa: BLE001 - AgentMark's renderer raises plain errors
+                    yield events.error(f"cannot render the prompt: {normalize_error(exc)}")
+                    return
+                ctx = ExecCtx(
+                    telemetry=request.data.get("telemetry"),
+                    trace_id=trace_id or None,
+                    prompt_name=name,
+                    should_stream=request.should_stream,
+                    extra={"span": span},
+                )
+                if request.kind in ("text", "object"):
+                    execute = self.executor.execute_text if request.kind == "text" else self.executor.execute_object
+                    async for event in execute(formatted, ctx):
+                        converted = to_runner_event(event)
+                        if converted is not None:
+                            yield converted
+                        if isinstance(event, FinishEvent | ErrorEvent):
+                            return
+                    return
+                try:
+                    if request.kind == "image":
+                        answer = await self.executor.execute_image(formatted, ctx)
+                        yield events.image((i["mimeType"], i["base64"]) for i in answer.get("result", []))
+                    else:
+                        answer = await self.executor.execute_speech(formatted, ctx)
+                        result = answer.get("result", {})
+                        yield events.speech(result.get("mimeType", ""), result.get("base64", ""), result.get("format", ""))
+                except Exception as exc:  # noqa: BLE001 - the provider's message, as an error event
+                    yield events.error(normalize_error(exc))
+                    return
+                yield events.finish("stop")
+
+    # -- dataset runs ------------------------------------------------------------
+
+    async def run_experiment(self, request: ExperimentRequest) -> AsyncIterator[pb.ExperimentEvent]:
+        frontmatter = get_front_matter(request.ast)
+        name = frontmatter.get("name") if isinstance(frontmatter, dict) else None
+        run_id = str(uuid.uuid4())
+        run_name = request.experiment_id
+        try:
+            prompt = await self._load(request.kind, request.ast)
+            options: dict[str, Any] = {"dataset_path": request.dataset_path or None}
+            if request.sampling is not None:
+                options["sampling"] = request.sampling
+            dataset = await prompt.format_with_dataset(**options)
+        except Exception as exc:  # noqa: BLE001 - a missing or refused dataset is one clear error row
+            yield events.row_error(f"cannot load the dataset: {normalize_error(exc)}")
+            return
+        dataset_path = request.dataset_path or (frontmatter.get("test_settings") or {}).get("dataset")
+        registry = self.client.get_eval_registry() or {}
+        execute = self.executor.execute_text if request.kind == "text" else self.executor.execute_object
+
+        async def process(item: dict[str, Any], index: int) -> pb.ExperimentEvent:
+            if item.get("type") == "error":
+                return events.row_error(str(item.get("error") or "dataset item failed"))
+            try:
+                return await self._run_item(item, index, execute, registry, run_id, run_name, name, dataset_path, request)
+            except Exception as exc:  # noqa: BLE001 - the pool's policy: an error row, and the run goes on
+                return events.row_error(normalize_error(exc))
+
+        with _parent_trace(request.trace_context):
+            concurrency = request.concurrency or self._default_concurrency
+            async for row in run_dataset_pool(dataset.get_reader(), process, concurrency):
+                yield row
+
+    async def _run_item(
+        self,
+        item: dict[str, Any],
+        index: int,
+        execute: Any,
+        registry: Any,
+        run_id: str,
+        run_name: str,
+        prompt_name: str | None,
+        dataset_path: str | None,
+        request: ExperimentRequest,
+    ) -> pb.ExperimentEvent:
+        dataset = item.get("dataset") or {}
+        input_data, expected = dataset.get("input"), dataset.get("expected_output")
+        params = ExperimentItemParams(
+            index=index,
+            experiment_run_id=run_id,
+            dataset_run_name=run_name,
+            prompt_name=prompt_name,
+            dataset_path=dataset_path,
+            dataset_item_name=_compute_dataset_item_name(input_data, index),
+            dataset_input=input_data,
+            dataset_expected_output=expected,
+            commit_sha=request.commit_sha or None,
+            prompt_path=request.prompt_path or None,
+        )
+        async with self._item_span(params) as span:
+            ctx = ExecCtx(trace_id=getattr(span, "trace_id", None), prompt_name=prompt_name, should_stream=False, extra={"span": span})
+            text, value, usage, error = "", None, None, None
+            async for event in execute(item["formatted"], ctx):
+                if isinstance(event, TextDeltaEvent):
+                    text += event.text
+                elif isinstance(event, ObjectFinalEvent | ObjectDeltaEvent):
+                    value = _plain(event.value if isinstance(event, ObjectFinalEvent) else event.partial)
+                elif isinstance(event, FinishEvent):
+                    usage = event.usage
+                elif isinstance(event, ErrorEvent):
+                    error = event.error
+                    break
+            if error is not None:
+                raise RuntimeError(error)  # marks the item's span as failed
+            trace_id = getattr(span, "trace_id", None) or ""
+        output = text if request.kind == "text" else value
+        evals = []
+        for eval_name in item.get("evals") or []:
+            scorer = registry.get(eval_name) if hasattr(registry, "get") else None
+            if scorer is None:
+                continue
+            result = scorer({"input": input_data, "output": output, "expectedOutput": expected})
+            result = await result if inspect.isawaitable(result) else result
+            evals.append({"name": eval_name, **(result or {})})
+        tokens = None
+        if usage is not None:
+            tokens = usage.total_tokens if usage.total_tokens is not None else usage.input_tokens + usage.output_tokens
+        return events.dataset_row(
+            input=input_data,
+            expected_output=expected,
+            actual_output=output,
+            tokens=tokens,
+            evals=evals,
+            trace_id=trace_id,
+            run_id=run_id,
+            run_name=run_name,
+        )
+
+
+def _commit_sha(frontmatter: Any) -> str | None:
+    meta = frontmatter.get("agentmark_meta") if isinstance(frontmatter, dict) else None
+    sha = meta.get("commit_sha") if isinstance(meta, dict) else None
+    return sha if isinstance(sha, str) and sha else None
+
+
+__all__ = ["AgentMarkRunner", "to_runner_event"]
