@@ -216,3 +216,24 @@ def test_the_ten_line_runner_example_builds() -> None:
     assert isinstance(namespace["runner"], AgentMarkRunner)
     assert len([line for line in example.read_text().splitlines() if line.strip() and not line.startswith("#")]) <= 12
     assert exact_match_json({"output": {"a": 1}, "expectedOutput": '{"a": 1}'})["passed"]
+
+
+async def test_agentmark_sdk_spans_join_the_callers_trace_and_reach_the_done_line(fake_openai: FakeOpenAI) -> None:
+    import asyncio
+    import os
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.scripts.sdk_tracing", fake_openai.url,  # type: ignore[attr-defined]
+        cwd=root, env={**os.environ, "AGENTMARK_WEBHOOK_SECRET": ""},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()[-2000:]
+    report = json.loads(out)
+    (prompt_span,) = [s for s in report["spans"] if s["name"] == "math"]
+    assert prompt_span["trace_id"] == "0af7651916cd43dd8448eb211c80319c"  # the caller's trace
+    assert prompt_span["parent"] == "b7ad6b7169203331"
+    assert report["lines"][-1] == {"type": "done", "traceId": "0af7651916cd43dd8448eb211c80319c"}

@@ -86,6 +86,13 @@ def _parent_trace(carrier: dict[str, str]) -> Iterator[None]:
         otel_context.detach(token)
 
 
+def _trace_id(span: Any) -> str:
+    """The span's trace id; "" when there is none (tracing not configured
+    gives OpenTelemetry's all-zero id, which names no trace)."""
+    trace_id = getattr(span, "trace_id", None) or ""
+    return trace_id if trace_id.strip("0") else ""
+
+
 def _plain(value: Any) -> Any:
     """Executors may yield Pydantic models as object values."""
     return value.model_dump() if hasattr(value, "model_dump") else value
@@ -166,7 +173,7 @@ class AgentMarkRunner(Runner):
         )
         with _parent_trace(request.trace_context):
             async with self._prompt_span(params) as span:
-                trace_id = getattr(span, "trace_id", None) or ""
+                trace_id = _trace_id(span)
                 yield events.started(trace_id)
                 try:
                     prompt = await self._load(request.kind, request.ast)
@@ -264,7 +271,7 @@ class AgentMarkRunner(Runner):
             prompt_path=request.prompt_path or None,
         )
         async with self._item_span(params) as span:
-            ctx = ExecCtx(trace_id=getattr(span, "trace_id", None), prompt_name=prompt_name, should_stream=False, extra={"span": span})
+            ctx = ExecCtx(trace_id=_trace_id(span) or None, prompt_name=prompt_name, should_stream=False, extra={"span": span})
             text, value, usage, error = "", None, None, None
             async for event in execute(item["formatted"], ctx):
                 if isinstance(event, TextDeltaEvent):
@@ -278,7 +285,7 @@ class AgentMarkRunner(Runner):
                     break
             if error is not None:
                 raise RuntimeError(error)  # marks the item's span as failed
-            trace_id = getattr(span, "trace_id", None) or ""
+            trace_id = _trace_id(span)
         output = text if request.kind == "text" else value
         evals = []
         for eval_name in item.get("evals") or []:
