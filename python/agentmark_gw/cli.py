@@ -23,6 +23,7 @@ DEFAULT_URL = f"http://{DEFAULT_BIND}/"
 EPILOG_EXAMPLES = {
     "serve": "example: AGENTMARK_WEBHOOK_SECRET=... agentmark-gw serve --runner 127.0.0.1:50051 --bind 0.0.0.0:8080 --workers 2",
     "config": "example: agentmark-gw config check --config gateway.toml",
+    "conformance": "example: agentmark-gw conformance --runner 127.0.0.1:50051 --json",
     "runner": "example: OPENAI_API_KEY=... agentmark-gw runner --listen 127.0.0.1:50051 --data-dir ./agentmark",
     "up": "example: agentmark-gw up   (then, in another shell: agentmark-gw send event.json)",
     "sign": "example: agentmark-gw sign event.json",
@@ -152,6 +153,21 @@ async def _up(config: GatewayConfig, runner_address: str, data_dir: str) -> None
         await runner_server.stop(2)
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from . import conformance
+
+    if args.write_dataset:
+        print(f"wrote {conformance.write_dataset(args.write_dataset)}")
+        if not args.runner:
+            return 0
+    if not args.runner:
+        raise CommandError("--runner HOST:PORT is required")
+    only = set(args.check) if args.check else None
+    results = asyncio.run(conformance.run_kit(args.runner, args.dataset, args.timeout, only))
+    print(conformance.report(results, args.json))
+    return 0 if all(r.passed for r in results) else 1
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     from . import _accel
 
@@ -238,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config", metavar="FILE", help="a TOML configuration file")
     up.add_argument("--data-dir", default=".", metavar="DIR", help="where dataset paths resolve (default: .)")
     up.set_defaults(handler=cmd_up)
+
+    kit = command("conformance", "Check a runner against the runner contract, over gRPC.")
+    kit.add_argument("--runner", metavar="HOST:PORT", help="the runner to check")
+    kit.add_argument("--json", action="store_true", help="print the results as JSON (for CI)")
+    kit.add_argument("--dataset", default="agentmark-gw-conformance.jsonl", metavar="PATH", help="dataset path the runner resolves for the dataset check")
+    kit.add_argument("--write-dataset", metavar="DIR", help="write the kit's dataset into the runner's data directory DIR")
+    kit.add_argument("--check", action="append", metavar="NAME", help="run only this check (repeatable)")
+    kit.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
+    kit.set_defaults(handler=cmd_conformance)
 
     sign = command("sign", "Print the x-agentmark-signature-256 header value for an event file.")
     sign.add_argument("file", metavar="FILE", help="the event body; - for standard input")

@@ -1,0 +1,382 @@
+"""The runner conformance kit: is this runner right?
+
+`agentmark-gw conformance --runner HOST:PORT` drives a runner directly over
+gRPC with a scripted set of requests and checks every answer against the
+runner contract (protos/agentmark/runner/v1/runner.proto, docs/runners.md):
+
+- each prompt kind (text streaming and not, object, image, speech) ends in
+  exactly one `finish`, nothing follows it, and every `_json` field is JSON;
+- a dataset run yields complete rows (or error rows) from one run id;
+- get-evals and an alert are answered;
+- a cancelled stream and expired deadlines leave the runner healthy and answering;
+- a malformed AST is refused cleanly: an error event or INVALID_ARGUMENT.
+
+The runner needs a model to answer with (a real one, or a fake
+OpenAI-compatible server) and, for the dataset check, the kit's dataset in
+its data directory: `agentmark-gw conformance --write-dataset DIR` puts it there.
+
+Knows runners only through the protocol, like the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .protocol import runner_pb2 as pb
+from .protocol import runner_pb2_grpc
+
+DATASET_NAME = "agentmark-gw-conformance.jsonl"
+DATASET_ROWS = [
+    {"input": {"question": "What is 2+2?"}, "expected_output": "4"},
+    {"input": {"question": "What is the capital of France?"}, "expected_output": "Paris"},
+    {"input": {"question": "Name a primary colour."}, "expected_output": "red"},
+]
+SERVICE = "agentmark.runner.v1.Runner"
+CALL_TIMEOUT = 60.0
+
+
+def write_dataset(directory: str | Path) -> Path:
+    path = Path(directory) / DATASET_NAME
+    path.write_text("".join(json.dumps(row) + "\n" for row in DATASET_ROWS))
+    return path
+
+
+def _ast(config: str, *children: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "root", "children": [{"type": "yaml", "value": config}, *children]}
+
+
+def _tag(name: str, *inline: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "mdxJsxFlowElement", "name": name, "attributes": [], "children": [{"type": "paragraph", "children": list(inline)}]}
+
+
+def _text(value: str) -> dict[str, Any]:
+    return {"type": "text", "value": value}
+
+
+def _prop(name: str) -> dict[str, Any]:
+    return {"type": "mdxTextExpression", "value": f"props.{name}"}
+
+
+TEXT_AST = _ast(
+    "name: conformance-text\ntext_config:\n  model_name: conformance-model",
+    _tag("System", _text("Answer briefly.")),
+    _tag("User", _prop("question")),
+)
+OBJECT_AST = _ast(
+    "name: conformance-object\nobject_config:\n  model_name: conformance-model\n  schema:\n    type: object\n"
+    "    properties:\n      answer:\n        type: string\n    required: [answer]",
+    _tag("System", _text("Answer as JSON.")),
+    _tag("User", _prop("question")),
+)
+IMAGE_AST = _ast("name: conformance-image\nimage_config:\n  model_name: conformance-model\n  num_images: 1\n  size: 256x256",
+                 _tag("ImagePrompt", _text("A small red square.")))
+SPEECH_AST = _ast("name: conformance-speech\nspeech_config:\n  model_name: conformance-model\n  voice: alloy\n  output_format: mp3",
+                  _tag("SpeechPrompt", _text("Hello.")))
+QUESTION = {"question": "What is 2+2?"}
+
+
+@dataclass
+class Result:
+    check: str
+    passed: bool
+    reason: str
+    seconds: float
+
+
+class Failed(Exception):
+    """A contract violation; the message says which."""
+
+
+def _prompt_request(kind: int, ast: Any, *, stream: bool = True, props: dict[str, Any] | None = None) -> pb.RunPromptRequest:
+    ast_json = ast if isinstance(ast, str) else json.dumps(ast)
+    props_json = json.dumps(props if props is not None else QUESTION)
+    data = {"ast": ast if not isinstance(ast, str) else None, "customProps": props, "conformance": True}
+    return pb.RunPromptRequest(kind=kind, ast_json=ast_json, custom_props_json=props_json, should_stream=stream, prompt_path="conformance.prompt.mdx", data_json=json.dumps(data))
+
+
+def _valid_json(text: str, field: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise Failed(f"{field} is not valid JSON: {text[:80]!r}") from None
+
+
+def check_prompt_stream(events: list[pb.RunnerEvent], kind: str) -> str:
+    """The contract of one prompt run's events; returns a summary, raises Failed."""
+    if not events:
+        raise Failed("the stream carried no event")
+    names = [e.WhichOneof("event") for e in events]
+    if None in names:
+        raise Failed("an event with no member of the oneof set")
+    if "started" in names[1:]:
+        raise Failed("`started` must come first, if at all")
+    terminals = [i for i, n in enumerate(names) if n in ("finish", "error")]
+    if not terminals:
+        raise Failed("the stream ended without `finish` or `error`")
+    if terminals[0] != len(names) - 1:
+        raise Failed(f"{len(names) - 1 - terminals[0]} event(s) after `{names[terminals[0]]}`")
+    if names[-1] == "error":
+        raise Failed(f"the runner answered with an error: {events[-1].error.message}")
+    allowed = {
+        "text": {"started", "text_delta", "reasoning_delta", "tool_call", "tool_result", "finish"},
+        "object": {"started", "object_delta", "object_final", "finish"},
+        "image": {"started", "image", "finish"},
+        "speech": {"started", "speech", "finish"},
+    }[kind]
+    stray = sorted(set(names) - allowed)
+    if stray:
+        raise Failed(f"{kind} run sent events of another kind: {', '.join(stray)}")
+    for event, name in zip(events, names, strict=True):
+        if name == "tool_call":
+            _valid_json(event.tool_call.args_json, "tool_call.args_json")
+        elif name == "tool_result" and event.tool_result.result_json:
+            _valid_json(event.tool_result.result_json, "tool_result.result_json")
+        elif name == "object_delta":
+            _valid_json(event.object_delta.partial_json, "object_delta.partial_json")
+        elif name == "object_final":
+            _valid_json(event.object_final.value_json, "object_final.value_json")
+        elif name == "image":
+            if not event.image.items:
+                raise Failed("an image event with no image")
+            for item in event.image.items:
+                _check_media(item.mime_type, item.base64, "image")
+        elif name == "speech":
+            _check_media(event.speech.mime_type, event.speech.base64, "speech")
+            if not event.speech.format:
+                raise Failed("speech.format is empty")
+    finish = events[-1].finish
+    if not finish.reason:
+        raise Failed("finish.reason is empty")
+    if kind == "object" and "object_final" not in names:
+        raise Failed("an object run without `object_final`")
+    if kind in ("image", "speech") and kind not in names:
+        raise Failed(f"a {kind} run without a `{kind}` event")
+    if kind == "text" and "text_delta" not in names:
+        raise Failed("a text run without any `text_delta`")
+    usage = f", usage {finish.usage.input_tokens}+{finish.usage.output_tokens}" if finish.HasField("usage") else ""
+    return f"{len(events)} events, finish {finish.reason!r}{usage}"
+
+
+def _check_media(mime_type: str, data: str, what: str) -> None:
+    if not mime_type or "/" not in mime_type:
+        raise Failed(f"{what} mime type {mime_type!r} is not a MIME type")
+    try:
+        if not base64.b64decode(data, validate=True):
+            raise Failed(f"{what} base64 is empty")
+    except ValueError:
+        raise Failed(f"{what} base64 does not decode") from None
+
+
+class Kit:
+    def __init__(self, target: str, dataset: str = DATASET_NAME, timeout: float = CALL_TIMEOUT) -> None:
+        self.target = target
+        self.dataset = dataset
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(target)
+        self.stub = runner_pb2_grpc.RunnerStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _events(self, request: pb.RunPromptRequest) -> list[pb.RunnerEvent]:
+        events: list[pb.RunnerEvent] = []
+        async for batch in self.stub.RunPrompt(request, timeout=self.timeout):
+            events.extend(batch.events)
+        return events
+
+    async def _serving(self) -> None:
+        for service in (SERVICE, ""):
+            try:
+                response = await self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND and service:
+                    continue
+                raise Failed(f"health check failed: {error.code().name}") from None
+            if response.status != health_pb2.HealthCheckResponse.SERVING:
+                raise Failed(f"health status is {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}")
+            return
+        raise Failed("no grpc.health.v1 status for the runner")
+
+    # -- the checks ---------------------------------------------------------------
+
+    async def health_check(self) -> str:
+        await self._serving()
+        return "SERVING"
+
+    async def text_streaming(self) -> str:
+        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
+
+    async def text_not_streaming(self) -> str:
+        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST, stream=False)), "text")
+
+    async def object_prompt(self) -> str:
+        events = await self._events(_prompt_request(pb.PROMPT_KIND_OBJECT, OBJECT_AST))
+        summary = check_prompt_stream(events, "object")
+        final = next(e for e in events if e.WhichOneof("event") == "object_final")
+        if not isinstance(json.loads(final.object_final.value_json), dict):
+            raise Failed("object_final is not a JSON object, as the prompt's schema asks")
+        return summary
+
+    async def image_prompt(self) -> str:
+        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_IMAGE, IMAGE_AST, stream=False, props={})), "image")
+
+    async def speech_prompt(self) -> str:
+        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_SPEECH, SPEECH_AST, stream=False, props={})), "speech")
+
+    async def dataset_run(self) -> str:
+        request = pb.RunExperimentRequest(
+            kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(TEXT_AST), experiment_id="conformance", dataset_path=self.dataset,
+            concurrency=2, data_json=json.dumps({"datasetPath": self.dataset}),
+        )
+        rows, errors = [], []
+        async for batch in self.stub.RunExperiment(request, timeout=self.timeout):
+            for event in batch.events:
+                which = event.WhichOneof("event")
+                if which == "row":
+                    rows.append(event.row)
+                elif which == "error":
+                    errors.append(event.error.message)
+        if errors and not rows:
+            raise Failed(f"only error rows: {errors[0]}" + ("" if self.dataset != DATASET_NAME else
+                         f" (write the kit's dataset into the runner's data directory: agentmark-gw conformance --write-dataset DIR)"))
+        if len(rows) + len(errors) != len(DATASET_ROWS) and self.dataset == DATASET_NAME:
+            raise Failed(f"{len(rows)} rows and {len(errors)} error rows for a dataset of {len(DATASET_ROWS)}")
+        if errors:
+            raise Failed(f"{len(errors)} error row(s): {errors[0]}")
+        for row in rows:
+            _valid_json(row.input_json, "row.input_json")
+            evals = _valid_json(row.evals_json or "[]", "row.evals_json")
+            if not isinstance(evals, list) or not all(isinstance(e, dict) and "name" in e for e in evals):
+                raise Failed("row.evals_json must be an array of {name, ...} objects")
+            for field in ("expected_output_json", "actual_output_json"):
+                if row.HasField(field) and getattr(row, field):
+                    _valid_json(getattr(row, field), f"row.{field}")
+            if not row.run_id or row.run_name != "conformance":
+                raise Failed(f"run_id must be set and run_name must be the experiment id (got {row.run_name!r})")
+            if not row.HasField("actual_output_json"):
+                raise Failed("a row without actual_output_json")
+        if len({row.run_id for row in rows}) != 1:
+            raise Failed("rows of one run carry different run ids")
+        inputs = sorted(json.loads(r.input_json)["question"] for r in rows)
+        if self.dataset == DATASET_NAME and inputs != sorted(r["input"]["question"] for r in DATASET_ROWS):
+            raise Failed("row inputs do not match the dataset's")
+        return f"{len(rows)} rows, run id {rows[0].run_id[:8]}…"
+
+    async def get_evals(self) -> str:
+        response = await self.stub.GetEvals(pb.GetEvalsRequest(), timeout=self.timeout)
+        names = list(response.names)
+        if len(set(names)) != len(names):
+            raise Failed("eval names repeat")
+        return f"{len(names)} eval(s)"
+
+    async def alert(self) -> str:
+        data = {"alert": {"id": "conformance-1", "type": "cost", "status": "triggered", "currentValue": 2, "threshold": 1, "timeWindow": "1h"},
+                "message": "conformance kit", "timestamp": "2026-01-01T00:00:00Z"}
+        await self.stub.HandleAlert(pb.AlertRequest(id="conformance-1", type="cost", status="triggered", data_json=json.dumps(data)), timeout=self.timeout)
+        return "acknowledged"
+
+    async def cancelled_stream(self) -> str:
+        call = self.stub.RunPrompt(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST), timeout=self.timeout)
+        first = await call.read()
+        call.cancel()
+        if first is grpc.aio.EOF:
+            raise Failed("the stream ended before its first message")
+        await asyncio.sleep(0.2)
+        await self._serving()
+        check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
+        return "cancelled after the first message; the runner answers the next run"
+
+    async def deadlines(self) -> str:
+        for _ in range(5):
+            try:
+                async for _batch in self.stub.RunPrompt(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST), timeout=0.001):
+                    pass
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise Failed(f"an expired deadline gave {error.code().name}, not DEADLINE_EXCEEDED") from None
+        await self._serving()
+        check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
+        return "5 expired deadlines; the runner answers the next run"
+
+    async def malformed_ast(self) -> str:
+        outcomes = []
+        for label, ast in (("not JSON", "{not json"), ("no frontmatter", {"type": "root", "children": []})):
+            try:
+                events = await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, ast))
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                    raise Failed(f"{label}: gRPC {error.code().name}; expected an error event or INVALID_ARGUMENT") from None
+                outcomes.append(f"{label}: {error.code().name}")
+                continue
+            names = [e.WhichOneof("event") for e in events]
+            if not names or names[-1] != "error" or "finish" in names:
+                raise Failed(f"{label}: expected an error event or INVALID_ARGUMENT, got {names}")
+            outcomes.append(f"{label}: error event")
+        await self._serving()
+        return "; ".join(outcomes)
+
+    CHECKS: tuple[tuple[str, str], ...] = (
+        ("health", "health_check"),
+        ("text prompt, streaming", "text_streaming"),
+        ("text prompt, not streaming", "text_not_streaming"),
+        ("object prompt", "object_prompt"),
+        ("image prompt", "image_prompt"),
+        ("speech prompt", "speech_prompt"),
+        ("dataset run", "dataset_run"),
+        ("get-evals", "get_evals"),
+        ("alert", "alert"),
+        ("cancelled stream", "cancelled_stream"),
+        ("deadlines", "deadlines"),
+        ("malformed AST", "malformed_ast"),
+    )
+
+    async def run(self, only: set[str] | None = None) -> list[Result]:
+        results = []
+        for name, method in self.CHECKS:
+            if only and name not in only:
+                continue
+            results.append(await self._one(name, getattr(self, method)))
+        return results
+
+    async def _one(self, name: str, check: Callable[[], Awaitable[str]]) -> Result:
+        started = time.perf_counter()
+        try:
+            reason = await asyncio.wait_for(check(), self.timeout + 10)
+            passed = True
+        except Failed as failure:
+            passed, reason = False, str(failure)
+        except grpc.aio.AioRpcError as error:
+            passed, reason = False, f"gRPC {error.code().name}: {error.details()}"
+        except TimeoutError:
+            passed, reason = False, f"no answer within {self.timeout + 10:.0f} s"
+        return Result(name, passed, reason, round(time.perf_counter() - started, 3))
+
+
+def report(results: list[Result], as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"passed": all(r.passed for r in results), "checks": [asdict(r) for r in results]}, indent=2)
+    width = max(len(r.check) for r in results)
+    lines = [f"{'check':<{width}}  result  reason", f"{'-' * width}  ------  ------"]
+    lines += [f"{r.check:<{width}}  {'PASS' if r.passed else 'FAIL':<6}  {r.reason}" for r in results]
+    failed = sum(not r.passed for r in results)
+    lines.append(f"\n{len(results) - failed} passed, {failed} failed")
+    return "\n".join(lines)
+
+
+async def run_kit(target: str, dataset: str = DATASET_NAME, timeout: float = CALL_TIMEOUT, only: set[str] | None = None) -> list[Result]:
+    kit = Kit(target, dataset, timeout)
+    try:
+        return await kit.run(only)
+    finally:
+        await kit.close()

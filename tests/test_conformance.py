@@ -1,0 +1,104 @@
+"""The conformance kit: the reference runner passes every check, and broken
+runners fail the checks that describe what they break."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from agentmark_gw import conformance
+from agentmark_gw.protocol import runner_pb2 as pb
+from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, Runner, events, start
+from agentmark_gw.runner.service import PromptRequest
+
+from .servers.fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def reference_runner(fake_openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[str]:
+    from agentmark.prompt_core import FileLoader, create_agentmark
+
+    conformance.write_dataset(tmp_path)
+    model = openai.AsyncOpenAI(api_key="k", base_url=fake_openai.url, max_retries=0)  # type: ignore[attr-defined]
+    server, port = await start(AgentMarkRunner(create_agentmark(loader=FileLoader(str(tmp_path))), OpenAIExecutor(model)), "127.0.0.1:0")
+    yield f"127.0.0.1:{port}"
+    await server.stop(0)
+    await model.close()
+
+
+async def test_the_reference_runner_passes_every_check(reference_runner: str) -> None:
+    results = await conformance.run_kit(reference_runner, timeout=20)
+    assert [r.check for r in results] == [name for name, _ in conformance.Kit.CHECKS]
+    failures = [f"{r.check}: {r.reason}" for r in results if not r.passed]
+    assert failures == []
+
+
+async def test_the_command_prints_a_table_and_json(reference_runner: str) -> None:
+    env = {**os.environ}
+    args = [sys.executable, "-m", "agentmark_gw.cli", "conformance", "--runner", reference_runner, "--check", "health", "--check", "get-evals"]
+    process = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    assert "health" in out.decode() and "PASS" in out.decode() and "2 passed, 0 failed" in out.decode()
+    process = await asyncio.create_subprocess_exec(*args, "--json", env=env, stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    assert json.loads(out)["passed"] is True
+
+
+class Chatty(Runner):
+    """Sends text after finish, and invalid JSON in a tool call."""
+
+    async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+        bad = events.tool_call("c1", "lookup", {})
+        bad.tool_call.args_json = "{oops"
+        yield events.text_delta("hi")
+        yield bad
+        yield events.finish("stop")
+
+
+class Unfinished(Runner):
+    async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+        yield events.text_delta("and then nothing")
+
+
+class Crashing(Runner):
+    async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+        raise RuntimeError("boom")
+        yield  # pragma: no cover - makes this an async generator
+
+
+@pytest.mark.parametrize(
+    ("runner", "check", "reason"),
+    [
+        (Chatty(), "text prompt, streaming", "tool_call.args_json is not valid JSON"),
+        (Unfinished(), "text prompt, streaming", "the stream ended without `finish` or `error`"),
+        (Crashing(), "text prompt, streaming", "the runner answered with an error: runner error: boom"),
+        (Runner(), "object prompt", "the runner answered with an error: Runner does not run prompts"),
+        (Runner(), "dataset run", "only error rows: Runner does not run dataset experiments"),
+    ],
+)
+async def test_broken_runners_fail_the_check_that_names_their_fault(runner: Runner, check: str, reason: str) -> None:
+    server, port = await start(runner, "127.0.0.1:0")
+    try:
+        (result,) = await conformance.run_kit(f"127.0.0.1:{port}", timeout=5, only={check})
+    finally:
+        await server.stop(0)
+    assert not result.passed
+    assert result.reason.startswith(reason)
+
+
+def test_nothing_may_follow_a_terminal_event() -> None:
+    stream = [events.text_delta("a"), events.finish("stop"), events.text_delta("late")]
+    with pytest.raises(conformance.Failed, match="1 event"):
+        conformance.check_prompt_stream(stream, "text")
+    with pytest.raises(conformance.Failed, match="events of another kind: object_final"):
+        conformance.check_prompt_stream([events.object_final({}), events.finish("stop")], "text")
