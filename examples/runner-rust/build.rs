@@ -1,0 +1,12 @@
+//! Generate the Runner service from the same .proto the gateway uses.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = "../../protos";
+    let file = "agentmark/runner/v1/runner.proto";
+    println!("cargo:rerun-if-changed={protos}/{file}");
+    let descriptors = protox::compile([file], [protos])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

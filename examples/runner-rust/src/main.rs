@@ -1,0 +1,78 @@
+//! An AgentMark runner in Rust, for agentmark-gw.
+//!
+//! Serves the `Runner` gRPC service from `protos/` (generated at build time)
+//! and `grpc.health.v1`, running prompts against any OpenAI-compatible API
+//! (`OPENAI_API_KEY`, `OPENAI_BASE_URL`):
+//!
+//!     agentmark-runner-rust --listen 127.0.0.1:50051 --data-dir ./data
+//!
+//! Copy it as the start of your own runner: `prompt.rs` renders ASTs,
+//! `openai.rs` talks to the model, `service.rs` is the contract.
+
+mod openai;
+mod prompt;
+mod service;
+
+pub mod pb {
+    tonic::include_proto!("agentmark.runner.v1");
+}
+
+use std::path::PathBuf;
+
+use pb::runner_server::RunnerServer;
+
+struct Options {
+    listen: std::net::SocketAddr,
+    data_dir: PathBuf,
+}
+
+fn options() -> Result<Options, String> {
+    let mut listen = "127.0.0.1:50051".to_string();
+    let mut data_dir = PathBuf::from(".");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().ok_or("--listen needs HOST:PORT")?,
+            "--data-dir" => data_dir = args.next().ok_or("--data-dir needs a directory")?.into(),
+            "-h" | "--help" => {
+                println!("usage: agentmark-runner-rust [--listen HOST:PORT] [--data-dir DIR]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let listen = listen.parse().map_err(|_| format!("--listen {listen} is not HOST:PORT"))?;
+    if !data_dir.is_dir() {
+        return Err(format!("--data-dir {}: no such directory", data_dir.display()));
+    }
+    Ok(Options { listen, data_dir })
+}
+
+#[tokio::main]
+async fn main() {
+    let options = options().unwrap_or_else(|message| {
+        eprintln!("error: {message}");
+        std::process::exit(2);
+    });
+    rustls::crypto::ring::default_provider().install_default().expect("no other crypto provider is installed");
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<RunnerServer<service::RustRunner>>().await;
+    let runner = service::RustRunner::new(openai::Client::from_env(), options.data_dir);
+
+    let listener = tokio::net::TcpListener::bind(options.listen).await.unwrap_or_else(|e| {
+        eprintln!("error: cannot listen on {}: {e}", options.listen);
+        std::process::exit(1);
+    });
+    eprintln!("runner listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+    };
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(RunnerServer::new(runner))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+        .expect("the gRPC server failed");
+}

@@ -1,0 +1,87 @@
+//! A small client for OpenAI-compatible APIs: streamed chat completions
+//! (server-sent events), image generation and speech.
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+
+pub const MISSING_CREDENTIALS: &str = "The runner has no OpenAI credentials: set OPENAI_API_KEY (and OPENAI_BASE_URL for an \
+OpenAI-compatible server) in the runner's environment, then restart it.";
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Option<String>,
+}
+
+impl Client {
+    /// From `OPENAI_API_KEY` and `OPENAI_BASE_URL`, as the official SDKs read them.
+    pub fn from_env() -> Self {
+        let base_url = std::env::var("OPENAI_BASE_URL").unwrap_or_else(|_| "https://api.openai.com/v1".into());
+        Self {
+            http: reqwest::Client::new(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key: std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty()),
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, String> {
+        let key = self.api_key.as_deref().ok_or(MISSING_CREDENTIALS)?;
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .map_err(|_| "model API error: Connection error.".to_string())?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or(text);
+        Err(format!("model API error {status}: {message}"))
+    }
+
+    /// A streamed chat completion: each server-sent event's JSON, in order.
+    pub async fn chat_stream(&self, body: &Value) -> Result<impl Stream<Item = Result<Value, String>>, String> {
+        let response = self.post("/chat/completions", body).await?;
+        let bytes = response.bytes_stream();
+        Ok(futures::stream::unfold((bytes, Vec::<u8>::new(), false), |(mut bytes, mut buffer, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                // One event ends at a blank line; its `data:` line holds the JSON.
+                if let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                    let event: Vec<u8> = buffer.drain(..end + 2).collect();
+                    let text = String::from_utf8_lossy(&event);
+                    let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:")).map(str::trim) else { continue };
+                    if data == "[DONE]" {
+                        return None;
+                    }
+                    let parsed = serde_json::from_str(data).map_err(|e| format!("model API sent an invalid event: {e}"));
+                    return Some((parsed, (bytes, buffer, false)));
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    Some(Err(_)) => return Some((Err("model API error: Connection error.".into()), (bytes, buffer, true))),
+                    None => return None,
+                }
+            }
+        }))
+    }
+
+    pub async fn images(&self, body: &Value) -> Result<Value, String> {
+        self.post("/images/generations", body).await?.json().await.map_err(|e| format!("model API sent invalid JSON: {e}"))
+    }
+
+    pub async fn speech(&self, body: &Value) -> Result<Vec<u8>, String> {
+        let response = self.post("/audio/speech", body).await?;
+        Ok(response.bytes().await.map_err(|_| "model API error: Connection error.".to_string())?.to_vec())
+    }
+}
