@@ -36,7 +36,7 @@ async def run(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int
     return process.returncode, out.decode(), err.decode()
 
 
-@pytest.mark.parametrize("command", ["serve", "runner", "up", "sign", "send", "config", "conformance"])
+@pytest.mark.parametrize("command", ["serve", "runner", "up", "sign", "send", "config", "conformance", "event"])
 async def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) -> None:
     code, out, _ = await run(command, "--help", env=environment(tmp_path))
     assert code == 0 and "example: agentmark-gw" in out.replace("OPENAI_API_KEY=... ", "").replace("AGENTMARK_WEBHOOK_SECRET=... ", "")
@@ -64,7 +64,7 @@ async def test_serve_and_send_on_the_pure_python_twin(tmp_path: Path, scripted: 
     )
     try:
         await wait_for_port(port, timeout=30)
-        code, out, err = await run("send", TEXT_EVENT, "--url", f"http://127.0.0.1:{port}/", env=env)
+        code, out, err = await run("send", TEXT_EVENT, "--url", f"http://127.0.0.1:{port}/", "--raw", env=env)
         assert code == 0, err
         assert [json.loads(line) for line in out.splitlines()] == [
             {"type": "text", "result": "hi"},
@@ -72,7 +72,7 @@ async def test_serve_and_send_on_the_pure_python_twin(tmp_path: Path, scripted: 
             {"type": "done", "traceId": "trace-1"},
         ]
         code, _, err = await run("send", TEXT_EVENT, "--url", f"http://127.0.0.1:{port}/", env={**env, "AGENTMARK_WEBHOOK_SECRET": "wrong"})
-        assert code == 1 and err.strip() == 'HTTP 401: {"message": "Invalid signature"}'
+        assert code == 1 and err.strip() == "HTTP 401: Invalid signature"
     finally:
         gateway.terminate()
         _, log = await asyncio.wait_for(gateway.communicate(), 20)
@@ -94,9 +94,7 @@ async def test_up_generates_a_secret_that_send_uses(tmp_path: Path, fake_openai:
         assert saved.stat().st_mode & 0o777 == 0o600
         code, out, err = await run("send", TEXT_EVENT, "--url", f"http://127.0.0.1:{port}/", env=env)
         assert code == 0, err
-        lines = [json.loads(line) for line in out.splitlines()]
-        assert lines[0] == {"type": "text", "result": "four"}
-        assert lines[-1]["finishReason"] == "stop"
+        assert out.splitlines() == ["four", "finish: stop, 12 in / 1 out tokens"]
     finally:
         up.terminate()
         printed, _ = await asyncio.wait_for(up.communicate(), 20)
@@ -122,6 +120,9 @@ async def test_send_fails_when_the_stream_ends_in_an_error(tmp_path: Path, scrip
 
     scripted_runner.script = [events.text_delta("a"), events.error("model refused")]
     async with HttpServer(create_app(gateway_config(scripted[1]))) as server:
-        code, out, _ = await run("send", TEXT_EVENT, "--url", server.url + "/", env=environment(tmp_path, AGENTMARK_WEBHOOK_SECRET=SECRET))
+        code, out, err = await run("send", TEXT_EVENT, "--url", server.url + "/", "--raw", env=environment(tmp_path, AGENTMARK_WEBHOOK_SECRET=SECRET))
+        assert code == 1
+        assert out.splitlines()[-1] == '{"type":"error","error":"model refused"}'
+        code, out, err = await run("send", TEXT_EVENT, "--url", server.url + "/", env=environment(tmp_path, AGENTMARK_WEBHOOK_SECRET=SECRET))
     assert code == 1
-    assert out.splitlines()[-1] == '{"type":"error","error":"model refused"}'
+    assert out.splitlines() == ["a"] and err.strip() == "error: model refused"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import secrets as secrets_module
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ EPILOG_EXAMPLES = {
     "up": "example: agentmark-gw up   (then, in another shell: agentmark-gw send event.json)",
     "sign": "example: agentmark-gw sign event.json",
     "send": "example: agentmark-gw send event.json --url http://127.0.0.1:8080/",
+    "event": "example: agentmark-gw event prompt-run --ast math.prompt.json | agentmark-gw send -",
 }
 
 
@@ -183,31 +186,85 @@ def cmd_send(args: argparse.Namespace) -> int:
     import httpx
 
     from . import _accel
+    from .console import Renderer, make_console
 
     secret = local_secret()
     if secret is None:
         print(f"error: no secret: set {SECRET_ENV} (or run `agentmark-gw up` once)", file=sys.stderr)
         return 2
     body = _read_body(args.file)
-    headers = {
-        "Content-Type": "application/json",
-        "x-agentmark-signature-256": _accel.sign(secret, body),
-    }
+    headers = {"Content-Type": "application/json", "x-agentmark-signature-256": _accel.sign(secret, body)}
+    renderer = Renderer(make_console(sys.stdout), make_console(sys.stderr), Path(args.out), Path(args.json) if args.json else None)
+    failed = False
     try:
         with httpx.stream("POST", args.url, content=body, headers=headers, timeout=args.timeout) as response:
             if response.status_code >= 400:
                 response.read()
-                print(f"HTTP {response.status_code}: {response.text.strip()}", file=sys.stderr)
+                renderer.err.print(f"[bold red]HTTP {response.status_code}:[/] {_message(response.text)}", markup=True)
                 return 1
-            failed = False
+            streaming = response.headers.get("agentmark-streaming") == "true"
+            if not streaming and not args.raw:
+                response.read()
+                renderer.envelope(response.json())
+                return 0
             for line in response.iter_lines():
-                print(line, flush=True)
-                failed = failed or line.startswith('{"type":"error"')
+                if args.raw:
+                    print(line, flush=True)
+                    failed = failed or line.startswith('{"type":"error"')
+                elif line.strip():
+                    renderer.line(json.loads(line))
     except httpx.HTTPError as exc:
         print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if not args.raw:
+            renderer.close()
     # A stream that ended in an error line is a failed run, for scripts too.
-    return 1 if failed else 0
+    return 1 if failed or renderer.failed else 0
+
+
+def _message(text: str) -> str:
+    try:
+        return str(json.loads(text)["message"])
+    except (ValueError, KeyError, TypeError):
+        return text.strip()
+
+
+def _json_option(text: str, name: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise CommandError(f"{name} is not valid JSON: {text}") from None
+
+
+def _read_ast(file: str) -> Any:
+    """A prompt AST: the tree itself, or AgentMark's built `{"ast": ...}` file."""
+    document = _json_option(_read_body(file).decode(), f"--ast {file}")
+    return document["ast"] if isinstance(document, dict) and "ast" in document and "children" not in document else document
+
+
+def cmd_event(args: argparse.Namespace) -> int:
+    """Print a webhook body, ready to `send` or to pipe."""
+    data: dict[str, Any]
+    if args.event_type == "prompt-run":
+        data = {"ast": _read_ast(args.ast), "customProps": _json_option(args.props, "--props"), "options": {"shouldStream": not args.no_stream}}
+        if args.prompt_path:
+            data["promptPath"] = args.prompt_path
+    elif args.event_type == "dataset-run":
+        data = {"ast": _read_ast(args.ast), "experimentId": args.experiment, "datasetPath": args.dataset}
+        if args.concurrency:
+            data["concurrency"] = args.concurrency
+    elif args.event_type == "alert":
+        data = {
+            "alert": {"id": args.id, "type": args.type, "status": args.status, "currentValue": args.value,
+                      "threshold": args.threshold, "timeWindow": args.window},
+            "message": args.message or f"{args.type} alert {args.status}: {args.value} against {args.threshold} over {args.window}",
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    else:
+        data = {}
+    print(json.dumps({"event": {"type": args.event_type, "data": data}}, indent=2, ensure_ascii=False))
+    return 0
 
 
 # --- parser ---------------------------------------------------------------------
@@ -268,11 +325,37 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("file", metavar="FILE", help="the event body; - for standard input")
     sign.set_defaults(handler=cmd_sign)
 
-    send = command("send", "Sign and POST an event file; print each NDJSON line as it arrives.")
+    send = command("send", "Sign and POST an event, and show the answer as it arrives.")
     send.add_argument("file", metavar="FILE", help="the event body; - for standard input")
     send.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     send.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    send.add_argument("--raw", action="store_true", help="print the answer exactly as received (NDJSON or JSON), for piping")
+    send.add_argument("--out", default=".", metavar="DIR", help="where images and speech are written (default .)")
+    send.add_argument("--json", metavar="FILE", help="dataset runs: write the rows to FILE as JSON")
     send.set_defaults(handler=cmd_send)
+
+    event = command("event", "Print a webhook event body, ready to send or to pipe.")
+    kinds = event.add_subparsers(dest="event_type", required=True, metavar="TYPE")
+    prompt = kinds.add_parser("prompt-run", help="run a prompt", epilog="example: agentmark-gw event prompt-run --ast math.prompt.json --props '{\"q\": \"2+2\"}'")
+    prompt.add_argument("--ast", required=True, metavar="FILE", help="the prompt AST (JSON, as `agentmark build` writes it)")
+    prompt.add_argument("--props", default="{}", metavar="JSON", help="the props, as a JSON object")
+    prompt.add_argument("--no-stream", action="store_true", help="ask for one JSON envelope instead of a stream")
+    prompt.add_argument("--prompt-path", metavar="PATH", help="the prompt's path, for traces")
+    dataset = kinds.add_parser("dataset-run", help="run a prompt over a dataset", epilog="example: agentmark-gw event dataset-run --ast sentiment.prompt.json --dataset sentiment.jsonl")
+    dataset.add_argument("--ast", required=True, metavar="FILE")
+    dataset.add_argument("--dataset", required=True, metavar="PATH", help="the dataset path, as the runner resolves it")
+    dataset.add_argument("--experiment", default="experiment", metavar="NAME", help="the run's name (default experiment)")
+    dataset.add_argument("--concurrency", type=int, metavar="N")
+    alert = kinds.add_parser("alert", help="a cost, latency or error-rate alert", epilog="example: agentmark-gw event alert --type cost --status triggered --value 61.25 --threshold 50")
+    alert.add_argument("--type", required=True, choices=["cost", "latency", "error_rate"])
+    alert.add_argument("--status", required=True, choices=["triggered", "resolved"])
+    alert.add_argument("--id", default="alert-1")
+    alert.add_argument("--value", type=float, default=0.0)
+    alert.add_argument("--threshold", type=float, default=0.0)
+    alert.add_argument("--window", default="1h")
+    alert.add_argument("--message")
+    kinds.add_parser("get-evals", help="ask the runner for its evals", epilog="example: agentmark-gw event get-evals | agentmark-gw send -")
+    event.set_defaults(handler=cmd_event)
     return parser
 
 
