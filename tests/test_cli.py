@@ -36,7 +36,7 @@ async def run(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int
     return process.returncode, out.decode(), err.decode()
 
 
-@pytest.mark.parametrize("command", ["serve", "runner", "up", "sign", "send", "config", "conformance", "event"])
+@pytest.mark.parametrize("command", ["serve", "runner", "up", "sign", "send", "config", "conformance", "event", "init"])
 async def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) -> None:
     code, out, _ = await run(command, "--help", env=environment(tmp_path))
     assert code == 0 and "example: agentmark-gw" in out.replace("OPENAI_API_KEY=... ", "").replace("AGENTMARK_WEBHOOK_SECRET=... ", "")
@@ -126,3 +126,20 @@ async def test_send_fails_when_the_stream_ends_in_an_error(tmp_path: Path, scrip
         code, out, err = await run("send", TEXT_EVENT, "--url", server.url + "/", env=environment(tmp_path, AGENTMARK_WEBHOOK_SECRET=SECRET))
     assert code == 1
     assert out.splitlines() == ["a"] and err.strip() == "error: model refused"
+
+
+async def test_init_runner_scaffolds_a_project_whose_test_passes(tmp_path: Path) -> None:
+    target = tmp_path / "my-runner"
+    code, out, err = await run("init", "runner", str(target), env=environment(tmp_path))
+    assert code == 0, err
+    assert {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()} == {
+        "runner.py", "tests/test_runner.py", "pyproject.toml", "README.md", "data/.gitkeep",
+    }
+    test = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=target,
+        env=environment(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(test.communicate(), 120)
+    assert test.returncode == 0, output.decode()[-2000:]
+    code, _, err = await run("init", "runner", str(target), env=environment(tmp_path))
+    assert code == 2 and "will not overwrite" in err

@@ -108,3 +108,26 @@ def test_the_configuration_reference_matches_the_schema() -> None:
 
     documented = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
     assert documented.read_text() == reference(), "run: python scripts/config_reference.py"
+
+
+def test_every_refusal_message_is_in_the_troubleshooting_guide() -> None:
+    """Each message the gateway's code can refuse with has its row in docs/troubleshooting.md."""
+    import ast as python_ast
+
+    root = Path(__file__).resolve().parent.parent
+    guide = (root / "docs" / "troubleshooting.md").read_text()
+    refusals = {"Refusal", "BadRequest", "Unauthorized", "RunnerUnavailable", "ExecutionFailed"}
+    missing = []
+    for source in (root / "python" / "agentmark_gw" / "gateway").glob("*.py"):
+        for node in python_ast.walk(python_ast.parse(source.read_text())):
+            if isinstance(node, python_ast.Call) and getattr(node.func, "id", None) in refusals and node.args:
+                first = node.args[0]
+                if isinstance(first, python_ast.Constant):
+                    text = str(first.value)
+                elif isinstance(first, python_ast.JoinedStr) and isinstance(first.values[0], python_ast.Constant):
+                    text = str(first.values[0].value)  # the constant start of an f-string
+                else:
+                    continue
+                if text not in guide:
+                    missing.append(f"{source.name}: {text}")
+    assert missing == []

@@ -30,6 +30,7 @@ EPILOG_EXAMPLES = {
     "up": "example: agentmark-gw up   (then, in another shell: agentmark-gw send event.json)",
     "sign": "example: agentmark-gw sign event.json",
     "send": "example: agentmark-gw send event.json --url http://127.0.0.1:8080/",
+    "init": "example: agentmark-gw init runner my-runner",
     "event": "example: agentmark-gw event prompt-run --ast math.prompt.json | agentmark-gw send -",
 }
 
@@ -169,6 +170,19 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     results = asyncio.run(conformance.run_kit(args.runner, args.dataset, args.timeout, only))
     print(conformance.report(results, args.json))
     return 0 if all(r.passed for r in results) else 1
+
+
+def cmd_init_runner(args: argparse.Namespace) -> int:
+    from .scaffold import scaffold_runner
+
+    try:
+        written = scaffold_runner(args.directory)
+    except FileExistsError as exc:
+        raise CommandError(str(exc)) from None
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: cd {args.directory} && pip install -e '.[test]' && pytest")
+    return 0
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -320,6 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     kit.add_argument("--check", action="append", metavar="NAME", help="run only this check (repeatable)")
     kit.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
     kit.set_defaults(handler=cmd_conformance)
+
+    init = command("init", "Start a new project.")
+    init_kinds = init.add_subparsers(dest="init_kind", required=True, metavar="WHAT")
+    init_runner = init_kinds.add_parser(
+        "runner", help="a Python runner project: the ten-line runner, a conformance test, a README",
+        epilog="example: agentmark-gw init runner my-runner",
+    )
+    init_runner.add_argument("directory", metavar="DIR")
+    init_runner.set_defaults(handler=cmd_init_runner)
 
     sign = command("sign", "Print the x-agentmark-signature-256 header value for an event file.")
     sign.add_argument("file", metavar="FILE", help="the event body; - for standard input")

@@ -22,7 +22,12 @@ from .runners import OpenStream, read, refusal_for
 
 __all__ = ["JSON", "STREAM_HEADERS", "Framer", "OpenStream", "fold", "stream"]
 
-STREAM_HEADERS = {"AgentMark-Streaming": "true", "Content-Type": "application/x-ndjson"}
+STREAM_HEADERS = {
+    "AgentMark-Streaming": "true",
+    "Content-Type": "application/x-ndjson",
+    # nginx buffers proxied responses unless told otherwise; a stream must not wait.
+    "X-Accel-Buffering": "no",
+}
 JSON = "application/json"
 
 
