@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -75,3 +76,18 @@ async def test_a_taken_port_is_a_clear_error() -> None:
             await start(Runner(), f"127.0.0.1:{port}")
     finally:
         await server.stop(0)
+
+
+async def test_a_slow_reader_gets_every_event_and_the_end() -> None:
+    from agentmark_gw.runner.service import QUEUE_EVENTS
+
+    async def many() -> AsyncIterator[pb.RunnerEvent]:
+        for i in range(QUEUE_EVENTS * 3):
+            yield events.text_delta(str(i))
+        yield events.finish("stop")
+
+    count = 0
+    async for batch in batched(many(), lambda items: pb.RunnerEvents(events=items), lambda exc: events.error(str(exc))):
+        count += len(batch.events)
+        await asyncio.sleep(0.001)  # slower than the producer: the queue fills
+    assert count == QUEUE_EVENTS * 3 + 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -61,6 +62,33 @@ class _NoSpan:
 @asynccontextmanager
 async def _no_span(_params: Any) -> AsyncIterator[_NoSpan]:
     yield _NoSpan()
+
+
+class _SpanRecord:
+    """What AgentMark's runner records on a prompt or item span: the rendered
+    input, the model, the LLM classification, the output and the usage. The
+    platform's trace views read these. Uses prompt-core's own helpers (the
+    format is theirs); without them, spans simply carry fewer attributes."""
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def start(self, formatted: Any, ast: Any) -> None:
+        with contextlib.suppress(Exception):
+            from agentmark.prompt_core import webhook_runner as reference
+
+            reference._set_span_input(self.span, formatted)
+            reference._set_span_model(self.span, ast)
+            reference._classify_span_as_llm(self.span)
+
+    def finish(self, output: Any, usage: Any) -> None:
+        with contextlib.suppress(Exception):
+            from agentmark.prompt_core import webhook_runner as reference
+
+            if output is not None and output != "":
+                text = output if isinstance(output, str) else json.dumps(output, default=str)
+                self.span.set_attribute("agentmark.output", text)
+            reference._set_span_usage(self.span, usage)
 
 
 def _agentmark_sdk_hooks() -> tuple[Any, Any]:
@@ -189,14 +217,21 @@ class AgentMarkRunner(Runner):
                     should_stream=request.should_stream,
                     extra={"span": span},
                 )
+                record = _SpanRecord(span)
+                record.start(formatted, request.ast)
                 if request.kind in ("text", "object"):
                     execute = self.executor.execute_text if request.kind == "text" else self.executor.execute_object
-                    async for event in execute(formatted, ctx):
-                        converted = to_runner_event(event)
-                        if converted is not None:
-                            yield converted
-                        if isinstance(event, FinishEvent | ErrorEvent):
-                            return
+                    text, value, usage = "", None, None
+                    try:
+                        async for event in execute(formatted, ctx):
+                            text, value, usage = _accumulate(event, text, value, usage)
+                            converted = to_runner_event(event)
+                            if converted is not None:
+                                yield converted
+                            if isinstance(event, FinishEvent | ErrorEvent):
+                                return
+                    finally:
+                        record.finish(text if request.kind == "text" else value, usage)
                     return
                 try:
                     if request.kind == "image":
@@ -218,6 +253,10 @@ class AgentMarkRunner(Runner):
         name = frontmatter.get("name") if isinstance(frontmatter, dict) else None
         run_id = str(uuid.uuid4())
         run_name = request.experiment_id
+        if request.kind not in ("text", "object"):
+            yield events.row_error(f"dataset runs support text and object prompts, not {request.kind}")
+            return
+        commit_sha = request.commit_sha or _commit_sha(frontmatter)
         try:
             prompt = await self._load(request.kind, request.ast)
             options: dict[str, Any] = {"dataset_path": request.dataset_path or None}
@@ -232,10 +271,10 @@ class AgentMarkRunner(Runner):
         execute = self.executor.execute_text if request.kind == "text" else self.executor.execute_object
 
         async def process(item: dict[str, Any], index: int) -> pb.ExperimentEvent:
-            if item.get("type") == "error":
-                return events.row_error(str(item.get("error") or "dataset item failed"))
+            if item.get("type") == "error" or "formatted" not in item:
+                return events.row_error(str(item.get("error") or "the dataset item could not be formatted"))
             try:
-                return await self._run_item(item, index, execute, registry, run_id, run_name, name, dataset_path, request)
+                return await self._run_item(item, index, execute, registry, run_id, run_name, name, dataset_path, commit_sha, request)
             except Exception as exc:  # noqa: BLE001 - the pool's policy: an error row, and the run goes on
                 return events.row_error(normalize_error(exc))
 
@@ -254,6 +293,7 @@ class AgentMarkRunner(Runner):
         run_name: str,
         prompt_name: str | None,
         dataset_path: str | None,
+        commit_sha: str | None,
         request: ExperimentRequest,
     ) -> pb.ExperimentEvent:
         dataset = item.get("dataset") or {}
@@ -267,32 +307,33 @@ class AgentMarkRunner(Runner):
             dataset_item_name=_compute_dataset_item_name(input_data, index),
             dataset_input=input_data,
             dataset_expected_output=expected,
-            commit_sha=request.commit_sha or None,
+            commit_sha=commit_sha,
             prompt_path=request.prompt_path or None,
         )
+        formatted = item["formatted"]
         async with self._item_span(params) as span:
-            ctx = ExecCtx(trace_id=_trace_id(span) or None, prompt_name=prompt_name, should_stream=False, extra={"span": span})
-            text, value, usage, error = "", None, None, None
-            async for event in execute(item["formatted"], ctx):
-                if isinstance(event, TextDeltaEvent):
-                    text += event.text
-                elif isinstance(event, ObjectFinalEvent | ObjectDeltaEvent):
-                    value = _plain(event.value if isinstance(event, ObjectFinalEvent) else event.partial)
-                elif isinstance(event, FinishEvent):
-                    usage = event.usage
-                elif isinstance(event, ErrorEvent):
-                    error = event.error
-                    break
-            if error is not None:
-                raise RuntimeError(error)  # marks the item's span as failed
+            ctx = ExecCtx(
+                telemetry={"isEnabled": True}, trace_id=_trace_id(span) or None, prompt_name=prompt_name,
+                should_stream=False, extra={"span": span},
+            )
+            record = _SpanRecord(span)
+            record.start(formatted, request.ast)
+            text, value, usage = "", None, None
+            async for event in execute(formatted, ctx):
+                if isinstance(event, ErrorEvent):
+                    raise RuntimeError(event.error)  # marks the item's span as failed
+                text, value, usage = _accumulate(event, text, value, usage)
+            output = text if request.kind == "text" else value
+            record.finish(output, usage)
             trace_id = _trace_id(span)
-        output = text if request.kind == "text" else value
         evals = []
         for eval_name in item.get("evals") or []:
             scorer = registry.get(eval_name) if hasattr(registry, "get") else None
             if scorer is None:
                 continue
-            result = scorer({"input": input_data, "output": output, "expectedOutput": expected})
+            # As AgentMark's runner does: the eval's input is the rendered prompt.
+            eval_input = getattr(formatted, "messages", None) or getattr(formatted, "_raw_messages", None) or getattr(formatted, "user_prompt", None)
+            result = scorer({"input": eval_input, "output": output, "expectedOutput": expected})
             result = await result if inspect.isawaitable(result) else result
             evals.append({"name": eval_name, **(result or {})})
         tokens = None
@@ -308,6 +349,19 @@ class AgentMarkRunner(Runner):
             run_id=run_id,
             run_name=run_name,
         )
+
+
+def _accumulate(event: Any, text: str, value: Any, usage: Any) -> tuple[str, Any, Any]:
+    """The answer so far: text, the latest object value, the usage."""
+    if isinstance(event, TextDeltaEvent):
+        text += event.text
+    elif isinstance(event, ObjectFinalEvent):
+        value = _plain(event.value)
+    elif isinstance(event, ObjectDeltaEvent):
+        value = _plain(event.partial)
+    elif isinstance(event, FinishEvent):
+        usage = event.usage
+    return text, value, usage
 
 
 def _commit_sha(frontmatter: Any) -> str | None:

@@ -119,12 +119,16 @@ class OpenAIExecutor:
                 {"type": "function", "function": {"name": n, "description": t.description, "parameters": dict(t.parameters)}}
                 for n, t in tools.items()
             ]
-            if settings.get("tool_choice") in ("auto", "none", "required"):
-                parameters["tool_choice"] = settings["tool_choice"]
+            choice = settings.get("tool_choice")
+            if choice in ("auto", "none", "required"):
+                parameters["tool_choice"] = choice
+            elif isinstance(choice, dict) and choice.get("tool_name"):
+                parameters["tool_choice"] = {"type": "function", "function": {"name": choice["tool_name"]}}
         totals = [0, 0, 0]
         reported = False
         for _ in range(settings.get("max_calls") or DEFAULT_MAX_CALLS):
             calls: dict[int, dict[str, str]] = {}
+            said: list[str] = []
             reason = "stop"
             try:
                 stream = await self._create(parameters, settings)
@@ -133,6 +137,7 @@ class OpenAIExecutor:
                         for choice in chunk.choices:
                             delta = choice.delta
                             if delta.content:
+                                said.append(delta.content)
                                 yield TextDeltaEvent(delta.content)
                             for call in delta.tool_calls or []:
                                 entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
@@ -159,7 +164,7 @@ class OpenAIExecutor:
             ordered = [calls[i] for i in sorted(calls)]
             messages.append({
                 "role": "assistant",
-                "content": None,
+                "content": "".join(said) or None,  # what the model said before calling, kept in the history
                 "tool_calls": [
                     {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
                     for c in ordered
@@ -185,12 +190,12 @@ class OpenAIExecutor:
             return
         settings = _settings(formatted, "object_config")
         parameters = _parameters(settings, _messages(formatted))
-        schema = settings.get("schema_") or settings.get("schema") or {}
+        schema, strict = strict_schema(settings.get("schema_") or settings.get("schema") or {})
         parameters["response_format"] = {
             "type": "json_schema",
-            "json_schema": {"name": settings.get("schema_name") or "output", "schema": schema, "strict": True},
+            "json_schema": {"name": settings.get("schema_name") or "output", "schema": schema, "strict": strict},
         }
-        text, reason, usage, shown = "", "stop", None, NOTHING
+        text, reason, usage, shown, parsed_at = "", "stop", None, NOTHING, 0
         try:
             stream = await self._create(parameters, settings)
             async with stream:
@@ -198,10 +203,15 @@ class OpenAIExecutor:
                     for choice in chunk.choices:
                         if choice.delta.content:
                             text += choice.delta.content
-                            partial = parse_partial(text)
-                            if partial is not NOTHING and partial != shown:
-                                shown = partial
-                                yield ObjectDeltaEvent(partial)
+                            # Re-reading the whole prefix costs its length, so read
+                            # again only once it has grown by an eighth: the object
+                            # still grows visibly, and the total work stays O(n log n).
+                            if ctx.should_stream and len(text) - parsed_at >= max(8, parsed_at // 8):
+                                parsed_at = len(text)
+                                partial = parse_partial(text)
+                                if partial is not NOTHING and partial != shown:
+                                    shown = partial
+                                    yield ObjectDeltaEvent(partial)
                         if choice.finish_reason:
                             reason = choice.finish_reason
                     if chunk.usage is not None:
@@ -307,9 +317,15 @@ def _messages(formatted: Any) -> list[dict[str, Any]]:
                 if part.get("type") == "text":
                     parts.append({"type": "text", "text": part.get("text", "")})
                 elif part.get("type") == "image" and part.get("image"):
-                    parts.append({"type": "image_url", "image_url": {"url": part["image"]}})
+                    image = part["image"]
+                    if not image.startswith(("http://", "https://", "data:")):  # bare base64
+                        image = f"data:{part.get('mimeType') or 'image/png'};base64,{image}"
+                    parts.append({"type": "image_url", "image_url": {"url": image}})
                 elif part.get("type") == "file" and part.get("data"):
-                    parts.append({"type": "text", "text": f"[attached file: {part['data']}]"})
+                    data = part["data"]
+                    # Chat completions take no files: name a link, never paste file contents.
+                    where = data if data.startswith(("http://", "https://")) else f"{part.get('mimeType') or 'a file'} (inline, not sent)"
+                    parts.append({"type": "text", "text": f"[attached file: {where}]"})
             content = parts
         messages.append({"role": message.get("role"), "content": content})
     return messages
@@ -326,6 +342,30 @@ def _parameters(settings: dict[str, Any], messages: list[dict[str, Any]]) -> dic
         if setting in settings:
             parameters[parameter] = settings[setting]
     return parameters
+
+
+def strict_schema(schema: Any) -> tuple[Any, bool]:
+    """The schema for OpenAI's strict structured output, and whether strict
+    mode can take it. Strict mode wants `additionalProperties: false` on every
+    object (added where the schema says nothing) and every property required;
+    a schema with optional properties is sent as it is, not strict."""
+    strict = True
+
+    def visit(node: Any) -> Any:
+        nonlocal strict
+        if isinstance(node, list):
+            return [visit(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: visit(v) for k, v in node.items()}
+        if node.get("type") == "object" and isinstance(node.get("properties"), dict):
+            node.setdefault("additionalProperties", False)
+            if node["additionalProperties"] is not False or set(node.get("required") or []) != set(node["properties"]):
+                strict = False
+        return node
+
+    converted = visit(schema)
+    return (converted if strict else schema), strict
 
 
 def _json_or_text(text: str) -> Any:

@@ -81,12 +81,34 @@ def _candidates(text: str) -> list[str]:
         i += 1
     candidates = []
     if in_string and not string_is_key:
-        body = text if not escaped else text[:-1]
-        unicode_escape = body.rfind("\\u", string_start)
-        if unicode_escape != -1 and len(body) - unicode_escape < 6:
-            body = body[:unicode_escape]
-        candidates.append(_close(body + '"', closers))
+        candidates.append(_close(text[: _whole_escapes_end(text, string_start)] + '"', closers))
     return candidates + _from(cut, text)
+
+
+def _whole_escapes_end(text: str, string_start: int) -> int:
+    """Where an open string can be cut: before an escape that is not yet
+    whole, and before a high surrogate whose low half has not arrived (a
+    lone surrogate cannot be encoded to send on)."""
+    end = i = string_start + 1
+    while i < len(text):
+        if text[i] != "\\":
+            i += 1
+            end = i
+            continue
+        if i + 1 >= len(text):
+            break
+        if text[i + 1] != "u":
+            i += 2
+            end = i
+            continue
+        if i + 6 > len(text):
+            break
+        unit = int(text[i + 2 : i + 6], 16) if all(c in "0123456789abcdefABCDEF" for c in text[i + 2 : i + 6]) else -1
+        if 0xD800 <= unit < 0xDC00 and not (text[i + 6 : i + 8] == "\\u" and i + 12 <= len(text)):
+            break  # the pair's second half is still to come
+        i += 12 if 0xD800 <= unit < 0xDC00 else 6
+        end = i
+    return end
 
 
 def _from(cut: tuple[int, list[str]] | None, text: str) -> list[str]:

@@ -13,6 +13,7 @@ Never imports the gateway: a runner service needs only this package's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -182,12 +183,19 @@ async def batched(
             async for event in source:
                 await queue.put(event)
                 if terminal(event):
-                    return  # nothing may follow a terminal event
+                    break  # nothing may follow a terminal event
         except Exception as exc:  # noqa: BLE001 - a runner bug becomes an error event
             log.exception("runner raised while producing events")
             await queue.put(on_error(exc))
         finally:
-            await queue.put(_END)
+            # Close the runner's generator here, in the task that ran it, so its
+            # context managers (spans, trace contexts) exit where they entered.
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        # Not reached when cancelled: then no one reads the queue any more.
+        await queue.put(_END)
 
     producer = asyncio.create_task(produce())
     pending: Any = None
@@ -211,12 +219,10 @@ async def batched(
             if done:
                 return
     finally:
+        # Stop the runner (the client left, or the run ended); its generator
+        # is closed inside the producer task, model streams included.
         producer.cancel()
-        # Let the runner's generator run its own clean-up (close model streams).
         await asyncio.gather(producer, return_exceptions=True)
-        close = getattr(source, "aclose", None)
-        if close is not None:
-            await close()
 
 
 def _prompt_terminal(event: pb.RunnerEvent) -> bool:
