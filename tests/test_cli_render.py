@@ -84,3 +84,18 @@ async def test_a_dataset_run_event_names_its_dataset(tmp_path: Path) -> None:
 async def test_bad_props_are_a_clear_error(tmp_path: Path) -> None:
     code, _, err = await run("event", "prompt-run", "--ast", str(SHARED / "fixtures/ast/text.json"), "--props", "{oops", env=environment(tmp_path))
     assert code == 2 and err.strip() == "error: --props is not valid JSON: {oops"
+
+
+def test_text_from_the_wire_is_shown_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    from pathlib import Path as P
+
+    from agentmark_gw.console import Renderer, make_console
+
+    renderer = Renderer(make_console(sys.stdout), make_console(sys.stderr), P("."))
+    renderer.line({"type": "text", "result": "[red]not markup[/] :thumbs_up:"})
+    renderer.line({"type": "error", "error": "cannot read [/data/x.jsonl]"})
+    renderer.close()
+    captured = capsys.readouterr()
+    assert captured.out == "[red]not markup[/] :thumbs_up:\n"
+    assert captured.err == "error: cannot read [/data/x.jsonl]\n"

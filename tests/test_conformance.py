@@ -108,3 +108,22 @@ def test_nothing_may_follow_a_terminal_event() -> None:
         conformance.check_prompt_stream(stream, "text")
     with pytest.raises(conformance.Failed, match="events of another kind: object_final"):
         conformance.check_prompt_stream([events.object_final({}), events.finish("stop")], "text")
+
+
+class OddRows(Runner):
+    async def run_experiment(self, request):  # type: ignore[no-untyped-def]
+        for _ in range(3):
+            yield events.dataset_row(input={"q": 1}, actual_output="x", run_id="r", run_name=request.experiment_id)
+
+
+async def test_an_unexpected_answer_is_a_failure_not_a_crash() -> None:
+    server, port = await start(OddRows(), "127.0.0.1:0")
+    try:
+        (result,) = await conformance.run_kit(f"127.0.0.1:{port}", timeout=5, only={"dataset run"})
+    finally:
+        await server.stop(0)
+    assert not result.passed and result.reason == "row inputs are not the dataset's inputs"
+
+
+def test_no_checks_is_said_plainly() -> None:
+    assert conformance.report([], as_json=False).startswith("no checks ran: --check names one of health,")

@@ -169,7 +169,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     only = set(args.check) if args.check else None
     results = asyncio.run(conformance.run_kit(args.runner, args.dataset, args.timeout, only))
     print(conformance.report(results, args.json))
-    return 0 if all(r.passed for r in results) else 1
+    return 0 if results and all(r.passed for r in results) else 1
 
 
 def cmd_init_runner(args: argparse.Namespace) -> int:
@@ -199,6 +199,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     import httpx
 
+    from rich.markup import escape
+
     from . import _accel
     from .console import Renderer, make_console
 
@@ -208,13 +210,16 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 2
     body = _read_body(args.file)
     headers = {"Content-Type": "application/json", "x-agentmark-signature-256": _accel.sign(secret, body)}
-    renderer = Renderer(make_console(sys.stdout), make_console(sys.stderr), Path(args.out), Path(args.json) if args.json else None)
+    renderer = Renderer(
+        make_console(sys.stdout), make_console(sys.stderr), Path(args.out), Path(args.json) if args.json else None,
+        dataset=b'"dataset-run"' in body,
+    )
     failed = False
     try:
         with httpx.stream("POST", args.url, content=body, headers=headers, timeout=args.timeout) as response:
             if response.status_code >= 400:
                 response.read()
-                renderer.err.print(f"[bold red]HTTP {response.status_code}:[/] {_message(response.text)}", markup=True)
+                renderer.err.print(f"[bold red]HTTP {response.status_code}:[/] {escape(_message(response.text))}", markup=True)
                 return 1
             streaming = response.headers.get("agentmark-streaming") == "true"
             if not streaming and not args.raw:

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from rich import box
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.pretty import Pretty
 from rich.table import Table
 
@@ -31,12 +32,14 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "a
 
 def make_console(file: TextIO) -> Console:
     color = file.isatty() and not os.environ.get("NO_COLOR")
-    return Console(file=file, no_color=not color, force_terminal=color, highlight=False, soft_wrap=True)
+    # No emoji codes and no markup in what the model or runner wrote: it is shown as written.
+    return Console(file=file, no_color=not color, force_terminal=color, highlight=False, soft_wrap=True, emoji=False)
 
 
 @dataclass
 class _EvalTally:
     runs: int = 0
+    judged: int = 0  # evals that said pass or fail (some only score)
     passed: int = 0
     scored: int = 0
     score_sum: float = 0.0
@@ -48,6 +51,8 @@ class Renderer:
     err: Console
     out_dir: Path
     rows_file: Path | None = None
+    # A dataset run: its summary is printed even when every row failed.
+    dataset: bool = False
     failed: bool = False
     _in_text: bool = False
     _object: Any = None
@@ -71,10 +76,10 @@ class Renderer:
             self._end_text()
             self._errors += 1
             self.failed = True
-            self.err.print(f"[bold red]error:[/] {chunk.get('error')}", markup=True)
+            self.err.print(f"[bold red]error:[/] {escape(str(chunk.get('error')))}", markup=True)
         elif kind == "done":
             self._end_text()
-            self.out.print(f"[dim]trace {chunk.get('traceId')}[/]", markup=True)
+            self.out.print(f"[dim]trace {escape(str(chunk.get('traceId')))}[/]", markup=True)
 
     def _text(self, chunk: dict[str, Any]) -> None:
         if "result" in chunk:
@@ -84,11 +89,11 @@ class Renderer:
         elif "toolCall" in chunk:
             call = chunk["toolCall"]
             self._end_text()
-            self.out.print(f"[cyan]→ {call.get('toolName')}[/]({json.dumps(call.get('args'))})", markup=True)
+            self.out.print(f"[cyan]→ {escape(str(call.get('toolName')))}[/]({escape(json.dumps(call.get('args')))})", markup=True)
         elif "toolResult" in chunk:
             result = chunk["toolResult"]
             self._end_text()
-            self.out.print(f"[cyan]← {result.get('toolName')}[/] {json.dumps(result.get('result'))}", markup=True)
+            self.out.print(f"[cyan]← {escape(str(result.get('toolName')))}[/] {escape(json.dumps(result.get('result')))}", markup=True)
         elif "finishReason" in chunk:
             self._end_text()
             self.out.print(f"[dim]finish: {chunk['finishReason']}{_usage(chunk.get('usage'))}[/]", markup=True)
@@ -123,7 +128,9 @@ class Renderer:
         for evaluation in chunk.get("result", {}).get("evals", []):
             tally = self._evals.setdefault(str(evaluation.get("name")), _EvalTally())
             tally.runs += 1
-            tally.passed += evaluation.get("passed") is True
+            if "passed" in evaluation:
+                tally.judged += 1
+                tally.passed += evaluation["passed"] is True
             if isinstance(evaluation.get("score"), int | float):
                 tally.scored += 1
                 tally.score_sum += evaluation["score"]
@@ -138,7 +145,7 @@ class Renderer:
         if kind == "text":
             self.out.print(body.get("result", ""), markup=False)
             for call in body.get("toolCalls", []):
-                self.out.print(f"[cyan]→ {call.get('toolName')}[/]({json.dumps(call.get('args'))})", markup=True)
+                self.out.print(f"[cyan]→ {escape(str(call.get('toolName')))}[/]({escape(json.dumps(call.get('args')))})", markup=True)
             self.out.print(f"[dim]finish: {body.get('finishReason', '-')}{_usage(body.get('usage'))}[/]", markup=True)
         elif kind == "object":
             self.out.print_json(json.dumps(body.get("result")))
@@ -150,7 +157,7 @@ class Renderer:
         else:
             self.out.print_json(json.dumps(body))
         if body.get("traceId"):
-            self.out.print(f"[dim]trace {body['traceId']}[/]", markup=True)
+            self.out.print(f"[dim]trace {escape(str(body['traceId']))}[/]", markup=True)
 
     def _write(self, stem: str, media: dict[str, Any]) -> None:
         extension = media.get("format") or _EXTENSIONS.get(media.get("mimeType", ""), "bin")
@@ -163,7 +170,7 @@ class Renderer:
         self._end_text()
         if self._object is not None or self._live is not None:
             self._finish_object()
-        if self._rows or (self._errors and self._evals):
+        if self._rows or self.dataset:
             self._summary()
 
     def _box(self) -> box.Box:
@@ -185,7 +192,8 @@ class Renderer:
                 evals.add_column(column, justify=justify)  # type: ignore[arg-type]
             for name, tally in sorted(self._evals.items()):
                 mean = f"{tally.score_sum / tally.scored:.2f}" if tally.scored else "-"
-                evals.add_row(name, f"{tally.passed}/{tally.runs} ({100 * tally.passed / tally.runs:.0f}%)", mean)
+                rate = f"{tally.passed}/{tally.judged} ({100 * tally.passed / tally.judged:.0f}%)" if tally.judged else "-"
+                evals.add_row(escape(name), rate, mean)
             self.out.print(evals)
         if self.rows_file is not None:
             self.rows_file.write_text(json.dumps(self._rows, indent=2) + "\n")
