@@ -250,3 +250,15 @@ async def test_dataset_run_on_the_rust_runner(rust_gateway: str, client: httpx.A
     for row in rows:
         assert row["runName"] == "sentiment-baseline" and row["result"]["evals"] == []
         assert row["result"]["actualOutput"] == {"sentiment": sentiment_of(row["result"]["input"]["text"])}
+
+
+async def test_a_long_answer_in_a_dataset_row(any_gateway: str, client: httpx.AsyncClient, tmp_path: Any) -> None:
+    """Thousands of chunks in one item (the Rust runner once stalled on a full channel)."""
+    event = {"type": "dataset-run", "data": {"ast": shared_json("fixtures/ast/text.json"), "datasetPath": "math.jsonl"}}
+    ast = event["data"]["ast"]
+    ast["children"][0]["value"] = ast["children"][0]["value"].replace("userMessage: \"What is 2+2?\"", "userMessage: long:3000")
+    # math.jsonl's items carry their own userMessage; point one prompt at the long answer instead.
+    ast["children"][2]["children"][0]["children"] = [{"type": "text", "value": "long:3000"}]
+    _, lines = await stream_lines(client, any_gateway + "/", event)
+    rows = [line for line in lines if line["type"] == "dataset"]
+    assert rows and all(len(row["result"]["actualOutput"]) == 6000 for row in rows)

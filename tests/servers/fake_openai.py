@@ -10,6 +10,7 @@ scripted by the last user message:
 - `tool:<name>`: a call of tool <name>; once the tool's answer is in the
   conversation, the text `tool said <answer>`;
 - `slow:<seconds>`: the answer after a pause (to measure concurrency);
+- `long:<n>`: an answer in n pieces;
 - a sentiment prompt's text: `{"sentiment": ...}` by a keyword rule (`sentiment_of`);
 - otherwise `reply` (text) or `object_reply` (structured output), in pieces,
   with usage in the final chunk when `stream_options.include_usage` is set.
@@ -103,6 +104,8 @@ class FakeOpenAI:
             return _stream(model, _words("recovered"), include_usage)
         if last == "midstream":
             return Response(_broken(model), content_type="text/event-stream")
+        if last.startswith("long:"):
+            return _stream(model, ["x "] * int(last.split(":", 1)[1]), include_usage)
         if last.startswith("slow:"):
             await asyncio.sleep(float(last.split(":", 1)[1]))
         if last.startswith("tool:"):

@@ -71,7 +71,9 @@ async fn main() {
     };
     tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(RunnerServer::new(runner))
+        // Requests carry whole prompt ASTs and the gateway allows 10 MiB bodies;
+        // answers can carry images. tonic's default of 4 MiB is too small for both.
+        .add_service(RunnerServer::new(runner).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await
         .expect("the gRPC server failed");

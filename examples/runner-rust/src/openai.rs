@@ -19,7 +19,11 @@ impl Client {
     pub fn from_env() -> Self {
         let base_url = std::env::var("OPENAI_BASE_URL").unwrap_or_else(|_| "https://api.openai.com/v1".into());
         Self {
-            http: reqwest::Client::new(),
+            // Connecting is bounded; a streamed answer may take as long as the gateway's deadline allows.
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()
+                .expect("the HTTP client builds"),
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key: std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty()),
         }
@@ -68,8 +72,11 @@ impl Client {
                     return Some((parsed, (bytes, buffer, false)));
                 }
                 match bytes.next().await {
-                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    // SSE lines may end in CR, LF or CRLF; JSON data holds no raw CR, so drop them all.
+                    Some(Ok(chunk)) => buffer.extend(chunk.iter().copied().filter(|&b| b != b'\r')),
                     Some(Err(_)) => return Some((Err("model API error: Connection error.".into()), (bytes, buffer, true))),
+                    // A last event without its blank line still counts.
+                    None if buffer.iter().any(|b| !b.is_ascii_whitespace()) => buffer.extend_from_slice(b"\n\n"),
                     None => return None,
                 }
             }

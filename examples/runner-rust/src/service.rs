@@ -60,13 +60,19 @@ fn parse_json(text: &str, field: &str) -> Result<Value, Status> {
 fn batched(mut events: mpsc::Receiver<pb::RunnerEvent>) -> ReceiverStream<Result<pb::RunnerEvents, Status>> {
     let (out, receiver) = mpsc::channel(16);
     tokio::spawn(async move {
-        while let Some(first) = events.recv().await {
+        loop {
+            // Waiting for the next event, still notice a gateway that has gone:
+            // dropping `events` then stops the run (see `run`).
+            let first = tokio::select! {
+                next = events.recv() => match next { Some(e) => e, None => return },
+                () = out.closed() => return,
+            };
             let mut batch = vec![first];
             while let Ok(more) = events.try_recv() {
                 batch.push(more);
             }
             if out.send(Ok(pb::RunnerEvents { events: batch })).await.is_err() {
-                return; // the gateway cancelled: dropping `events` stops the run
+                return;
             }
         }
     });
@@ -129,10 +135,17 @@ fn row_error(message: impl Into<String>) -> pb::ExperimentEvent {
 /// One prompt run, its events sent to `events`; a send error means the
 /// gateway cancelled, and the run stops there.
 async fn run(client: &Client, prompt: &Prompt, events: &mpsc::Sender<pb::RunnerEvent>) {
-    let result = match prompt.kind {
-        Kind::Text | Kind::Object => chat(client, prompt, events).await,
-        Kind::Image => image(client, prompt).await,
-        Kind::Speech => speech(client, prompt).await,
+    let work = async {
+        match prompt.kind {
+            Kind::Text | Kind::Object => chat(client, prompt, events).await,
+            Kind::Image => image(client, prompt).await,
+            Kind::Speech => speech(client, prompt).await,
+        }
+    };
+    // When the gateway cancels, the receiver goes away: drop the model call at once.
+    let result = tokio::select! {
+        result = work => result,
+        () = events.closed() => return,
     };
     let last = match result {
         Ok(Some(final_events)) => final_events,
@@ -292,6 +305,9 @@ async fn run_dataset(
     } else {
         request.dataset_path.clone()
     };
+    if !dataset_path.ends_with(".jsonl") {
+        return Err("cannot load the dataset: Dataset must be a JSON Lines file (.jsonl)".into());
+    }
     let path = resolve(data_dir, &dataset_path)?;
     let text = tokio::fs::read_to_string(&path).await.map_err(|e| format!("cannot load the dataset: {e}"))?;
     let items: Vec<Value> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or(Value::Null)).collect();
@@ -318,18 +334,25 @@ async fn run_item(client: &Client, ast: &Value, item: &Value, run_id: &str, run_
         Ok(prompt) => prompt,
         Err(message) => return row_error(format!("cannot render the prompt: {message}")),
     };
-    let (events, mut receiver) = mpsc::channel(1024);
-    run(client, &prompt, &events).await;
-    drop(events);
-    let (mut text, mut value, mut tokens) = (String::new(), None, None);
-    while let Some(e) = receiver.recv().await {
-        match e.event {
-            Some(Event::TextDelta(d)) => text.push_str(&d.text),
-            Some(Event::ObjectFinal(o)) => value = Some(o.value_json),
-            Some(Event::Finish(f)) => tokens = f.usage.map(|u| u.total_tokens.unwrap_or(u.input_tokens + u.output_tokens)),
-            Some(Event::Error(e)) => return row_error(e.message),
-            _ => {}
+    let (events, mut receiver) = mpsc::channel(64);
+    // Run and collect at once: a long answer must not fill the channel first.
+    let produce = async move { run(client, &prompt, &events).await };
+    let collect = async {
+        let (mut text, mut value, mut tokens, mut failure) = (String::new(), None, None, None);
+        while let Some(e) = receiver.recv().await {
+            match e.event {
+                Some(Event::TextDelta(d)) => text.push_str(&d.text),
+                Some(Event::ObjectFinal(o)) => value = Some(o.value_json),
+                Some(Event::Finish(f)) => tokens = f.usage.map(|u| u.total_tokens.unwrap_or(u.input_tokens + u.output_tokens)),
+                Some(Event::Error(e)) => failure = Some(e.message),
+                _ => {}
+            }
         }
+        (text, value, tokens, failure)
+    };
+    let ((), (text, value, tokens, failure)) = tokio::join!(produce, collect);
+    if let Some(message) = failure {
+        return row_error(message);
     }
     let actual = value.unwrap_or_else(|| Value::String(text).to_string());
     let row = pb::DatasetRow {
