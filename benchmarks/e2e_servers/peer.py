@@ -10,8 +10,10 @@ answer one final object and a finish. Dataset runs read 100 rows from an
 in-memory loader. What stays is AgentMark's own per-request work: compiling
 the prompt AST, rendering it (once per dataset row), its wire mapping and its
 HTTP server (stdlib threads, a background event loop, connection close after
-each response). It has no tracing hooks (agentmark_sdk is not installed) and
-does not check signatures (AgentMark's server has none).
+each response). No tracing, as the gateway here has none (no OTEL_*
+variables): `WebhookRunner` is built directly, because
+`create_webhook_runner` adds AgentMark SDK span hooks whenever agentmark_sdk
+is installed. It does not check signatures (AgentMark's server has none).
 
 The peer reads `{type, data}` bodies: `benchmarks/e2e.py` sends it the
 `event` object of the shared event files.
@@ -34,8 +36,8 @@ from agentmark.prompt_core import (  # noqa: E402
     ObjectFinalEvent,
     TextDeltaEvent,
     UsageData,
+    WebhookRunner,
     create_agentmark,
-    create_webhook_runner,
 )
 from agentmark.prompt_core.serve_webhook_runner import serve_webhook_runner  # noqa: E402
 
@@ -95,7 +97,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     client = create_agentmark(loader=MemoryLoader())
-    runner = create_webhook_runner(client, MemoryExecutor())
+    runner = WebhookRunner(client, MemoryExecutor())  # null span hooks: no tracing
     serve_webhook_runner(runner, port=args.port, host="127.0.0.1")
 
 
