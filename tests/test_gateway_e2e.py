@@ -401,3 +401,18 @@ async def test_the_readme_example_event_runs(gateway: str, client: httpx.AsyncCl
     assert "".join(line.get("result", "") for line in lines) == "Signed payloads arrive"
     assert fake_openai.requests[-1]["messages"][-1] == {"role": "user", "content": "A haiku about webhooks"}
     assert fake_openai.requests[-1]["model"] == "gpt-4o-mini"
+
+
+async def test_long_integers_reach_the_runner_exactly(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.script = [events.finish("stop")]
+    event = shared_json("events/prompt-run-text.json")
+    event["event"]["data"]["customProps"] = {"id": 123456789012345678901234567890, "small": 7, "price": 0.1}
+    response, _ = await stream_lines(client, scripted_gateway + "/", event)
+    assert response.status_code == 200
+    assert scripted_runner.seen[-1].props == {"id": 123456789012345678901234567890, "small": 7, "price": 0.1}
+
+
+async def test_a_number_that_overflows_a_double_is_refused(scripted_gateway: str, client: httpx.AsyncClient) -> None:
+    raw, headers = signed(b'{"type":"prompt-run","data":{"x":1e400}}')
+    response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
+    assert response.status_code == 400 and response.json() == {"message": "Request body is not valid JSON"}

@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import grpc
@@ -42,12 +43,18 @@ class PromptRequest:
     props: dict[str, Any]
     should_stream: bool
     prompt_path: str
-    data: dict[str, Any] = field(default_factory=dict)
+    data_json: str = ""
     # The caller's W3C trace context (`traceparent`, `tracestate`), from gRPC
     # metadata: make it the parent of the runner's spans.
     trace_context: dict[str, str] = field(default_factory=dict)
     # Seconds left before the gateway's deadline for this run (None: no deadline).
     time_remaining: float | None = None
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        """The whole event `data` object. Parsed on first use: it repeats the
+        AST, and most runners never look."""
+        return _object(self.data_json, "data_json")
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,13 @@ class ExperimentRequest:
     prompt_path: str
     commit_sha: str
     sampling: Any
-    data: dict[str, Any] = field(default_factory=dict)
+    data_json: str = ""
     trace_context: dict[str, str] = field(default_factory=dict)
     time_remaining: float | None = None
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        return _object(self.data_json, "data_json")
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,7 @@ def prompt_request(message: pb.RunPromptRequest, context: grpc.aio.ServicerConte
         props=_object(message.custom_props_json, "custom_props_json"),
         should_stream=message.should_stream,
         prompt_path=message.prompt_path,
-        data=_object(message.data_json, "data_json"),
+        data_json=message.data_json,
         **_call_details(context),
     )
 
@@ -150,7 +161,7 @@ def experiment_request(message: pb.RunExperimentRequest, context: grpc.aio.Servi
         prompt_path=message.prompt_path,
         commit_sha=message.commit_sha,
         sampling=_parse(message.sampling_json, "sampling_json", None),
-        data=_object(message.data_json, "data_json"),
+        data_json=message.data_json,
         **_call_details(context),
     )
 
