@@ -17,8 +17,9 @@ up: $(STAMP) ## Install, then run the gateway with the OpenAI runner on embedded
 	$(VENV)/agentmark-gw up
 
 .PHONY: test
-test: $(STAMP) ## Install, then run every test: Rust unit tests, then the pytest suite
+test: $(STAMP) ## Install, then run every test: Rust unit tests, the benchmarks once as tests, the pytest suite
 	cargo test --no-default-features --quiet
+	$(VENV)/python -m pytest benchmarks/test_core_micro.py --benchmark-disable -q -p no:cacheprovider
 	$(VENV)/python -m pytest
 
 .PHONY: protos
@@ -33,6 +34,11 @@ fuzz: ## Fuzz the Rust core's raw-bytes entry points for 60 s (cargo fuzz)
 bench: $(STAMP) ## Micro-benchmarks: the Rust core against its Python twin
 	$(VENV)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider
 
+.PHONY: bench-e2e
+bench-e2e: $(STAMP) ## End to end: gateway vs bare Quart vs AgentMark's server, with wrk (about 10 min)
+	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
+	$(VENV)/python benchmarks/e2e.py --duration 10 --out benchmarks/results/e2e.json --markdown benchmarks/results/e2e.md
+
 .PHONY: help
 help: ## Show this help
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
