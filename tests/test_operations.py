@@ -207,3 +207,18 @@ async def test_a_dns_target_resolves_to_the_runner(scripted: tuple[ScriptedRunne
     async with HttpServer(create_app(gateway_config(f"dns:///localhost:{port}"))) as server:
         response, lines = await stream_lines(client, server.url + "/", TEXT_EVENT)
     assert response.status_code == 200 and lines[0] == {"type": "text", "result": "via dns"}
+
+
+async def test_a_silent_stream_gets_heartbeats_and_every_line(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.pause = 0.5
+    scripted_runner.script = [events.text_delta("a"), events.text_delta("b"), events.finish("stop")]
+    config = replace(gateway_config(scripted[1]), heartbeat_interval=0.15)
+    async with HttpServer(create_app(config)) as server:
+        raw, headers = signed(TEXT_EVENT)
+        async with client.stream("POST", server.url + "/", content=raw, headers=headers) as response:
+            body = b"".join([chunk async for chunk in response.aiter_raw()])
+    lines = body.split(b"\n")
+    assert lines.count(b"") >= 4  # heartbeats (and the final newline's empty tail)
+    assert [json.loads(line) for line in lines if line] == [
+        {"type": "text", "result": "a"}, {"type": "text", "result": "b"}, {"type": "text", "finishReason": "stop"},
+    ]

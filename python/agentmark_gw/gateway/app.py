@@ -139,7 +139,7 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
             record.aborted = not complete
             record.finish(metrics, request_log)
 
-        return responses.stream(opened, framer, on_chunk=on_chunk, on_end=on_end)
+        return responses.stream(opened, framer, on_chunk=on_chunk, on_end=on_end, heartbeat=config.heartbeat_interval)
 
     def acknowledge(pool: RunnerPool, alert: Alert, metadata: Metadata) -> Response:
         """Answer at once; hand the alert to the runner in the background."""

@@ -68,6 +68,9 @@ class GatewayConfig:
     )
     health_interval: float = setting(5.0, "Seconds between `grpc.health.v1` checks of each runner.")
     health_timeout: float = setting(2.0, "Seconds one health check may take.")
+    heartbeat_interval: float = setting(
+        15.0, "Seconds of silence on a stream after which a bare newline is written, so proxies keep it open; 0 turns it off."
+    )
     shutdown_grace: float = setting(30.0, "On SIGTERM: seconds in-flight requests get to finish before they are cancelled.")
     tls_certfile: str | None = setting(None, "PEM certificate chain; with `tls_keyfile`, TLS (HTTP/1.1 and HTTP/2) is served directly.")
     tls_keyfile: str | None = setting(None, "PEM private key for `tls_certfile`.")
@@ -271,8 +274,8 @@ def _validated(config: GatewayConfig) -> GatewayConfig:
     for name in ("health_interval", "health_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")
-    if config.shutdown_grace < 0 or config.replay_window < 0:
-        raise ConfigError("shutdown_grace and replay_window cannot be negative")
+    if config.shutdown_grace < 0 or config.replay_window < 0 or config.heartbeat_interval < 0:
+        raise ConfigError("shutdown_grace, replay_window and heartbeat_interval cannot be negative")
     for name, seconds in asdict(config.deadlines).items():
         if seconds <= 0:
             raise ConfigError(f"deadlines.{name} must be positive")

@@ -41,11 +41,15 @@ class Framer(Protocol):
     def close(self) -> bytes: ...
 
 
+HEARTBEAT = b"\n"  # AgentMark's clients skip blank lines
+
+
 def stream(
     opened: OpenStream,
     framer: Framer,
     on_chunk: Callable[[int], None] = lambda size: None,
     on_end: Callable[[bool], None] = lambda complete: None,
+    heartbeat: float = 0.0,
 ) -> Response:
     """Stream a runner's answer as NDJSON, one write per runner message.
     `on_chunk(size)` follows each write; `on_end(complete)` the last one, or
@@ -65,7 +69,7 @@ def stream(
     async def body() -> AsyncIterator[bytes]:
         complete = False
         try:
-            async for chunk in _chunks(opened, framer):
+            async for chunk in _chunks(opened, framer, heartbeat):
                 on_chunk(len(chunk))
                 yield chunk
             complete = True
@@ -83,7 +87,7 @@ def stream(
     return response
 
 
-async def _chunks(opened: OpenStream, framer: Framer) -> AsyncIterator[bytes]:
+async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float) -> AsyncIterator[bytes]:
     message = opened.first
     try:
         while message is not None:
@@ -92,7 +96,21 @@ async def _chunks(opened: OpenStream, framer: Framer) -> AsyncIterator[bytes]:
                 yield chunk  # a whole batch of lines in one write
             if framer.terminated:
                 break
-            message = await read(opened.call)
+            if heartbeat <= 0:
+                message = await read(opened.call)
+                continue
+            # Load balancers close connections that stay silent (nginx after
+            # 60 s by default); a dataset item or a slow model can take longer.
+            # The read runs as its own task so waiting on it can time out
+            # without cancelling the call.
+            pending = asyncio.ensure_future(read(opened.call))
+            try:
+                while not (await asyncio.wait({pending}, timeout=heartbeat))[0]:
+                    yield HEARTBEAT
+            finally:
+                if not pending.done():
+                    pending.cancel()
+            message = pending.result()
     except AioRpcError as error:
         yield framer.fail(refusal_for(error).message)
     done = framer.close()
