@@ -22,6 +22,11 @@ test: $(STAMP) ## Install, then run every test: Rust unit tests, the benchmarks 
 	$(VENV)/python -m pytest benchmarks/test_core_micro.py --benchmark-disable -q -p no:cacheprovider
 	$(VENV)/python -m pytest
 
+.PHONY: lint
+lint: $(STAMP) ## Type-check the package (mypy) and the Rust crates (clippy)
+	$(VENV)/python -m mypy python/agentmark_gw --ignore-missing-imports --exclude 'protocol/'
+	cargo clippy --quiet --no-default-features -- -D warnings
+
 .PHONY: protos
 protos: $(STAMP) ## Regenerate the Python gRPC stubs from protos/
 	$(VENV)/python scripts/generate_protos.py

@@ -97,7 +97,7 @@ class Failed(Exception):
     """A contract violation; the message says which."""
 
 
-def _prompt_request(kind: int, ast: Any, *, stream: bool = True, props: dict[str, Any] | None = None) -> pb.RunPromptRequest:
+def _prompt_request(kind: pb.PromptKind, ast: Any, *, stream: bool = True, props: dict[str, Any] | None = None) -> pb.RunPromptRequest:
     ast_json = ast if isinstance(ast, str) else json.dumps(ast)
     props_json = json.dumps(props if props is not None else QUESTION)
     data = {"ast": ast if not isinstance(ast, str) else None, "customProps": props, "conformance": True}

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 
 from opentelemetry.sdk.trace import TracerProvider
 from quart import Quart, Response, g, request
@@ -86,7 +87,7 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
     async def webhook() -> Response:
         if not _is_json(request.content_type):
             raise Refusal("Content-Type must be application/json", status=415)
-        body = await request.get_data(cache=False, as_text=False)
+        body: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
         if not _accel.verify(secrets, request.headers.get(SIGNATURE_HEADER), body):
             metrics.signature_failures.inc()
             raise Unauthorized("Invalid signature")
@@ -250,5 +251,5 @@ def _is_json(content_type: str | None) -> bool:
     return mime == "application/json" or mime.endswith("+json")
 
 
-def _json_response(payload: dict[str, object], status: int = 200) -> Response:
+def _json_response(payload: Mapping[str, object], status: int = 200) -> Response:
     return Response(json.dumps(payload), status=status, content_type=responses.JSON)

@@ -25,6 +25,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+# Request headers: Quart's, or any mapping of names to values.
+Headers = Any
 _CONTEXT_HEADERS = ("traceparent", "tracestate")
 
 
@@ -51,7 +54,7 @@ class Tracing:
         self.provider = provider
         self._tracer = provider.get_tracer("agentmark_gw") if provider is not None else None
 
-    def start(self, method: str, path: str, headers: Mapping[str, str]) -> Span | None:
+    def start(self, method: str, path: str, headers: Headers) -> Span | None:
         """The webhook's span, a child of the caller's trace context if it sent one."""
         if self._tracer is None:
             return None
@@ -63,7 +66,7 @@ class Tracing:
             attributes={"http.request.method": method, "url.path": path},
         )
 
-    def runner_metadata(self, span: Span | None, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    def runner_metadata(self, span: Span | None, headers: Headers) -> tuple[tuple[str, str], ...]:
         """The trace context for the runner call, as gRPC metadata."""
         if span is not None:
             carrier: dict[str, str] = {}
@@ -89,6 +92,6 @@ class Tracing:
 class _HeaderGetter(DefaultGetter):  # type: ignore[misc]
     """Quart's headers are case-insensitive already; return a list as the API wants."""
 
-    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+    def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
         value = carrier.get(key)
-        return [value] if value is not None else None
+        return [str(value)] if value is not None else None

@@ -280,8 +280,9 @@ class AgentMarkRunner(Runner):
 
         with _parent_trace(request.trace_context):
             concurrency = request.concurrency or self._default_concurrency
-            async for row in run_dataset_pool(dataset.get_reader(), process, concurrency):
-                yield row
+            # The pool is typed for NDJSON strings but passes on whatever `process` returns.
+            async for row in run_dataset_pool(dataset.get_reader(), process, concurrency):  # type: ignore[arg-type]
+                yield row  # type: ignore[misc]
 
     async def _run_item(
         self,
