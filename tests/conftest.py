@@ -138,8 +138,13 @@ def scripted_runner(scripted: tuple[ScriptedRunner, str]) -> ScriptedRunner:
     return runner
 
 
-def gateway_config(runner: str) -> GatewayConfig:
-    return GatewayConfig(secrets=(SECRET,), runners=(runner,), bind="127.0.0.1:0", max_body_bytes=BODY_LIMIT)
+def gateway_config(runner: str, **settings: Any) -> GatewayConfig:
+    """A test gateway's settings; each gets an alert outbox of its own."""
+    import tempfile
+
+    outbox = str(Path(tempfile.mkdtemp(prefix="agentmark-gw-test-")) / "alerts.sqlite3")
+    values: dict[str, Any] = {"alerts_db": outbox, **settings}
+    return GatewayConfig(secrets=(SECRET,), runners=(runner,), bind="127.0.0.1:0", max_body_bytes=BODY_LIMIT, **values)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import os
 import signal
 import ssl
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ async def serve(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMARK_")}
     environment.update({"AGENTMARK_WEBHOOK_SECRET": SECRET, "AGENTMARK_GW_LOG_FORMAT": "text"}, **(env or {}))
+    environment.setdefault("AGENTMARK_GW_ALERTS_DB", str(Path(tempfile.mkdtemp()) / "alerts.sqlite3"))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agentmark_gw.cli", "serve", "--bind", f"127.0.0.1:{port}", *args,
         env=environment, stderr=asyncio.subprocess.PIPE,

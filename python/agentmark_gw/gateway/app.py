@@ -26,7 +26,8 @@ from .config import GatewayConfig
 from .errors import Refusal, Unauthorized
 from .observability import Metrics, RequestRecord
 from .replay import ReplayGuard
-from .runners import Metadata, RunnerPool, describe
+from .alerts import Delivery, Outbox
+from .runners import Metadata, RunnerPool
 from .tracing import Tracing, provider_from_environment
 from .webhook import Alert, DatasetRun, Event, GetEvals, PromptRun, parse_event
 
@@ -57,7 +58,8 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
     replay = ReplayGuard(config.replay_window) if config.replay_window > 0 else None
     tracing = Tracing(tracer_provider if tracer_provider is not None else provider_from_environment())
     pools: list[RunnerPool] = []
-    background: set[asyncio.Task[None]] = set()
+    outboxes: list[Outbox] = []
+    deliveries: list[Delivery] = []
 
     def runner_health(target: str, healthy: bool) -> None:
         metrics.runner_healthy.labels(target).set(1 if healthy else 0)
@@ -67,16 +69,28 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
         pool = RunnerPool(config, on_health=runner_health)
         await pool.start()
         pools.append(pool)
+        outbox = await asyncio.to_thread(Outbox, config.alerts_db)
+        outboxes.append(outbox)
+
+        async def to_runner(data: dict[str, object]) -> None:
+            alert = data.get("alert") or {}
+            assert isinstance(alert, dict)
+            await pool.handle_alert(Alert(data, str(alert.get("id")), str(alert.get("type")), str(alert.get("status"))))
+
+        delivery = Delivery(
+            outbox, config.alert_sinks, to_runner, max_attempts=config.alert_max_attempts, backoff=config.alert_backoff,
+            on_outcome=lambda outcome: metrics.alerts.labels(outcome).inc(),
+        )
+        delivery.start()
+        deliveries.append(delivery)
 
     @app.after_serving
     async def close_runners() -> None:
-        # Alerts already acknowledged get a moment to reach the runner.
-        if background:
-            _, late = await asyncio.wait(list(background), timeout=ALERT_DRAIN_SECONDS)
-            for task in late:
-                task.cancel()
-            if late:
-                log.warning("%d acknowledged alert(s) not delivered before shutdown", len(late))
+        # Deliveries under way get a moment; the rest stay in the outbox for the next start.
+        for delivery in deliveries:
+            await delivery.stop(ALERT_DRAIN_SECONDS)
+        for outbox in outboxes:
+            outbox.close()
         for pool in pools:
             await pool.close()
         pools.clear()
@@ -119,7 +133,7 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
         if isinstance(event, GetEvals):
             names = await pool.get_evals(metadata)
             return Response(_accel.evals_payload(names), status=200, content_type=responses.JSON)
-        return acknowledge(pool, event, metadata)
+        return await acknowledge(event)
 
     def stream(opened: responses.OpenStream, framer: responses.Framer, record: RequestRecord) -> Response:
         record.streaming = True
@@ -142,23 +156,20 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
 
         return responses.stream(opened, framer, on_chunk=on_chunk, on_end=on_end, heartbeat=config.heartbeat_interval)
 
-    def acknowledge(pool: RunnerPool, alert: Alert, metadata: Metadata) -> Response:
-        """Answer at once; hand the alert to the runner in the background."""
-        task = asyncio.create_task(deliver_alert(pool, alert, metadata))
-        background.add(task)
-        task.add_done_callback(background.discard)
+    async def acknowledge(alert: Alert) -> Response:
+        """Store the alert for each sink it is routed to, then answer; the
+        delivery worker takes it from the outbox."""
+        sinks = [sink for sink in config.alert_sinks if sink.wants(alert.type, alert.status)]
+        payload = json.dumps(alert.data, separators=(",", ":"))
+        stored = await asyncio.to_thread(
+            outboxes[0].accept, alert.id, alert.type, alert.status, payload, sinks, config.alert_cooldown
+        )
+        for state in stored.values():
+            metrics.alerts.labels("received" if state == "pending" else state).inc()
+        deliveries[0].wake()
+        log.info("alert %s (%s %s) stored for %s", alert.id, alert.type, alert.status,
+                 ", ".join(f"{name}: {state}" for name, state in stored.items()) or "no new delivery (a repeat)")
         return _json_response({"message": "Alert processed", "alertId": alert.id, "status": alert.status})
-
-    async def deliver_alert(pool: RunnerPool, alert: Alert, metadata: Metadata) -> None:
-        try:
-            await pool.handle_alert(alert, metadata)
-        except Refusal as refusal:
-            log.warning("alert %s (%s %s) not delivered to the runner: %s", alert.id, alert.type, alert.status, refusal.message)
-        except Exception as error:  # noqa: BLE001 - logged, never raised into the loop
-            reason = describe(error) if hasattr(error, "code") else type(error).__name__
-            log.warning("alert %s (%s %s) not delivered to the runner: %s", alert.id, alert.type, alert.status, reason)
-        else:
-            log.info("alert %s (%s %s) delivered to the runner", alert.id, alert.type, alert.status)
 
     # -- operations --------------------------------------------------------------
 
@@ -179,6 +190,8 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
+        if outboxes:
+            metrics.outbox_depth.set(await asyncio.to_thread(outboxes[0].depth))
         return Response(metrics.exposition(), status=200, content_type="text/plain; version=0.0.4; charset=utf-8")
 
     # -- bookkeeping and refusals ------------------------------------------------

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .alerts import DEFAULT_SINKS, Sink, parse_sinks
+
 SECRET_ENV = "AGENTMARK_WEBHOOK_SECRET"
 ENV_PREFIX = "AGENTMARK_GW_"
 DEFAULT_RUNNER = "127.0.0.1:50051"
@@ -78,6 +80,16 @@ class GatewayConfig:
         0.0, "Refuse a byte-identical signed body seen again within this many seconds; 0 turns the guard off."
     )
     log_format: Literal["json", "text"] = setting("json", "`json`: one JSON object per log line; `text`: for people.")
+    alerts_db: str = setting(
+        str(Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "agentmark-gw" / "alerts.sqlite3"),
+        "The alert outbox: a SQLite file (WAL mode), created if missing.",
+    )
+    alert_sinks: tuple[Sink, ...] = setting(
+        DEFAULT_SINKS, "Where alerts are delivered; see `[[alert_sinks]]` below. Default: the runner's `HandleAlert`."
+    )
+    alert_max_attempts: int = setting(8, "Delivery attempts per alert and sink before it becomes a dead letter.")
+    alert_backoff: float = setting(1.0, "Seconds before the first retry; doubled for each later one (with jitter, at most 300).")
+    alert_cooldown: float = setting(0.0, "Seconds in which an alert id seen again under another status is stored as suppressed; 0: off.")
 
     def __repr__(self) -> str:
         return f"GatewayConfig({', '.join(f'{k}={v!r}' for k, v in self.masked().items())})"
@@ -86,6 +98,9 @@ class GatewayConfig:
         """Every setting, secrets replaced by a count: safe to print or log."""
         values = asdict(self)
         values["secrets"] = f"<{len(self.secrets)} secret(s) hidden>"
+        for sink in values["alert_sinks"]:
+            if sink["secret"]:
+                sink["secret"] = "<hidden>"
         return values
 
     def require_secret(self) -> None:
@@ -124,6 +139,12 @@ def reference() -> str:
     for f in fields(GatewayConfig):
         if f.name == "deadlines":
             continue
+        if f.name == "alert_sinks":
+            lines.append(f"| `alert_sinks` | `{ENV_PREFIX}ALERT_SINKS` (JSON) | a list of tables | runner | {f.metadata['help']} |")
+            continue
+        if f.name == "alerts_db":
+            lines.append(f"| `alerts_db` | `{ENV_PREFIX}ALERTS_DB` | a string | `$XDG_STATE_HOME/agentmark-gw/alerts.sqlite3` | {f.metadata['help']} |")
+            continue
         env = SECRET_ENV if f.name == "secrets" else ENV_PREFIX + f.name.upper()
         hint = _HINTS[f.name]
         if type(None) in typing.get_args(hint):
@@ -133,6 +154,21 @@ def reference() -> str:
     lines += ["| key | environment variable | type | default | meaning |", "|---|---|---|---|---|"]
     for f in fields(Deadlines):
         lines.append(row(f.name, f"{ENV_PREFIX}DEADLINES_{f.name.upper()}", f, _DEADLINE_HINTS[f.name], getattr(defaults.deadlines, f.name)))
+    lines += [
+        "",
+        "## `[[alert_sinks]]`",
+        "",
+        "Each sink receives the alerts it matches, at least once, with retries (see docs/alerting.md).",
+        "",
+        "| key | meaning |",
+        "|---|---|",
+        "| `kind` | `runner` (the runner's `HandleAlert`), `http` (POSTs the alert JSON, signed), or `slack` (an incoming webhook) |",
+        "| `name` | a unique name, shown by `agentmark-gw alerts` (default: kind and position) |",
+        "| `url` | for `http` and `slack` |",
+        "| `secret` | for `http`: the key of the `x-agentmark-gw-signature-256` HMAC-SHA256 header |",
+        "| `types` | only these alert types (`cost`, `latency`, `error_rate`); default all |",
+        "| `statuses` | only these statuses (`triggered`, `resolved`); default all |",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -167,6 +203,12 @@ def _from_file(path: Path) -> dict[str, Any]:
     where = f"config file {path}"
     values: dict[str, Any] = {}
     for key, value in raw.items():
+        if key == "alert_sinks":
+            try:
+                values[key] = parse_sinks(value, where)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            continue
         if key == "deadlines":
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: [deadlines] must be a table")
@@ -193,6 +235,11 @@ def _from_env(env: typing.Mapping[str, str]) -> dict[str, Any]:
             deadlines[short] = _typed(_parse_env(text, _DEADLINE_HINTS.get(short)), _DEADLINE_HINTS, short, name, _DEADLINE_FIELDS)
         elif key == "secrets":
             raise ConfigError(f"{name}: put webhook secrets in {SECRET_ENV} (comma-separated for rotation)")
+        elif key == "alert_sinks":
+            try:
+                values[key] = parse_sinks(json.loads(text), name)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: a JSON list of sink tables, as in the config file ({exc})") from None
         else:
             values[key] = _typed(_parse_env(text, _HINTS.get(key)), _HINTS, key, name, _FIELDS)
     if deadlines:

@@ -58,6 +58,13 @@ class Metrics:
             "agentmark_gw_runner_healthy", "1 when the runner's grpc.health.v1 check says SERVING",
             ["runner"], registry=registry, multiprocess_mode="max",
         )
+        self.alerts = Counter(
+            "agentmark_gw_alerts", "Alert deliveries by outcome: received (per sink), suppressed, delivered, retried, dead",
+            ["outcome"], registry=registry,
+        )
+        self.outbox_depth = Gauge(
+            "agentmark_gw_alert_outbox_depth", "Alert deliveries waiting in the outbox", registry=registry, multiprocess_mode="max"
+        )
         self.inflight_streams = Gauge(
             "agentmark_gw_inflight_streams", "Streaming responses in progress", registry=registry, multiprocess_mode="livesum"
         )

@@ -18,6 +18,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.run import run as hypercorn_run
 
+from .alerts import Sink
 from .config import Deadlines, GatewayConfig
 
 EFFECTIVE_CONFIG_ENV = "AGENTMARK_GW__EFFECTIVE_CONFIG"
@@ -69,6 +70,7 @@ def load_dumped_config(text: str) -> GatewayConfig:
             "secrets": tuple(values["secrets"]),
             "runners": tuple(values["runners"]),
             "deadlines": Deadlines(**values["deadlines"]),
+            "alert_sinks": tuple(Sink(**{**sink, "types": tuple(sink["types"]), "statuses": tuple(sink["statuses"])}) for sink in values["alert_sinks"]),
         }
     )
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from .alerts import ALERT_STATUSES, ALERT_TYPES
 from .errors import BadRequest
 
 PROMPT_KINDS = ("text", "object", "image", "speech")
@@ -178,4 +179,14 @@ def _alert(data: dict[str, Any]) -> Alert:
         if not isinstance(value, str) or not value:
             raise BadRequest(f"alert.{name} must be a non-empty string")
         fields[name] = value
+    if fields["type"] not in ALERT_TYPES:
+        raise BadRequest(f"alert.type must be one of {', '.join(ALERT_TYPES)}")
+    if fields["status"] not in ALERT_STATUSES:
+        raise BadRequest(f"alert.status must be one of {', '.join(ALERT_STATUSES)}")
+    for name in ("currentValue", "threshold"):
+        value = alert.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise BadRequest(f"alert.{name} must be a number")
+    if alert.get("timeWindow") is not None and not isinstance(alert["timeWindow"], str):
+        raise BadRequest("alert.timeWindow must be a string")
     return Alert(data, **fields)

@@ -1,0 +1,353 @@
+"""Alerts: stored before they are acknowledged, then delivered with retries.
+
+An accepted alert is committed to the outbox (SQLite in WAL mode, synchronous
+commits) before the 200 goes out, one row per sink it is routed to. A
+delivery worker in the gateway process claims due rows under a lease (so
+several processes on one outbox never deliver a row at the same time),
+delivers them, and records the outcome: delivered; retried later with
+exponential backoff and jitter; or, after the last attempt, dead (kept, for
+`agentmark-gw alerts retry`). Delivery is at least once per sink: a process
+killed after a sink accepted an alert but before the row was marked will
+deliver it again.
+
+Dedupe: the same alert id and status is stored once per sink. Cooldown: an
+alert id seen within `alert_cooldown` seconds under another status is stored
+as suppressed (visible, not delivered), so a flapping alert does not page
+twice.
+
+Sinks: the runner's `HandleAlert`, a Slack incoming webhook, and a generic
+HTTP endpoint that receives the alert JSON signed with its own secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("agentmark_gw.alerts")
+
+ALERT_TYPES = ("cost", "latency", "error_rate")
+ALERT_STATUSES = ("triggered", "resolved")
+SINK_KINDS = ("runner", "http", "slack")
+STATES = ("pending", "delivered", "dead", "suppressed")
+LEASE_SECONDS = 60.0
+MAX_BACKOFF = 300.0
+HTTP_SIGNATURE_HEADER = "x-agentmark-gw-signature-256"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    id INTEGER PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    type TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    received_at REAL NOT NULL,
+    delivered_at REAL,
+    UNIQUE (alert_id, status, sink)
+);
+CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (state, next_attempt_at);
+"""
+
+
+@dataclass(frozen=True)
+class Sink:
+    """Where alerts go, and which ones: empty `types`/`statuses` match all."""
+
+    name: str
+    kind: str
+    url: str = ""
+    secret: str = ""
+    types: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+
+    def wants(self, alert_type: str, status: str) -> bool:
+        return (not self.types or alert_type in self.types) and (not self.statuses or status in self.statuses)
+
+
+DEFAULT_SINKS = (Sink(name="runner", kind="runner"),)
+
+
+def parse_sinks(raw: Any, where: str) -> tuple[Sink, ...]:
+    """Sinks from config: a list of tables with `kind`, and `url`/`secret` as the kind needs."""
+    if not isinstance(raw, list):
+        raise ValueError(f"{where}: alert_sinks must be a list of tables")
+    sinks = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: alert_sinks[{i}] must be a table")
+        kind = entry.get("kind")
+        if kind not in SINK_KINDS:
+            raise ValueError(f"{where}: alert_sinks[{i}].kind must be one of {', '.join(SINK_KINDS)}")
+        if kind != "runner" and not str(entry.get("url", "")).startswith(("http://", "https://")):
+            raise ValueError(f"{where}: alert_sinks[{i}] ({kind}) needs an http(s) url")
+        if kind == "http" and not entry.get("secret"):
+            raise ValueError(f"{where}: alert_sinks[{i}] (http) needs a secret to sign with")
+        unknown = set(entry) - {"name", "kind", "url", "secret", "types", "statuses"}
+        if unknown:
+            raise ValueError(f"{where}: alert_sinks[{i}]: unknown keys {', '.join(sorted(unknown))}")
+        types, statuses = tuple(entry.get("types", ())), tuple(entry.get("statuses", ()))
+        if set(types) - set(ALERT_TYPES) or set(statuses) - set(ALERT_STATUSES):
+            raise ValueError(f"{where}: alert_sinks[{i}]: types are {', '.join(ALERT_TYPES)}; statuses {', '.join(ALERT_STATUSES)}")
+        sinks.append(Sink(str(entry.get("name") or f"{kind}-{i}"), kind, str(entry.get("url", "")), str(entry.get("secret", "")), types, statuses))
+    names = [s.name for s in sinks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: alert sink names must be unique")
+    return tuple(sinks)
+
+
+class Outbox:
+    """The SQLite outbox. Each call runs in a worker thread, one at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # Committed means on disk: an acknowledged alert survives a crash.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def call(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            return work(self._db)
+
+    # -- writing ------------------------------------------------------------------
+
+    def accept(self, alert_id: str, alert_type: str, status: str, payload: str, sinks: Sequence[Sink], cooldown: float) -> dict[str, str]:
+        """Store an alert for each sink; returns {sink: state} for new rows."""
+        now = time.time()
+
+        def work(db: sqlite3.Connection) -> dict[str, str]:
+            stored = {}
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sink in sinks:
+                    state = "pending"
+                    if cooldown > 0 and db.execute(
+                        "SELECT 1 FROM alert_deliveries WHERE alert_id = ? AND sink = ? AND status != ? AND received_at > ?",
+                        (alert_id, sink.name, status, now - cooldown),
+                    ).fetchone():
+                        state = "suppressed"
+                    cursor = db.execute(
+                        "INSERT OR IGNORE INTO alert_deliveries (alert_id, status, type, sink, payload, state, next_attempt_at, received_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (alert_id, status, alert_type, sink.name, payload, state, now, now),
+                    )
+                    if cursor.rowcount:
+                        stored[sink.name] = state
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return stored
+
+        return self.call(work)
+
+    def claim(self, limit: int, lease: float = LEASE_SECONDS) -> list[sqlite3.Row]:
+        """Due rows, leased to this process so no other delivers them meanwhile."""
+        now = time.time()
+
+        def work(db: sqlite3.Connection) -> list[sqlite3.Row]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(
+                    "UPDATE alert_deliveries SET lease_until = ? WHERE id IN ("
+                    " SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ? AND lease_until <= ?"
+                    " ORDER BY next_attempt_at LIMIT ?) RETURNING *",
+                    (now + lease, now, now, limit),
+                ).fetchall()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return rows
+
+        return self.call(work)
+
+    def delivered(self, row_id: int) -> None:
+        self.call(lambda db: db.execute(
+            "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = ?, lease_until = 0, last_error = NULL"
+            " WHERE id = ?", (time.time(), row_id)))
+
+    def failed(self, row_id: int, error: str, max_attempts: int, backoff: float) -> str:
+        """Record a failed attempt; returns the row's new state (pending or dead)."""
+
+        def work(db: sqlite3.Connection) -> str:
+            (attempts,) = db.execute("SELECT attempts FROM alert_deliveries WHERE id = ?", (row_id,)).fetchone()
+            attempts += 1
+            state = "dead" if attempts >= max_attempts else "pending"
+            delay = min(MAX_BACKOFF, backoff * 2 ** (attempts - 1)) * (0.5 + random.random())
+            db.execute(
+                "UPDATE alert_deliveries SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?, lease_until = 0 WHERE id = ?",
+                (state, attempts, error[:500], time.time() + delay, row_id),
+            )
+            return state
+
+        return self.call(work)
+
+    # -- reading and operating ------------------------------------------------------
+
+    def depth(self) -> int:
+        return self.call(lambda db: db.execute("SELECT COUNT(*) FROM alert_deliveries WHERE state = 'pending'").fetchone()[0])
+
+    def list(self, state: str | None = None, alert_type: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM alert_deliveries WHERE 1 = 1", []
+        if state:
+            query, args = query + " AND state = ?", [*args, state]
+        if alert_type:
+            query, args = query + " AND type = ?", [*args, alert_type]
+        query += " ORDER BY received_at DESC, id DESC LIMIT ?"
+        return self.call(lambda db: [dict(r) for r in db.execute(query, (*args, limit)).fetchall()])
+
+    def show(self, alert_id: str) -> list[dict[str, Any]]:
+        return self.call(lambda db: [dict(r) for r in db.execute(
+            "SELECT * FROM alert_deliveries WHERE alert_id = ? ORDER BY received_at, id", (alert_id,)).fetchall()])
+
+    def retry(self, alert_id: str) -> int:
+        """Dead deliveries of an alert go back to pending; returns how many."""
+        return self.call(lambda db: db.execute(
+            "UPDATE alert_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = 0"
+            " WHERE alert_id = ? AND state = 'dead'", (time.time(), alert_id)).rowcount)
+
+    def prune(self, older_than: float) -> int:
+        """Delete delivered and suppressed rows received more than `older_than` seconds ago."""
+        return self.call(lambda db: db.execute(
+            "DELETE FROM alert_deliveries WHERE state IN ('delivered', 'suppressed') AND received_at < ?",
+            (time.time() - older_than,)).rowcount)
+
+
+class Delivery:
+    """The delivery worker: claims due rows and hands each to its sink."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sinks: Sequence[Sink],
+        deliver_to_runner: Callable[[dict[str, Any]], Awaitable[Any]],
+        *,
+        max_attempts: int,
+        backoff: float,
+        on_outcome: Callable[[str], None] = lambda outcome: None,
+        poll: float = 1.0,
+    ) -> None:
+        self.outbox = outbox
+        self.sinks = {s.name: s for s in sinks}
+        self._to_runner = deliver_to_runner
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._on_outcome = on_outcome
+        self._poll = poll
+        self._wake = asyncio.Event()
+        self._http = httpx.AsyncClient(timeout=10)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Let deliveries under way finish for `grace` seconds; what is left
+        stays in the outbox for the next start."""
+        if self._task is not None:
+            self._stopping = True
+            self._wake.set()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), grace)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._http.aclose()
+
+    _stopping = False
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                rows = await asyncio.to_thread(self.outbox.claim, 32)
+                if rows:
+                    await asyncio.gather(*(self._deliver(row) for row in rows))
+                    continue  # there may be more due
+            except Exception:  # noqa: BLE001 - the worker outlives any one failure
+                log.exception("alert delivery loop failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+
+    async def _deliver(self, row: sqlite3.Row) -> None:
+        sink = self.sinks.get(row["sink"])
+        described = f"alert {row['alert_id']} ({row['type']} {row['status']}) to {row['sink']}"
+        try:
+            if sink is None:
+                raise RuntimeError(f"no sink named {row['sink']} is configured any more")
+            await self._send(sink, json.loads(row["payload"]))
+        except Exception as error:  # noqa: BLE001 - every failure is retried, then kept
+            reason = getattr(error, "message", None) or str(error) or type(error).__name__
+            state = await asyncio.to_thread(self.outbox.failed, row["id"], reason, self._max_attempts, self._backoff)
+            self._on_outcome("dead" if state == "dead" else "retried")
+            log.warning("%s failed (%s): %s", described, "dead letter" if state == "dead" else "will retry", reason)
+            return
+        await asyncio.to_thread(self.outbox.delivered, row["id"])
+        self._on_outcome("delivered")
+        log.info("%s delivered", described)
+
+    async def _send(self, sink: Sink, data: dict[str, Any]) -> None:
+        if sink.kind == "runner":
+            await self._to_runner(data)
+            return
+        if sink.kind == "slack":
+            body = json.dumps(slack_message(data)).encode()
+            headers = {"content-type": "application/json"}
+        else:
+            body = json.dumps(data, separators=(",", ":")).encode()
+            signature = "sha256=" + hmac.new(sink.secret.encode(), body, hashlib.sha256).hexdigest()
+            headers = {"content-type": "application/json", HTTP_SIGNATURE_HEADER: signature}
+        response = await self._http.post(sink.url, content=body, headers=headers)
+        if response.status_code >= 300:
+            raise RuntimeError(f"{sink.kind} sink answered HTTP {response.status_code}")
+
+
+def slack_message(data: dict[str, Any]) -> dict[str, Any]:
+    """A Slack Block Kit message with the alert's type, status, value, threshold and window."""
+    alert = data.get("alert", {})
+    status = str(alert.get("status", ""))
+    title = f"{'🚨' if status == 'triggered' else '✅'} AgentMark alert: {alert.get('type')} {status}"
+    fields = [
+        ("Type", alert.get("type")), ("Status", status), ("Current value", alert.get("currentValue")),
+        ("Threshold", alert.get("threshold")), ("Window", alert.get("timeWindow")), ("Alert", alert.get("id")),
+    ]
+    return {
+        "text": title,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": title}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": str(data.get("message", ""))}},
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{name}:*\n{value}"} for name, value in fields]},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": str(data.get("timestamp", ""))}]},
+        ],
+    }
