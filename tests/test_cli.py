@@ -36,7 +36,7 @@ async def run(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int
     return process.returncode, out.decode(), err.decode()
 
 
-@pytest.mark.parametrize("command", ["serve", "runner", "up", "sign", "send", "config", "conformance", "event", "init"])
+@pytest.mark.parametrize("command", ["serve", "runner", "up", "sign", "send", "config", "conformance", "event", "init", "alerts"])
 async def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) -> None:
     code, out, _ = await run(command, "--help", env=environment(tmp_path))
     assert code == 0 and "example: agentmark-gw" in out.replace("OPENAI_API_KEY=... ", "").replace("AGENTMARK_WEBHOOK_SECRET=... ", "")

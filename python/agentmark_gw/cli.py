@@ -31,6 +31,7 @@ EPILOG_EXAMPLES = {
     "sign": "example: agentmark-gw sign event.json",
     "send": "example: agentmark-gw send event.json --url http://127.0.0.1:8080/",
     "init": "example: agentmark-gw init runner my-runner",
+    "alerts": "example: agentmark-gw alerts list --status dead",
     "event": "example: agentmark-gw event prompt-run --ast math.prompt.json | agentmark-gw send -",
 }
 
@@ -183,6 +184,61 @@ def cmd_init_runner(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     print(f"next: cd {args.directory} && pip install -e '.[test]' && pytest")
     return 0
+
+
+def _outbox(args: argparse.Namespace) -> Any:
+    from .gateway.alerts import Outbox
+
+    config = load_config(_config_path(args))
+    if not Path(config.alerts_db).exists():
+        raise CommandError(f"no alert outbox at {config.alerts_db} (set alerts_db, or AGENTMARK_GW_ALERTS_DB)")
+    return Outbox(config.alerts_db)
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    outbox = _outbox(args)
+    try:
+        if args.alerts_command == "list":
+            rows = outbox.list(args.status, args.type, args.limit)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+                return 0
+            print(f"{'received':19}  {'alert':20}  {'type':10}  {'status':9}  {'sink':12}  {'state':10}  attempts  last error")
+            for r in rows:
+                print(f"{_when(r['received_at']):19}  {r['alert_id'][:20]:20}  {r['type']:10}  {r['status']:9}  {r['sink'][:12]:12}  "
+                      f"{r['state']:10}  {r['attempts']:8}  {(r['last_error'] or '')[:60]}")
+            return 0
+        if args.alerts_command == "show":
+            rows = outbox.show(args.id)
+            if not rows:
+                raise CommandError(f"no alert {args.id} in the outbox")
+            for r in rows:
+                r["payload"] = json.loads(r["payload"])
+            print(json.dumps(rows, indent=2))
+            return 0
+        if args.alerts_command == "retry":
+            count = outbox.retry(args.id)
+            if not count:
+                raise CommandError(f"alert {args.id} has no dead deliveries to retry")
+            print(f"{count} dead deliver{'y' if count == 1 else 'ies'} of {args.id} queued again; a running gateway picks them up")
+            return 0
+        seconds = _duration(args.older_than)
+        print(f"pruned {outbox.prune(seconds)} delivered or suppressed deliveries older than {args.older_than}")
+        return 0
+    finally:
+        outbox.close()
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise CommandError(f"--older-than {text}: a number of seconds, or a number with s, m, h or d") from None
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -339,6 +395,23 @@ def build_parser() -> argparse.ArgumentParser:
     kit.add_argument("--check", action="append", metavar="NAME", help="run only this check (repeatable)")
     kit.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
     kit.set_defaults(handler=cmd_conformance)
+
+    alerts = command("alerts", "Inspect and operate the alert outbox.")
+    alerts_commands = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    listing = alerts_commands.add_parser("list", help="recent alert deliveries", epilog="example: agentmark-gw alerts list --status dead --type cost")
+    listing.add_argument("--status", choices=["pending", "delivered", "dead", "suppressed"], help="only deliveries in this state")
+    listing.add_argument("--type", choices=["cost", "latency", "error_rate"], help="only alerts of this type")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    show = alerts_commands.add_parser("show", help="every delivery of one alert, with its payload", epilog="example: agentmark-gw alerts show alrt_cost_1")
+    show.add_argument("id", metavar="ID")
+    retry = alerts_commands.add_parser("retry", help="queue an alert's dead deliveries again", epilog="example: agentmark-gw alerts retry alrt_cost_1")
+    retry.add_argument("id", metavar="ID")
+    prune = alerts_commands.add_parser("prune", help="delete old delivered and suppressed deliveries", epilog="example: agentmark-gw alerts prune --older-than 30d")
+    prune.add_argument("--older-than", required=True, metavar="AGE", help="seconds, or with a unit: 90m, 12h, 30d")
+    for sub in (listing, show, retry, prune):
+        sub.add_argument("--config", metavar="FILE", help="the gateway's TOML configuration (for alerts_db)")
+    alerts.set_defaults(handler=cmd_alerts)
 
     init = command("init", "Start a new project.")
     init_kinds = init.add_subparsers(dest="init_kind", required=True, metavar="WHAT")

@@ -44,7 +44,6 @@ ALERT_TYPES = ("cost", "latency", "error_rate")
 ALERT_STATUSES = ("triggered", "resolved")
 SINK_KINDS = ("runner", "http", "slack")
 STATES = ("pending", "delivered", "dead", "suppressed")
-LEASE_SECONDS = 60.0
 MAX_BACKOFF = 300.0
 HTTP_SIGNATURE_HEADER = "x-agentmark-gw-signature-256"
 
@@ -168,7 +167,7 @@ class Outbox:
 
         return self.call(work)
 
-    def claim(self, limit: int, lease: float = LEASE_SECONDS) -> list[sqlite3.Row]:
+    def claim(self, limit: int, lease: float) -> list[sqlite3.Row]:
         """Due rows, leased to this process so no other delivers them meanwhile."""
         now = time.time()
 
@@ -252,6 +251,7 @@ class Delivery:
         *,
         max_attempts: int,
         backoff: float,
+        lease: float = 30.0,
         on_outcome: Callable[[str], None] = lambda outcome: None,
         poll: float = 1.0,
     ) -> None:
@@ -262,8 +262,10 @@ class Delivery:
         self._backoff = backoff
         self._on_outcome = on_outcome
         self._poll = poll
+        self._lease = lease
         self._wake = asyncio.Event()
-        self._http = httpx.AsyncClient(timeout=10)
+        # A delivery must end well inside its lease, or another process could take it meanwhile.
+        self._http = httpx.AsyncClient(timeout=max(0.5, min(10.0, lease * 0.5)))
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -290,7 +292,7 @@ class Delivery:
     async def _loop(self) -> None:
         while not self._stopping:
             try:
-                rows = await asyncio.to_thread(self.outbox.claim, 32)
+                rows = await asyncio.to_thread(self.outbox.claim, 32, self._lease)
                 if rows:
                     await asyncio.gather(*(self._deliver(row) for row in rows))
                     continue  # there may be more due

@@ -79,6 +79,7 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
 
         delivery = Delivery(
             outbox, config.alert_sinks, to_runner, max_attempts=config.alert_max_attempts, backoff=config.alert_backoff,
+            lease=config.alert_lease,
             on_outcome=lambda outcome: metrics.alerts.labels(outcome).inc(),
         )
         delivery.start()

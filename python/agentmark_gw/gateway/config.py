@@ -89,6 +89,9 @@ class GatewayConfig:
     )
     alert_max_attempts: int = setting(8, "Delivery attempts per alert and sink before it becomes a dead letter.")
     alert_backoff: float = setting(1.0, "Seconds before the first retry; doubled for each later one (with jitter, at most 300).")
+    alert_lease: float = setting(
+        30.0, "Seconds a claimed delivery stays reserved for the process delivering it; after a crash, other processes take it over after this."
+    )
     alert_cooldown: float = setting(0.0, "Seconds in which an alert id seen again under another status is stored as suppressed; 0: off.")
 
     def __repr__(self) -> str:
@@ -316,9 +319,11 @@ def _validated(config: GatewayConfig) -> GatewayConfig:
         raise ConfigError("no runner: give at least one --runner HOST:PORT (or `runners` in the config file)")
     if config.max_body_bytes <= 0:
         raise ConfigError("max_body_bytes must be positive")
+    if config.alert_max_attempts < 1:
+        raise ConfigError("alert_max_attempts must be at least 1")
     if config.workers < 1:
         raise ConfigError("workers must be at least 1")
-    for name in ("health_interval", "health_timeout"):
+    for name in ("health_interval", "health_timeout", "alert_lease", "alert_backoff"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     if config.shutdown_grace < 0 or config.replay_window < 0 or config.heartbeat_interval < 0:
