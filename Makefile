@@ -18,6 +18,7 @@ up: $(STAMP) ## Install, then run the gateway with the OpenAI runner on embedded
 
 .PHONY: test
 test: $(STAMP) ## Install, then run every test: Rust unit tests, the benchmarks once as tests, the pytest suite
+	./scripts/system_packages.sh
 	cargo test --no-default-features --quiet
 	$(VENV)/python -m pytest benchmarks/test_core_micro.py --benchmark-disable -q -p no:cacheprovider
 	$(VENV)/python -m pytest

@@ -219,3 +219,52 @@ async def rust_gateway(rust_runner: str) -> AsyncIterator[str]:
 def any_gateway(request: pytest.FixtureRequest) -> str:
     """The gateway in front of each runner language in turn."""
     return request.getfixturevalue("gateway" if request.param == "python" else "rust_gateway")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real PostgreSQL (Debian's) on a loopback port, for the alert outbox.
+    Skipped, with the reason printed (pytest runs with -rs), where it cannot
+    be started; .ci/run installs it."""
+    import glob
+    import shutil
+    import subprocess
+
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not binaries or os.geteuid() != 0 or shutil.which("su") is None:
+        pytest.skip("PostgreSQL tests need Debian's postgresql package and root to start it (apt-get install postgresql)")
+    import tempfile
+
+    bin_dir = binaries[-1]
+    # Not under pytest's temporary folder: that is private to root, and the server runs as postgres.
+    data = Path(tempfile.mkdtemp(prefix="agentmark-gw-postgres-"))
+    shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+
+    def as_postgres(*command: str) -> None:
+        subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", " ".join(command)], check=True, capture_output=True, timeout=120)
+
+    as_postgres(f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    as_postgres(f"{bin_dir}/pg_ctl", "-D", str(data), "-w", "-l", f"{data}/server.log",
+                "-o", f"'-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off'", "start")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        as_postgres(f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def alerts_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty outbox in each store: a SQLite file, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "alerts.sqlite3")
+    import uuid
+
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"outbox_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return f"{server}/{name}"

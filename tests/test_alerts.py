@@ -73,13 +73,13 @@ async def until(condition: Any, seconds: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_sinks_are_routed_by_type_and_the_http_sink_is_signed(scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient) -> None:
+async def test_sinks_are_routed_by_type_and_the_http_sink_is_signed(scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, alerts_db: str) -> None:
     receiver, url = sink
     sinks = (
         Sink("pager", "http", f"{url}/pager", "sink-secret", types=("cost",)),
         Sink("chat", "slack", f"{url}/slack", statuses=("resolved",)),
     )
-    config = gateway_config(scripted[1], alert_sinks=sinks, alert_backoff=0.05)
+    config = gateway_config(scripted[1], alert_sinks=sinks, alert_backoff=0.05, alerts_db=alerts_db)
     async with HttpServer(create_app(config)) as gateway:
         assert (await post(client, gateway.url, alert_event("a1", "cost", "triggered"))).status_code == 200
         assert (await post(client, gateway.url, alert_event("a2", "latency", "resolved"))).status_code == 200
@@ -94,10 +94,10 @@ async def test_sinks_are_routed_by_type_and_the_http_sink_is_signed(scripted: tu
     assert "latency" in fields and "resolved" in fields and "61.25" in fields and "*Threshold:*\n50" in fields
 
 
-async def test_a_repeat_is_delivered_once_and_a_failing_sink_is_retried(scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient) -> None:
+async def test_a_repeat_is_delivered_once_and_a_failing_sink_is_retried(scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, alerts_db: str) -> None:
     receiver, url = sink
     receiver.failures = 2
-    config = gateway_config(scripted[1], alert_sinks=(Sink("hook", "http", f"{url}/hook", "s"),), alert_backoff=0.05)
+    config = gateway_config(scripted[1], alert_sinks=(Sink("hook", "http", f"{url}/hook", "s"),), alert_backoff=0.05, alerts_db=alerts_db)
     async with HttpServer(create_app(config)) as gateway:
         for _ in range(3):
             assert (await post(client, gateway.url, alert_event("same"))).status_code == 200
@@ -105,20 +105,22 @@ async def test_a_repeat_is_delivered_once_and_a_failing_sink_is_retried(scripted
         await asyncio.sleep(0.3)
         metrics = (await client.get(gateway.url + "/metrics")).text
     assert len(receiver.received) == 1
-    (row,) = Outbox(config.alerts_db).show("same")
+    with Outbox(config.alerts_db) as outbox:
+        (row,) = outbox.show("same")
     assert (row["state"], row["attempts"]) == ("delivered", 3)
     assert 'agentmark_gw_alerts_total{outcome="retried"} 2.0' in metrics
     assert 'agentmark_gw_alerts_total{outcome="delivered"} 1.0' in metrics
     assert "agentmark_gw_alert_outbox_depth 0.0" in metrics
 
 
-async def test_dead_letters_are_kept_and_can_be_retried(scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, tmp_path: Path) -> None:
+async def test_dead_letters_are_kept_and_can_be_retried(scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, tmp_path: Path, alerts_db: str) -> None:
     receiver, url = sink
     receiver.failures = 2
-    config = gateway_config(scripted[1], alert_sinks=(Sink("hook", "http", f"{url}/hook", "s"),), alert_backoff=0.05, alert_max_attempts=2)
+    config = gateway_config(scripted[1], alert_sinks=(Sink("hook", "http", f"{url}/hook", "s"),), alert_backoff=0.05, alert_max_attempts=2, alerts_db=alerts_db)
     async with HttpServer(create_app(config)) as gateway:
         await post(client, gateway.url, alert_event("doomed"))
-        await until(lambda: Outbox(config.alerts_db).show("doomed")[0]["state"] == "dead")
+        with Outbox(config.alerts_db) as outbox:
+            await until(lambda: outbox.show("doomed")[0]["state"] == "dead")
         env = environment(tmp_path, AGENTMARK_GW_ALERTS_DB=config.alerts_db)
         code, out, _ = await run("alerts", "list", "--status", "dead", env=env)
         assert code == 0 and "doomed" in out and "http sink answered HTTP 503" in out
@@ -130,8 +132,8 @@ async def test_dead_letters_are_kept_and_can_be_retried(scripted: tuple[Scripted
     assert shown["state"] == "delivered" and shown["payload"]["alert"]["id"] == "doomed"
 
 
-async def test_cooldown_suppresses_a_flapping_alert_visibly(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient, tmp_path: Path) -> None:
-    config = gateway_config(scripted[1], alert_cooldown=60)
+async def test_cooldown_suppresses_a_flapping_alert_visibly(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient, tmp_path: Path, alerts_db: str) -> None:
+    config = gateway_config(scripted[1], alert_cooldown=60, alerts_db=alerts_db)
     scripted_runner.alerts.clear()
     async with HttpServer(create_app(config)) as gateway:
         await post(client, gateway.url, alert_event("flap", status="triggered"))
@@ -162,18 +164,19 @@ async def test_bad_alerts_are_refused_and_not_stored(change: dict[str, Any], mes
     async with HttpServer(create_app(config)) as gateway:
         response = await post(client, gateway.url, event)
     assert response.status_code == 400 and response.json() == {"message": message}
-    assert Outbox(config.alerts_db).list() == []
+    with Outbox(config.alerts_db) as outbox:
+        assert outbox.list() == []
 
 
 async def test_alerts_acknowledged_before_a_sigkill_are_delivered_exactly_once_after_restart(
-    scripted: tuple[ScriptedRunner, str], tmp_path: Path, client: httpx.AsyncClient
+    scripted: tuple[ScriptedRunner, str], tmp_path: Path, client: httpx.AsyncClient, alerts_db: str
 ) -> None:
     receiver = SinkServer()
     sink_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMARK_")}
     env.update(
         AGENTMARK_WEBHOOK_SECRET=SECRET,
-        AGENTMARK_GW_ALERTS_DB=str(tmp_path / "alerts.sqlite3"),
+        AGENTMARK_GW_ALERTS_DB=alerts_db,
         AGENTMARK_GW_ALERT_SINKS=json.dumps([{"kind": "http", "name": "hook", "url": f"http://127.0.0.1:{sink_port}/hook", "secret": "s"}]),
         AGENTMARK_GW_ALERT_BACKOFF="0.05",
         AGENTMARK_GW_ALERT_LEASE="2",  # deliveries the killed process had claimed are free again after this
@@ -208,3 +211,42 @@ async def test_alerts_acknowledged_before_a_sigkill_are_delivered_exactly_once_a
             await second.wait()
     delivered = sorted(body["alert"]["id"] for _, body, _ in receiver.received)
     assert delivered == sorted(f"burst-{i}" for i in range(20))
+
+
+async def test_two_gateways_on_one_postgresql_outbox_deliver_each_alert_once(
+    scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient, sink: tuple[SinkServer, str], request: pytest.FixtureRequest
+) -> None:
+    import uuid
+
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"outbox_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    receiver, url = sink
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMARK_")}
+    env.update(
+        AGENTMARK_WEBHOOK_SECRET=SECRET, AGENTMARK_GW_ALERTS_DB=f"{server}/{name}", AGENTMARK_GW_LOG_FORMAT="text",
+        AGENTMARK_GW_ALERT_SINKS=json.dumps([{"kind": "http", "name": "hook", "url": f"{url}/hook", "secret": "s"}]),
+    )
+    gateways = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            gateways.append((await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agentmark_gw.cli", "serve", "--runner", scripted[1], "--bind", f"127.0.0.1:{port}",
+                env=env, stderr=asyncio.subprocess.DEVNULL), f"http://127.0.0.1:{port}"))
+            await wait_for_port(port, timeout=30)
+        for batch in range(10):  # 500 alerts, alternately to each gateway, 50 at a time
+            answers = await asyncio.gather(*(
+                post(client, gateways[i % 2][1], alert_event(f"many-{batch * 50 + i}")) for i in range(50)))
+            assert {a.status_code for a in answers} == {200}
+        await until(lambda: len(receiver.received) >= 500, seconds=60)
+        await asyncio.sleep(1)  # any duplicate would arrive now
+    finally:
+        for process, _ in gateways:
+            process.terminate()
+            await process.wait()
+    ids = [body["alert"]["id"] for _, body, _ in receiver.received]
+    assert len(ids) == 500 and len(set(ids)) == 500

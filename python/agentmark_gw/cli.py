@@ -190,7 +190,8 @@ def _outbox(args: argparse.Namespace) -> Any:
     from .gateway.alerts import Outbox
 
     config = load_config(_config_path(args))
-    if not Path(config.alerts_db).exists():
+    is_url = config.alerts_db.startswith(("postgresql://", "postgres://"))
+    if not is_url and not Path(config.alerts_db).exists():
         raise CommandError(f"no alert outbox at {config.alerts_db} (set alerts_db, or AGENTMARK_GW_ALERTS_DB)")
     return Outbox(config.alerts_db)
 

@@ -47,9 +47,10 @@ STATES = ("pending", "delivered", "dead", "suppressed")
 MAX_BACKOFF = 300.0
 HTTP_SIGNATURE_HEADER = "x-agentmark-gw-signature-256"
 
+# One schema for both stores; the types that differ are filled in per dialect.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_deliveries (
-    id INTEGER PRIMARY KEY,
+    id {serial},
     alert_id TEXT NOT NULL,
     status TEXT NOT NULL,
     type TEXT NOT NULL,
@@ -57,14 +58,14 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
     payload TEXT NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    lease_until REAL NOT NULL DEFAULT 0,
+    next_attempt_at {real} NOT NULL,
+    lease_until {real} NOT NULL DEFAULT 0,
     last_error TEXT,
-    received_at REAL NOT NULL,
-    delivered_at REAL,
+    received_at {real} NOT NULL,
+    delivered_at {real},
     UNIQUE (alert_id, status, sink)
 );
-CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (state, next_attempt_at)
 """
 
 
@@ -115,21 +116,65 @@ def parse_sinks(raw: Any, where: str) -> tuple[Sink, ...]:
 
 
 class Outbox:
-    """The SQLite outbox. Each call runs in a worker thread, one at a time."""
+    """The outbox: SQLite (a path; the embedded default) or PostgreSQL (a
+    `postgresql://` URL; for several gateway replicas). Same schema, same
+    queries, same behaviour; each call runs in a worker thread, one at a time
+    per process. Across processes, claims do not overlap: SQLite serialises
+    writers, PostgreSQL claims with `FOR UPDATE SKIP LOCKED`."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # Committed means on disk: an acknowledged alert survives a crash.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+    def __init__(self, location: str | Path) -> None:
+        self.location = str(location)
+        self.postgres = self.location.startswith(("postgresql://", "postgres://"))
+        if self.postgres:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            self._db: Any = psycopg.connect(self.location, autocommit=True, row_factory=dict_row)
+            schema = SCHEMA.format(serial="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION")
+            with self._db.transaction():
+                # Replicas starting together must not race to create the table.
+                self._db.execute("SELECT pg_advisory_xact_lock(7243112)")
+                for statement in schema.split(";"):
+                    self._db.execute(statement)
+        else:
+            path = Path(self.location)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # Committed means on disk: an acknowledged alert survives a crash.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA.format(serial="INTEGER PRIMARY KEY", real="REAL") + ";")
         self._lock = threading.Lock()
+
+    def _sql(self, query: str) -> str:
+        return query.replace("?", "%s") if self.postgres else query
+
+    def _execute(self, db: Any, query: str, args: Sequence[Any] = ()) -> Any:
+        return db.execute(self._sql(query), tuple(args))
+
+    @contextlib.contextmanager
+    def _transaction(self, db: Any) -> Any:
+        if self.postgres:
+            with db.transaction():
+                yield
+            return
+        db.execute("BEGIN IMMEDIATE")  # take the write lock now, not at the first write
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def call(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._lock:
@@ -141,70 +186,66 @@ class Outbox:
         """Store an alert for each sink; returns {sink: state} for new rows."""
         now = time.time()
 
-        def work(db: sqlite3.Connection) -> dict[str, str]:
+        def work(db: Any) -> dict[str, str]:
             stored = {}
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(db):
                 for sink in sinks:
                     state = "pending"
-                    if cooldown > 0 and db.execute(
-                        "SELECT 1 FROM alert_deliveries WHERE alert_id = ? AND sink = ? AND status != ? AND received_at > ?",
+                    if cooldown > 0 and self._execute(
+                        db, "SELECT 1 FROM alert_deliveries WHERE alert_id = ? AND sink = ? AND status != ? AND received_at > ?",
                         (alert_id, sink.name, status, now - cooldown),
                     ).fetchone():
                         state = "suppressed"
-                    cursor = db.execute(
-                        "INSERT OR IGNORE INTO alert_deliveries (alert_id, status, type, sink, payload, state, next_attempt_at, received_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    cursor = self._execute(
+                        db,
+                        "INSERT INTO alert_deliveries (alert_id, status, type, sink, payload, state, next_attempt_at, received_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         (alert_id, status, alert_type, sink.name, payload, state, now, now),
                     )
                     if cursor.rowcount:
                         stored[sink.name] = state
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             return stored
 
         return self.call(work)
 
-    def claim(self, limit: int, lease: float) -> list[sqlite3.Row]:
+    def claim(self, limit: int, lease: float) -> list[dict[str, Any]]:
         """Due rows, leased to this process so no other delivers them meanwhile."""
         now = time.time()
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
 
-        def work(db: sqlite3.Connection) -> list[sqlite3.Row]:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = db.execute(
+        def work(db: Any) -> list[dict[str, Any]]:
+            with self._transaction(db):
+                rows = self._execute(
+                    db,
                     "UPDATE alert_deliveries SET lease_until = ? WHERE id IN ("
                     " SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ? AND lease_until <= ?"
-                    " ORDER BY next_attempt_at LIMIT ?) RETURNING *",
+                    f" ORDER BY next_attempt_at LIMIT ?{skip_locked}) RETURNING *",
                     (now + lease, now, now, limit),
                 ).fetchall()
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return rows
+            return [dict(row) for row in rows]
 
         return self.call(work)
 
     def delivered(self, row_id: int) -> None:
-        self.call(lambda db: db.execute(
-            "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = ?, lease_until = 0, last_error = NULL"
-            " WHERE id = ?", (time.time(), row_id)))
+        self.call(lambda db: self._execute(
+            db,
+            "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = ?, lease_until = 0,"
+            " last_error = NULL WHERE id = ?", (time.time(), row_id)))
 
     def failed(self, row_id: int, error: str, max_attempts: int, backoff: float) -> str:
         """Record a failed attempt; returns the row's new state (pending or dead)."""
 
-        def work(db: sqlite3.Connection) -> str:
-            (attempts,) = db.execute("SELECT attempts FROM alert_deliveries WHERE id = ?", (row_id,)).fetchone()
-            attempts += 1
-            state = "dead" if attempts >= max_attempts else "pending"
-            delay = min(MAX_BACKOFF, backoff * 2 ** (attempts - 1)) * (0.5 + random.random())
-            db.execute(
-                "UPDATE alert_deliveries SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?, lease_until = 0 WHERE id = ?",
-                (state, attempts, error[:500], time.time() + delay, row_id),
-            )
+        def work(db: Any) -> str:
+            with self._transaction(db):
+                row = self._execute(db, "SELECT attempts FROM alert_deliveries WHERE id = ?", (row_id,)).fetchone()
+                attempts = (row["attempts"] if isinstance(row, dict) else row[0]) + 1
+                state = "dead" if attempts >= max_attempts else "pending"
+                delay = min(MAX_BACKOFF, backoff * 2 ** (attempts - 1)) * (0.5 + random.random())
+                self._execute(
+                    db,
+                    "UPDATE alert_deliveries SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?, lease_until = 0 WHERE id = ?",
+                    (state, attempts, error[:500], time.time() + delay, row_id),
+                )
             return state
 
         return self.call(work)
@@ -212,7 +253,8 @@ class Outbox:
     # -- reading and operating ------------------------------------------------------
 
     def depth(self) -> int:
-        return self.call(lambda db: db.execute("SELECT COUNT(*) FROM alert_deliveries WHERE state = 'pending'").fetchone()[0])
+        row = self.call(lambda db: self._execute(db, "SELECT COUNT(*) AS n FROM alert_deliveries WHERE state = 'pending'").fetchone())
+        return int(row["n"] if isinstance(row, dict) else row[0])
 
     def list(self, state: str | None = None, alert_type: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         query, args = "SELECT * FROM alert_deliveries WHERE 1 = 1", []
@@ -221,23 +263,23 @@ class Outbox:
         if alert_type:
             query, args = query + " AND type = ?", [*args, alert_type]
         query += " ORDER BY received_at DESC, id DESC LIMIT ?"
-        return self.call(lambda db: [dict(r) for r in db.execute(query, (*args, limit)).fetchall()])
+        return self.call(lambda db: [dict(r) for r in self._execute(db, query, (*args, limit)).fetchall()])
 
     def show(self, alert_id: str) -> list[dict[str, Any]]:
-        return self.call(lambda db: [dict(r) for r in db.execute(
-            "SELECT * FROM alert_deliveries WHERE alert_id = ? ORDER BY received_at, id", (alert_id,)).fetchall()])
+        return self.call(lambda db: [dict(r) for r in self._execute(
+            db, "SELECT * FROM alert_deliveries WHERE alert_id = ? ORDER BY received_at, id", (alert_id,)).fetchall()])
 
     def retry(self, alert_id: str) -> int:
         """Dead deliveries of an alert go back to pending; returns how many."""
-        return self.call(lambda db: db.execute(
-            "UPDATE alert_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = 0"
-            " WHERE alert_id = ? AND state = 'dead'", (time.time(), alert_id)).rowcount)
+        return int(self.call(lambda db: self._execute(
+            db, "UPDATE alert_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = 0"
+            " WHERE alert_id = ? AND state = 'dead'", (time.time(), alert_id)).rowcount))
 
     def prune(self, older_than: float) -> int:
         """Delete delivered and suppressed rows received more than `older_than` seconds ago."""
-        return self.call(lambda db: db.execute(
-            "DELETE FROM alert_deliveries WHERE state IN ('delivered', 'suppressed') AND received_at < ?",
-            (time.time() - older_than,)).rowcount)
+        return int(self.call(lambda db: self._execute(
+            db, "DELETE FROM alert_deliveries WHERE state IN ('delivered', 'suppressed') AND received_at < ?",
+            (time.time() - older_than,)).rowcount))
 
 
 class Delivery:
@@ -302,7 +344,7 @@ class Delivery:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
 
-    async def _deliver(self, row: sqlite3.Row) -> None:
+    async def _deliver(self, row: dict[str, Any]) -> None:
         sink = self.sinks.get(row["sink"])
         described = f"alert {row['alert_id']} ({row['type']} {row['status']}) to {row['sink']}"
         try:
