@@ -165,7 +165,7 @@ async def test_bad_alerts_are_refused_and_not_stored(change: dict[str, Any], mes
         response = await post(client, gateway.url, event)
     assert response.status_code == 400 and response.json() == {"message": message}
     with Outbox(config.alerts_db) as outbox:
-        assert outbox.list() == []
+        assert outbox.recent() == []
 
 
 async def test_alerts_acknowledged_before_a_sigkill_are_delivered_exactly_once_after_restart(
@@ -250,3 +250,56 @@ async def test_two_gateways_on_one_postgresql_outbox_deliver_each_alert_once(
             await process.wait()
     ids = [body["alert"]["id"] for _, body, _ in receiver.received]
     assert len(ids) == 500 and len(set(ids)) == 500
+
+
+async def test_the_email_sink_sends_over_starttls_with_login(scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient, tmp_path: Path) -> None:
+    import ssl as ssl_module
+
+    import trustme
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    authority = trustme.CA()
+    server_context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    mailbox: list[Any] = []
+    logins: list[tuple[bytes, bytes]] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
+            mailbox.append(envelope)
+            return "250 OK"
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (b"alerts", b"hunter2")
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=ok)
+
+    port = free_port()
+    controller = Controller(
+        Handler(), hostname="127.0.0.1", port=port, tls_context=server_context, require_starttls=True,
+        authenticator=authenticator, auth_require_tls=True,
+    )
+    controller.start()
+    try:
+        sink = Sink("mail", "email", f"smtp://127.0.0.1:{port}", to=("oncall@example.com",), sender="gateway@example.com",
+                    username="alerts", password="hunter2", starttls=True, ca_file=str(ca_file))
+        config = gateway_config(scripted[1], alert_sinks=(sink,), alert_backoff=0.05)
+        async with HttpServer(create_app(config)) as gateway:
+            assert (await post(client, gateway.url, alert_event("mail-1", "error_rate", "triggered"))).status_code == 200
+            await until(lambda: len(mailbox) == 1)
+    finally:
+        controller.stop()
+    import email
+
+    from email import policy
+
+    message = email.message_from_bytes(mailbox[0].content, policy=policy.default)
+    assert message["Subject"] == "AgentMark Alert: error_rate - triggered"
+    assert mailbox[0].rcpt_tos == ["oncall@example.com"] and logins == [(b"alerts", b"hunter2")]
+    plain = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    rich = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    for expected in ("error_rate", "triggered", "61.25", "50", "1d", "mail-1"):
+        assert expected in plain and expected in rich

@@ -204,7 +204,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     outbox = _outbox(args)
     try:
         if args.alerts_command == "list":
-            rows = outbox.list(args.status, args.type, args.limit)
+            rows = outbox.recent(args.status, args.type, args.limit)
             if args.json:
                 print(json.dumps(rows, indent=2))
                 return 0

@@ -15,8 +15,9 @@ alert id seen within `alert_cooldown` seconds under another status is stored
 as suppressed (visible, not delivered), so a flapping alert does not page
 twice.
 
-Sinks: the runner's `HandleAlert`, a Slack incoming webhook, and a generic
-HTTP endpoint that receives the alert JSON signed with its own secret.
+Sinks: the runner's `HandleAlert`, a Slack incoming webhook, a generic HTTP
+endpoint that receives the alert JSON signed with its own secret, and email
+over SMTP (STARTTLS or TLS, with login).
 """
 
 from __future__ import annotations
@@ -25,14 +26,19 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import html
 import json
 import logging
 import random
+import smtplib
 import sqlite3
+import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +48,7 @@ log = logging.getLogger("agentmark_gw.alerts")
 
 ALERT_TYPES = ("cost", "latency", "error_rate")
 ALERT_STATUSES = ("triggered", "resolved")
-SINK_KINDS = ("runner", "http", "slack")
+SINK_KINDS = ("runner", "http", "slack", "email")
 STATES = ("pending", "delivered", "dead", "suppressed")
 MAX_BACKOFF = 300.0
 HTTP_SIGNATURE_HEADER = "x-agentmark-gw-signature-256"
@@ -79,6 +85,13 @@ class Sink:
     secret: str = ""
     types: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
+    # email: `url` is smtp://HOST:PORT (or smtps:// for TLS from the start).
+    to: tuple[str, ...] = ()
+    sender: str = ""
+    username: str = ""
+    password: str = ""
+    starttls: bool = False
+    ca_file: str = ""
 
     def wants(self, alert_type: str, status: str) -> bool:
         return (not self.types or alert_type in self.types) and (not self.statuses or status in self.statuses)
@@ -98,17 +111,24 @@ def parse_sinks(raw: Any, where: str) -> tuple[Sink, ...]:
         kind = entry.get("kind")
         if kind not in SINK_KINDS:
             raise ValueError(f"{where}: alert_sinks[{i}].kind must be one of {', '.join(SINK_KINDS)}")
-        if kind != "runner" and not str(entry.get("url", "")).startswith(("http://", "https://")):
+        url = str(entry.get("url", ""))
+        if kind in ("http", "slack") and not url.startswith(("http://", "https://")):
             raise ValueError(f"{where}: alert_sinks[{i}] ({kind}) needs an http(s) url")
         if kind == "http" and not entry.get("secret"):
             raise ValueError(f"{where}: alert_sinks[{i}] (http) needs a secret to sign with")
-        unknown = set(entry) - {"name", "kind", "url", "secret", "types", "statuses"}
+        if kind == "email" and (not url.startswith(("smtp://", "smtps://")) or not entry.get("to") or not entry.get("sender")):
+            raise ValueError(f"{where}: alert_sinks[{i}] (email) needs an smtp:// or smtps:// url, `to` and `sender`")
+        unknown = set(entry) - {"name", "kind", "url", "secret", "types", "statuses", "to", "sender", "username", "password", "starttls", "ca_file"}
         if unknown:
             raise ValueError(f"{where}: alert_sinks[{i}]: unknown keys {', '.join(sorted(unknown))}")
         types, statuses = tuple(entry.get("types", ())), tuple(entry.get("statuses", ()))
         if set(types) - set(ALERT_TYPES) or set(statuses) - set(ALERT_STATUSES):
             raise ValueError(f"{where}: alert_sinks[{i}]: types are {', '.join(ALERT_TYPES)}; statuses {', '.join(ALERT_STATUSES)}")
-        sinks.append(Sink(str(entry.get("name") or f"{kind}-{i}"), kind, str(entry.get("url", "")), str(entry.get("secret", "")), types, statuses))
+        sinks.append(Sink(
+            str(entry.get("name") or f"{kind}-{i}"), kind, url, str(entry.get("secret", "")), types, statuses,
+            to=tuple(entry.get("to", ())), sender=str(entry.get("sender", "")), username=str(entry.get("username", "")),
+            password=str(entry.get("password", "")), starttls=bool(entry.get("starttls", False)), ca_file=str(entry.get("ca_file", "")),
+        ))
     names = [s.name for s in sinks]
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: alert sink names must be unique")
@@ -256,8 +276,8 @@ class Outbox:
         row = self.call(lambda db: self._execute(db, "SELECT COUNT(*) AS n FROM alert_deliveries WHERE state = 'pending'").fetchone())
         return int(row["n"] if isinstance(row, dict) else row[0])
 
-    def list(self, state: str | None = None, alert_type: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        query, args = "SELECT * FROM alert_deliveries WHERE 1 = 1", []
+    def recent(self, state: str | None = None, alert_type: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM alert_deliveries WHERE 1 = 1", list[Any]()
         if state:
             query, args = query + " AND state = ?", [*args, state]
         if alert_type:
@@ -365,6 +385,9 @@ class Delivery:
         if sink.kind == "runner":
             await self._to_runner(data)
             return
+        if sink.kind == "email":
+            await asyncio.to_thread(send_email, sink, data, self._http.timeout.connect or 10.0)
+            return
         if sink.kind == "slack":
             body = json.dumps(slack_message(data)).encode()
             headers = {"content-type": "application/json"}
@@ -395,3 +418,43 @@ def slack_message(data: dict[str, Any]) -> dict[str, Any]:
             {"type": "context", "elements": [{"type": "mrkdwn", "text": str(data.get("timestamp", ""))}]},
         ],
     }
+
+
+def _alert_fields(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    alert = data.get("alert", {})
+    return [
+        ("Type", alert.get("type")), ("Status", alert.get("status")), ("Current value", alert.get("currentValue")),
+        ("Threshold", alert.get("threshold")), ("Window", alert.get("timeWindow")), ("Alert", alert.get("id")),
+        ("Message", data.get("message")), ("Time", data.get("timestamp")),
+    ]
+
+
+def email_message(sink: Sink, data: dict[str, Any]) -> EmailMessage:
+    """Subject `AgentMark Alert: <type> - <status>`; a plain-text and an HTML body with the same fields."""
+    alert = data.get("alert", {})
+    message = EmailMessage()
+    message["Subject"] = f"AgentMark Alert: {alert.get('type')} - {alert.get('status')}"
+    message["From"] = sink.sender
+    message["To"] = ", ".join(sink.to)
+    fields = _alert_fields(data)
+    message.set_content("\n".join(f"{name}: {value}" for name, value in fields) + "\n")
+    rows = "".join(f"<tr><th align=left>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>" for name, value in fields)
+    message.add_alternative(f"<html><body><h2>{html.escape(message['Subject'])}</h2><table>{rows}</table></body></html>", subtype="html")
+    return message
+
+
+def send_email(sink: Sink, data: dict[str, Any], timeout: float) -> None:
+    """Over SMTP: TLS from the start (smtps://) or STARTTLS, then login when a username is set."""
+    parsed = urllib.parse.urlsplit(sink.url)
+    host, implicit_tls = parsed.hostname or "localhost", parsed.scheme == "smtps"
+    context = ssl.create_default_context(cafile=sink.ca_file or None)
+    port = parsed.port or (465 if implicit_tls else 25)
+    smtp: smtplib.SMTP = (
+        smtplib.SMTP_SSL(host, port, timeout=timeout, context=context) if implicit_tls else smtplib.SMTP(host, port, timeout=timeout)
+    )
+    with smtp:
+        if sink.starttls and not implicit_tls:
+            smtp.starttls(context=context)
+        if sink.username:
+            smtp.login(sink.username, sink.password)
+        smtp.send_message(email_message(sink, data))

@@ -102,8 +102,9 @@ class GatewayConfig:
         values = asdict(self)
         values["secrets"] = f"<{len(self.secrets)} secret(s) hidden>"
         for sink in values["alert_sinks"]:
-            if sink["secret"]:
-                sink["secret"] = "<hidden>"
+            for key in ("secret", "password"):
+                if sink[key]:
+                    sink[key] = "<hidden>"
         return values
 
     def require_secret(self) -> None:
@@ -165,9 +166,11 @@ def reference() -> str:
         "",
         "| key | meaning |",
         "|---|---|",
-        "| `kind` | `runner` (the runner's `HandleAlert`), `http` (POSTs the alert JSON, signed), or `slack` (an incoming webhook) |",
+        "| `kind` | `runner` (the runner's `HandleAlert`), `http` (POSTs the alert JSON, signed), `slack` (an incoming webhook), or `email` (SMTP) |",
         "| `name` | a unique name, shown by `agentmark-gw alerts` (default: kind and position) |",
-        "| `url` | for `http` and `slack` |",
+        "| `url` | for `http` and `slack`; for `email`, `smtp://HOST:PORT` (or `smtps://` for TLS from the start) |",
+        "| `to`, `sender` | for `email`: the recipients and the From address |",
+        "| `starttls`, `username`, `password`, `ca_file` | for `email`: STARTTLS, login, and a CA file to trust |",
         "| `secret` | for `http`: the key of the `x-agentmark-gw-signature-256` HMAC-SHA256 header |",
         "| `types` | only these alert types (`cost`, `latency`, `error_rate`); default all |",
         "| `statuses` | only these statuses (`triggered`, `resolved`); default all |",

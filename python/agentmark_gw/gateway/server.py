@@ -70,7 +70,10 @@ def load_dumped_config(text: str) -> GatewayConfig:
             "secrets": tuple(values["secrets"]),
             "runners": tuple(values["runners"]),
             "deadlines": Deadlines(**values["deadlines"]),
-            "alert_sinks": tuple(Sink(**{**sink, "types": tuple(sink["types"]), "statuses": tuple(sink["statuses"])}) for sink in values["alert_sinks"]),
+            "alert_sinks": tuple(
+                Sink(**{**sink, "types": tuple(sink["types"]), "statuses": tuple(sink["statuses"]), "to": tuple(sink["to"])})
+                for sink in values["alert_sinks"]
+            ),
         }
     )
 
