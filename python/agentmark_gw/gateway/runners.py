@@ -25,7 +25,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import orjson
@@ -70,6 +70,8 @@ HTTP_STATUS = {
     grpc.StatusCode.DATA_LOSS: 502,
 }
 
+
+T = TypeVar("T")
 
 # gRPC metadata for a call: the W3C trace context, when there is one.
 Metadata = tuple[tuple[str, str], ...]
@@ -266,30 +268,26 @@ class RunnerPool:
         return response.message
 
     async def _open(self, start: Callable[..., grpc.aio.UnaryStreamCall], timeout: float) -> OpenStream:
-        """Start the call on the first runner that answers; the deadline
-        covers the whole attempt, failovers included."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        tried: list[str] = []
-        for runner in self._candidates():
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                break
+        """Start the call on the first runner that answers with a first message (or ends the stream)."""
+
+        async def attempt(runner: Runner, remaining: float) -> OpenStream:
             call = start(runner, timeout=remaining)
             try:
                 first = await read(call)
-            except AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise refusal_for(error) from None
-                self._mark_down(runner, error)
-                tried.append(runner.target)
-                continue
             except BaseException:
                 call.cancel()
                 raise
             return OpenStream(call, first, runner.target)
-        raise self._none_left(tried)
+
+        return await self._with_failover(attempt, timeout)
 
     async def _unary(self, call: Callable[..., Awaitable[Any]], timeout: float) -> Any:
+        return await self._with_failover(lambda runner, remaining: call(runner, timeout=remaining), timeout)
+
+    async def _with_failover(self, attempt: Callable[[Runner, float], Awaitable[T]], timeout: float) -> T:
+        """`attempt` on each runner in turn until one answers; the deadline
+        covers the whole of it, failovers included. Only UNAVAILABLE moves on
+        to the next runner: nothing was produced, so nothing is lost or doubled."""
         deadline = asyncio.get_running_loop().time() + timeout
         tried: list[str] = []
         for runner in self._candidates():
@@ -297,7 +295,7 @@ class RunnerPool:
             if remaining <= 0:
                 break
             try:
-                return await call(runner, timeout=remaining)
+                return await attempt(runner, remaining)
             except AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise refusal_for(error) from None
