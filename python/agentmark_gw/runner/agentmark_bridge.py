@@ -52,6 +52,12 @@ from .service import AlertRequest, ExperimentRequest, PromptRequest, Runner
 DEFAULT_CONCURRENCY = 4
 
 
+class _RunFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class _NoSpan:
     trace_id: str | None = None
 
@@ -200,51 +206,64 @@ class AgentMarkRunner(Runner):
             name=name or "prompt-run", prompt_name=name, commit_sha=_commit_sha(frontmatter), prompt_path=request.prompt_path or None
         )
         with _parent_trace(request.trace_context):
-            async with self._prompt_span(params) as span:
-                trace_id = _trace_id(span)
-                yield events.started(trace_id)
-                try:
-                    prompt = await self._load(request.kind, request.ast)
-                    props = request.props
-                    formatted = await prompt.format(props=props) if props else await prompt.format_with_test_props()
-                except Exception as exc:  # noqa: BLE001 - AgentMark's renderer raises plain errors
-                    yield events.error(f"cannot render the prompt: {normalize_error(exc)}")
-                    return
-                ctx = ExecCtx(
-                    telemetry=request.data.get("telemetry"),
-                    trace_id=trace_id or None,
-                    prompt_name=name,
-                    should_stream=request.should_stream,
-                    extra={"span": span},
-                )
-                record = _SpanRecord(span)
-                record.start(formatted, request.ast)
-                if request.kind in ("text", "object"):
-                    execute = self.executor.execute_text if request.kind == "text" else self.executor.execute_object
-                    text, value, usage = "", None, None
-                    try:
-                        async for event in execute(formatted, ctx):
-                            text, value, usage = _accumulate(event, text, value, usage)
-                            converted = to_runner_event(event)
-                            if converted is not None:
-                                yield converted
-                            if isinstance(event, FinishEvent | ErrorEvent):
-                                return
-                    finally:
+            try:
+                async for event in self._run_in_span(request, params, name):
+                    yield event
+            except _RunFailed as failure:
+                # Raised inside the span so it ends as failed (span-io.json: a
+                # non-streaming run that errs raises); the client still gets the error.
+                yield events.error(failure.message)
+
+    async def _run_in_span(self, request: PromptRequest, params: PromptSpanParams, name: str | None) -> AsyncIterator[pb.RunnerEvent]:
+        async with self._prompt_span(params) as span:
+            trace_id = _trace_id(span)
+            yield events.started(trace_id)
+            try:
+                prompt = await self._load(request.kind, request.ast)
+                props = request.props
+                formatted = await prompt.format(props=props) if props else await prompt.format_with_test_props()
+            except Exception as exc:  # noqa: BLE001 - AgentMark's renderer raises plain errors
+                yield events.error(f"cannot render the prompt: {normalize_error(exc)}")
+                return
+            ctx = ExecCtx(
+                telemetry=request.data.get("telemetry"),
+                trace_id=trace_id or None,
+                prompt_name=name,
+                should_stream=request.should_stream,
+                extra={"span": span},
+            )
+            record = _SpanRecord(span)
+            record.start(formatted, request.ast)
+            if request.kind in ("text", "object"):
+                execute = self.executor.execute_text if request.kind == "text" else self.executor.execute_object
+                text, value, usage = "", None, None
+                async for event in execute(formatted, ctx):
+                    if isinstance(event, ErrorEvent) and not request.should_stream:
+                        raise _RunFailed(event.error)  # no output recorded: there is none
+                    text, value, usage = _accumulate(event, text, value, usage)
+                    if isinstance(event, FinishEvent | ErrorEvent):
+                        # Recorded before the last event goes out: the span must
+                        # hold the output (partial, for a streamed error) by then.
                         record.finish(text if request.kind == "text" else value, usage)
-                    return
-                try:
-                    if request.kind == "image":
-                        answer = await self.executor.execute_image(formatted, ctx)
-                        yield events.image((i["mimeType"], i["base64"]) for i in answer.get("result", []))
-                    else:
-                        answer = await self.executor.execute_speech(formatted, ctx)
-                        result = answer.get("result", {})
-                        yield events.speech(result.get("mimeType", ""), result.get("base64", ""), result.get("format", ""))
-                except Exception as exc:  # noqa: BLE001 - the provider's message, as an error event
-                    yield events.error(normalize_error(exc))
-                    return
-                yield events.finish("stop")
+                    converted = to_runner_event(event)
+                    if converted is not None:
+                        yield converted
+                    if isinstance(event, FinishEvent | ErrorEvent):
+                        return
+                record.finish(text if request.kind == "text" else value, usage)
+                return
+            try:
+                if request.kind == "image":
+                    answer = await self.executor.execute_image(formatted, ctx)
+                    yield events.image((i["mimeType"], i["base64"]) for i in answer.get("result", []))
+                else:
+                    answer = await self.executor.execute_speech(formatted, ctx)
+                    result = answer.get("result", {})
+                    yield events.speech(result.get("mimeType", ""), result.get("base64", ""), result.get("format", ""))
+            except Exception as exc:  # noqa: BLE001 - the provider's message, as an error event
+                yield events.error(normalize_error(exc))
+                return
+            yield events.finish("stop")
 
     # -- dataset runs ------------------------------------------------------------
 
