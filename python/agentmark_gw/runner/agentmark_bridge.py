@@ -206,13 +206,17 @@ class AgentMarkRunner(Runner):
             name=name or "prompt-run", prompt_name=name, commit_sha=_commit_sha(frontmatter), prompt_path=request.prompt_path or None
         )
         with _parent_trace(request.trace_context):
+            run = self._run_in_span(request, params, name)
             try:
-                async for event in self._run_in_span(request, params, name):
+                async for event in run:
                     yield event
             except _RunFailed as failure:
                 # Raised inside the span so it ends as failed (span-io.json: a
                 # non-streaming run that errs raises); the client still gets the error.
                 yield events.error(failure.message)
+            finally:
+                # Closed here, in this task: the span and trace context exit where they entered.
+                await run.aclose()
 
     async def _run_in_span(self, request: PromptRequest, params: PromptSpanParams, name: str | None) -> AsyncIterator[pb.RunnerEvent]:
         async with self._prompt_span(params) as span:
