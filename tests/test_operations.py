@@ -222,3 +222,21 @@ async def test_a_silent_stream_gets_heartbeats_and_every_line(scripted: tuple[Sc
     assert [json.loads(line) for line in lines if line] == [
         {"type": "text", "result": "a"}, {"type": "text", "result": "b"}, {"type": "text", "finishReason": "stop"},
     ]
+
+
+async def test_a_runner_slow_to_start_is_answered_with_heartbeats(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    """Headers and heartbeats go out before the first row, so a proxy never sees a silent connection."""
+    scripted_runner.pause = 0.6
+    scripted_runner.script = [events.text_delta("late"), events.finish("stop")]
+    config = replace(gateway_config(scripted[1]), heartbeat_interval=0.15)
+    async with HttpServer(create_app(config)) as server:
+        raw, headers = signed(TEXT_EVENT)
+        started = asyncio.get_running_loop().time()
+        async with client.stream("POST", server.url + "/", content=raw, headers=headers) as response:
+            headers_after = asyncio.get_running_loop().time() - started
+            body = b"".join([chunk async for chunk in response.aiter_raw()])
+    assert response.status_code == 200 and headers_after < 0.5
+    assert body.startswith(b"\n")  # a heartbeat came first
+    assert [json.loads(line) for line in body.split(b"\n") if line] == [
+        {"type": "text", "result": "late"}, {"type": "text", "finishReason": "stop"},
+    ]

@@ -18,7 +18,7 @@ from quart import Response
 
 from .. import _accel
 from .errors import ExecutionFailed
-from .runners import OpenStream, read, refusal_for
+from .runners import OpenStream, refusal_for
 
 __all__ = ["JSON", "STREAM_HEADERS", "Framer", "OpenStream", "fold", "stream"]
 
@@ -88,22 +88,26 @@ def stream(
 
 
 async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float) -> AsyncIterator[bytes]:
-    message = opened.first
     try:
-        while message is not None:
-            chunk = framer.feed(message)
-            if chunk:
-                yield chunk  # a whole batch of lines in one write
-            if framer.terminated:
-                break
+        # With the runner slow to start, the response began before its first message.
+        waiting_for_first = opened.pending is not None
+        message = opened.first
+        while waiting_for_first or message is not None:
+            if not waiting_for_first:
+                chunk = framer.feed(message)  # type: ignore[arg-type]
+                if chunk:
+                    yield chunk  # a whole batch of lines in one write
+                if framer.terminated:
+                    break
+            waiting_for_first = False
             if heartbeat <= 0:
-                message = await read(opened.call)
+                message = await opened.next()
                 continue
             # Load balancers close connections that stay silent (nginx after
             # 60 s by default); a dataset item or a slow model can take longer.
             # The read runs as its own task so waiting on it can time out
             # without cancelling the call.
-            pending = asyncio.ensure_future(read(opened.call))
+            pending = asyncio.ensure_future(opened.next())
             try:
                 while not (await asyncio.wait({pending}, timeout=heartbeat))[0]:
                     yield HEARTBEAT
@@ -122,13 +126,13 @@ async def fold(opened: OpenStream, kind: str) -> tuple[Response, str | None]:
     """Collect a whole run into its one JSON envelope (non-streaming answers).
     Returns the response and the run's trace id, if it had one."""
     folder = _accel.EnvelopeFolder(kind)
-    message = opened.first
     try:
+        message = opened.first if opened.pending is None else await opened.next()
         while message is not None:
             folder.feed(message)
             if folder.terminated:
                 break
-            message = await read(opened.call)
+            message = await opened.next()
     except AioRpcError as error:
         raise refusal_for(error) from None
     finally:

@@ -121,11 +121,21 @@ def refusal_for(error: AioRpcError) -> Refusal:
 
 @dataclass
 class OpenStream:
-    """A streaming call whose first message has arrived (or the stream ended)."""
+    """A streaming call whose first message has arrived (or the stream
+    ended); or, for a runner slow to start, whose first read is still
+    `pending` (see `RunnerPool.patience`)."""
 
     call: grpc.aio.UnaryStreamCall
     first: bytes | None
     runner: str
+    pending: asyncio.Future[bytes | None] | None = None
+
+    async def next(self) -> bytes | None:
+        """The first message (once), then each next one; None at the end."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            return await pending
+        return await read(self.call)
 
 
 async def read(call: grpc.aio.UnaryStreamCall) -> bytes | None:
@@ -237,7 +247,8 @@ class RunnerPool:
             prompt_path=_str(data.get("promptPath")),
             data_json=_data_json(data, ast_json),
         ).SerializeToString()
-        return await self._open(lambda r, **kw: r.run_prompt(request, metadata=metadata, **kw), self._config.deadlines.prompt_run)
+        patience = self._config.heartbeat_interval if run.should_stream else None
+        return await self._open(lambda r, **kw: r.run_prompt(request, metadata=metadata, **kw), self._config.deadlines.prompt_run, patience)
 
     async def open_experiment_stream(self, run: Any, metadata: Metadata = ()) -> OpenStream:
         data = run.data
@@ -255,7 +266,9 @@ class RunnerPool:
             sampling_json=_json(sampling) if sampling is not None else "",
             data_json=_data_json(data, ast_json),
         ).SerializeToString()
-        return await self._open(lambda r, **kw: r.run_experiment(request, metadata=metadata, **kw), self._config.deadlines.dataset_run)
+        return await self._open(
+            lambda r, **kw: r.run_experiment(request, metadata=metadata, **kw), self._config.deadlines.dataset_run, self._config.heartbeat_interval
+        )
 
     async def get_evals(self, metadata: Metadata = ()) -> list[str]:
         request = pb.GetEvalsRequest().SerializeToString()
@@ -267,17 +280,31 @@ class RunnerPool:
         response = await self._unary(lambda r, **kw: r.handle_alert(request, metadata=metadata, **kw), self._config.deadlines.alert)
         return response.message
 
-    async def _open(self, start: Callable[..., grpc.aio.UnaryStreamCall], timeout: float) -> OpenStream:
-        """Start the call on the first runner that answers with a first message (or ends the stream)."""
+    async def _open(self, start: Callable[..., grpc.aio.UnaryStreamCall], timeout: float, patience_seconds: float | None = None) -> OpenStream:
+        """Start the call on the first runner that answers with a first message
+        (or ends the stream) within `patience_seconds`; past that, the stream
+        is answered with its first read still pending."""
 
         async def attempt(runner: Runner, remaining: float) -> OpenStream:
             call = start(runner, timeout=remaining)
+            first = asyncio.ensure_future(read(call))
             try:
-                first = await read(call)
+                done, _ = await asyncio.wait({first}, timeout=patience)
+            except BaseException:
+                first.cancel()
+                call.cancel()
+                raise
+            if not done:
+                # A slow start (a long dataset item): answer now, so proxies see
+                # headers and heartbeats instead of a silent connection.
+                return OpenStream(call, None, runner.target, pending=first)
+            try:
+                return OpenStream(call, first.result(), runner.target)
             except BaseException:
                 call.cancel()
                 raise
-            return OpenStream(call, first, runner.target)
+
+        patience = patience_seconds if patience_seconds and patience_seconds > 0 else None
 
         return await self._with_failover(attempt, timeout)
 

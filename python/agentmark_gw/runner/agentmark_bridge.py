@@ -22,7 +22,7 @@ import contextlib
 import inspect
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -218,7 +218,7 @@ class AgentMarkRunner(Runner):
                 # Closed here, in this task: the span and trace context exit where they entered.
                 await run.aclose()
 
-    async def _run_in_span(self, request: PromptRequest, params: PromptSpanParams, name: str | None) -> AsyncIterator[pb.RunnerEvent]:
+    async def _run_in_span(self, request: PromptRequest, params: PromptSpanParams, name: str | None) -> AsyncGenerator[pb.RunnerEvent, None]:
         async with self._prompt_span(params) as span:
             trace_id = _trace_id(span)
             yield events.started(trace_id)
