@@ -240,3 +240,50 @@ async def test_a_runner_slow_to_start_is_answered_with_heartbeats(scripted: tupl
     assert [json.loads(line) for line in body.split(b"\n") if line] == [
         {"type": "text", "result": "late"}, {"type": "text", "finishReason": "stop"},
     ]
+
+
+async def test_a_restarted_runner_is_used_again_without_restarting_the_gateway(client: httpx.AsyncClient) -> None:
+    class Named(ScriptedRunner):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.script = [events.text_delta(name), events.finish("stop")]
+
+    first, first_port = await start(Named("first"), "127.0.0.1:0")
+    second, second_port = await start(Named("second"), "127.0.0.1:0")
+    targets = (f"127.0.0.1:{first_port}", f"127.0.0.1:{second_port}")
+    config = replace(gateway_config(targets[0]), runners=targets, health_interval=0.2, health_timeout=0.5)
+
+    async def served_by() -> str:
+        _, lines = await stream_lines(client, gateway.url + "/", TEXT_EVENT)
+        return str(lines[0]["result"])
+
+    async with HttpServer(create_app(config)) as gateway:
+        assert {await served_by() for _ in range(4)} == {"first", "second"}
+        await first.stop(0)
+        assert {await served_by() for _ in range(4)} == {"second"}  # the dead one is skipped
+        restarted, _ = await start(Named("first again"), targets[0])
+        try:
+            deadline = asyncio.get_running_loop().time() + 15
+            seen: set[str] = set()
+            while "first again" not in seen:
+                assert asyncio.get_running_loop().time() < deadline, "the restarted runner was never used"
+                seen.add(await served_by())
+                await asyncio.sleep(0.1)
+        finally:
+            await restarted.stop(0)
+    await second.stop(0)
+
+
+async def test_a_hanging_runner_meets_the_deadline_and_nothing_stays_in_flight(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    from agentmark_gw.gateway.config import Deadlines
+
+    scripted_runner.pause = 30  # accepts the call, never answers in time
+    scripted_runner.script = [events.text_delta("never")]
+    config = replace(gateway_config(scripted[1]), deadlines=Deadlines(prompt_run=0.6), heartbeat_interval=0.2)
+    async with HttpServer(create_app(config)) as server:
+        response, lines = await stream_lines(client, server.url + "/", TEXT_EVENT)
+        metrics = (await client.get(server.url + "/metrics")).text
+    assert response.status_code == 200  # headers went out at the heartbeat interval
+    assert lines == [{"type": "error", "error": "Runner did not answer before the deadline"}]
+    assert "agentmark_gw_inflight_streams 0.0" in metrics
+    await asyncio.wait_for(scripted_runner.cancelled.wait(), 5)
