@@ -49,6 +49,7 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
     app = Quart("agentmark_gw")
     app.config.update(
         MAX_CONTENT_LENGTH=config.max_body_bytes,
+        BODY_TIMEOUT=config.body_timeout,
         # Streams last as long as the runner's deadline allows, not Quart's 60 s.
         RESPONSE_TIMEOUT=None,
         PROPAGATE_EXCEPTIONS=False,

@@ -73,6 +73,12 @@ class GatewayConfig:
     heartbeat_interval: float = setting(
         15.0, "Seconds of silence on a stream after which a bare newline is written, so proxies keep it open; 0 turns it off."
     )
+    keep_alive_timeout: float = setting(
+        75.0,
+        "Seconds an idle connection stays open, including one still sending its request headers (slowloris); "
+        "keep it above the load balancer's idle timeout.",
+    )
+    body_timeout: float = setting(60.0, "Seconds a client has to send its whole request body; slower ones get 408.")
     shutdown_grace: float = setting(30.0, "On SIGTERM: seconds in-flight requests get to finish before they are cancelled.")
     tls_certfile: str | None = setting(None, "PEM certificate chain; with `tls_keyfile`, TLS (HTTP/1.1 and HTTP/2) is served directly.")
     tls_keyfile: str | None = setting(None, "PEM private key for `tls_certfile`.")
@@ -326,7 +332,7 @@ def _validated(config: GatewayConfig) -> GatewayConfig:
         raise ConfigError("alert_max_attempts must be at least 1")
     if config.workers < 1:
         raise ConfigError("workers must be at least 1")
-    for name in ("health_interval", "health_timeout", "alert_lease", "alert_backoff"):
+    for name in ("health_interval", "health_timeout", "alert_lease", "alert_backoff", "keep_alive_timeout", "body_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     if config.shutdown_grace < 0 or config.replay_window < 0 or config.heartbeat_interval < 0:

@@ -40,9 +40,12 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     hyper.graceful_timeout = config.shutdown_grace
     # No read timeout: Hypercorn applies it to every socket read, including
     # while a client silently waits on a long stream, so it would cut dataset
-    # runs short. Request bodies are bounded by Quart's BODY_TIMEOUT instead.
+    # runs short. Request bodies are bounded by `body_timeout` in the app instead,
+    # and request headers by the keep-alive timeout: Hypercorn counts a
+    # connection as idle until its headers are complete, so a client that
+    # dribbles them (slowloris) is closed after `keep_alive_timeout`.
     hyper.read_timeout = None
-    hyper.keep_alive_timeout = 75  # above the usual 60 s load-balancer idle timeout
+    hyper.keep_alive_timeout = config.keep_alive_timeout
     if config.tls_certfile and config.tls_keyfile:
         hyper.certfile = config.tls_certfile
         hyper.keyfile = config.tls_keyfile
