@@ -1,0 +1,480 @@
+"""The scale-out topology on loopback: runner processes, gateway processes
+(`agentmark-gw serve --workers N`: a Hypercorn parent and its workers), and
+Debian's nginx in front of the gateways.
+
+scripts/scale_out.py runs it for people; tests/test_scale_out.py runs the
+very same code and kills parts of it. Every process starts in a session of
+its own, so one `killpg` takes a gateway whole (the parent, its workers and
+multiprocessing's resource tracker), and a terminal's Ctrl-C reaches only
+the script, which then stops the rest in order.
+
+Killed processes leave orphans (a gateway's workers outlive their parent
+for an instant) and the machine's init may not reap them, so while a
+topology runs its owner is a child subreaper (Linux's PR_SET_CHILD_SUBREAPER):
+orphans come back to it, and `kill` and `stop` reap every member of the
+process groups they end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+NGINX = "/usr/sbin/nginx"
+PR_SET_CHILD_SUBREAPER = 36
+HOST = "127.0.0.1"
+
+
+class TopologyError(RuntimeError):
+    """A process of the topology did not start, or did not stop."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    gateways: int = 2
+    workers: int = 2  # Hypercorn workers per gateway
+    runners: int = 3
+    port: int = 0  # nginx's; 0 picks a free one
+    secret: str = ""  # AGENTMARK_WEBHOOK_SECRET of every gateway
+    heartbeat_interval: float = 15.0
+    health_interval: float = 5.0
+    health_timeout: float = 2.0
+    shutdown_grace: float = 30.0
+    proxy_read_timeout: float = 60.0
+    # nginx takes a gateway out for `fail_timeout` after a failed connection.
+    fail_timeout: float = 10.0
+    # A runner command line with {listen}, {host}, {port} and {name} in it;
+    # empty: the paced scripted runner (tests/servers/scripted_runner.py).
+    runner_command: str = ""
+    deltas: int = 5  # the scripted runner's defaults; a request may override them
+    pause: float = 0.2
+    rows: int = 2
+    row_pause: float = 1.0
+    # Pass this environment's AGENTMARK_GW_* settings on to the gateways (the
+    # script does, for people to tune them; the tests do not, to be repeatable).
+    inherit_settings: bool = True
+
+
+@dataclass
+class Process:
+    """One process of the topology, and the process group it leads."""
+
+    name: str
+    port: int
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    groups: list[int] = field(default_factory=list)  # every group it has led, one per start
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def members(self) -> list[int]:
+        """Every process in its current group: for a gateway, the parent and its workers."""
+        return [pid for pid, _, _ in group_members(self.pid)] if self.popen is not None else []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def group_members(pgid: int) -> list[tuple[int, str, int]]:
+    """(pid, state, parent pid) of every process in group `pgid`, zombies included."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            found.append((int(entry.name), fields[0], int(fields[1])))
+    return found
+
+
+def reap_group(pgid: int, timeout: float) -> list[int]:
+    """Wait for every process of group `pgid` to be gone, reaping those that
+    are (or, orphaned, become) our children. Returns any still there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members = group_members(pgid)
+        for pid, _, parent in members:
+            if parent == os.getpid():
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+        members = group_members(pgid)
+        if not members or time.monotonic() > deadline:
+            return [pid for pid, _, _ in members]
+        time.sleep(0.02)
+
+
+def _subreaper(on: bool) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # not Linux: orphans go to init, as usual
+        return False
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _duration(seconds: float) -> str:
+    """nginx's time syntax, to the millisecond."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _whole_seconds(seconds: float) -> str:
+    """For the parameters nginx takes in whole seconds only (fail_timeout)."""
+    return f"{max(1, round(seconds))}s"
+
+
+class Topology:
+    """Start with `start()` (or `with Topology(settings) as topology:`); stop
+    with `stop()`. `kill` and `restart` take one process down and up again."""
+
+    def __init__(self, settings: Settings, directory: Path | None = None, keep: bool = False) -> None:
+        if not settings.secret:
+            raise ValueError("Settings.secret is required: the gateways refuse to start without one")
+        self.settings = settings
+        self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="agentmark-gw-scale-out-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._remove_dir = directory is None and not keep
+        self.runners: list[Process] = []
+        self.gateways: list[Process] = []
+        self.nginx: Process | None = None
+        self._subreaper = False
+
+    # -- what it is --------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """nginx's address: where clients send webhooks."""
+        assert self.nginx is not None
+        return self.nginx.url
+
+    @property
+    def processes(self) -> list[Process]:
+        return [*self.runners, *self.gateways, *([self.nginx] if self.nginx else [])]
+
+    def describe(self) -> str:
+        lines = [f"nginx     {self.url}  (config {self.dir / 'nginx.conf'})"]
+        lines += [f"{g.name:9} {g.url}  pids {' '.join(map(str, g.members()))}" for g in self.gateways]
+        lines += [f"{r.name:9} {r.address}  pid {r.pid}" for r in self.runners]
+        lines.append(f"logs      {self.dir}")
+        return "\n".join(lines)
+
+    def logs(self, lines: int = 15) -> str:
+        """The last lines of every log: for a failure's message."""
+        logs = sorted(self.dir.glob("*.log"))
+        return "\n".join(f"--- {log.name}\n{tail(log, lines)}" for log in logs)
+
+    def nginx_conf(self) -> str:
+        s = self.settings
+        # Root's workers would otherwise run as nobody, who cannot write the
+        # temporary directories below; for anyone else nginx ignores `user`.
+        user = "user root;" if os.geteuid() == 0 else ""
+        servers = "\n".join(
+            f"        server {g.address} max_fails=1 fail_timeout={_whole_seconds(s.fail_timeout)};" for g in self.gateways
+        )
+        return NGINX_CONF.format(
+            user=user, dir=self.dir, servers=servers, listen=self.nginx.address if self.nginx else "",
+            read_timeout=_duration(s.proxy_read_timeout), tries=len(self.gateways),
+        )
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> Topology:
+        s = self.settings
+        if not Path(NGINX).exists():
+            raise TopologyError(f"{NGINX} is missing: apt-get install nginx")
+        self._subreaper = _subreaper(True)
+        deadline = time.monotonic() + timeout
+        try:
+            self.runners = [self._runner(i) for i in range(s.runners)]
+            for runner in self.runners:
+                self._launch(runner)
+            for runner in self.runners:
+                self._wait_listening(runner, deadline)
+            self.gateways = [self._gateway(i) for i in range(s.gateways)]
+            for gateway in self.gateways:
+                self._launch(gateway)
+            for gateway in self.gateways:
+                self._wait_ready(gateway, deadline)
+            port = s.port or free_port()
+            conf = self.dir / "nginx.conf"
+            self.nginx = Process(
+                "nginx", port, [NGINX, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "nginx-error.log")],
+                dict(os.environ), self.dir / "nginx.log",
+            )
+            conf.write_text(self.nginx_conf())
+            self._launch(self.nginx)
+            self._wait_listening(self.nginx, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> Topology:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> list[int]:
+        """Stop everything, front to back (nginx, gateways, runners), each
+        with SIGTERM, then SIGKILL past its grace; reap every process of every
+        group this topology started. Returns pids still there (none, normally)."""
+        s = self.settings
+        self._terminate([self.nginx] if self.nginx else [], 10)
+        self._terminate(self.gateways, s.shutdown_grace + 10)
+        self._terminate(self.runners, 10)
+        left = self.strays()
+        if self._subreaper and not left:
+            _subreaper(False)
+            self._subreaper = False
+        if self._remove_dir and not left:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return left
+
+    def kill(self, process: Process, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send `sig` to the process's whole group (a gateway: the parent and
+        its workers at once), and reap them all."""
+        assert process.popen is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        process.popen.wait(10)
+        left = reap_group(process.pid, 10)
+        if left:
+            raise TopologyError(f"{process.name}: processes {left} of its group survived {sig.name}")
+
+    def restart(self, process: Process, timeout: float = 60.0) -> None:
+        """Start a stopped process again, on the same port, and wait until it serves."""
+        if process.running:
+            raise TopologyError(f"{process.name} is still running")
+        deadline = time.monotonic() + timeout
+        self._launch(process)
+        if process in self.gateways:
+            self._wait_ready(process, deadline)
+        else:
+            self._wait_listening(process, deadline)
+
+    def restore(self, timeout: float = 60.0) -> list[str]:
+        """Restart whatever is down, runners first; wait until every gateway
+        sees every runner healthy. Returns the names restarted."""
+        restarted = []
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            if not process.running:
+                if process.popen is not None:
+                    reap_group(process.pid, 5)
+                self.restart(process, deadline - time.monotonic())
+                restarted.append(process.name)
+        for gateway in self.gateways:
+            self._wait_ready(gateway, deadline)
+        return restarted
+
+    def strays(self) -> list[int]:
+        """Processes left in groups whose leader is no longer running: orphans."""
+        return [
+            pid
+            for process in self.processes
+            for group in process.groups
+            if not (process.running and group == process.pid)
+            for pid, _, _ in group_members(group)
+        ]
+
+    # -- the processes ------------------------------------------------------------
+
+    def _runner(self, i: int) -> Process:
+        s = self.settings
+        port = free_port()
+        name = f"runner-{i}"
+        if s.runner_command:
+            command = shlex.split(s.runner_command.format(listen=f"{HOST}:{port}", host=HOST, port=port, name=name))
+        else:
+            command = [
+                sys.executable, "-m", "tests.servers.scripted_runner", "--listen", f"{HOST}:{port}", "--name", name,
+                "--deltas", str(s.deltas), "--pause", str(s.pause), "--rows", str(s.rows), "--row-pause", str(s.row_pause),
+            ]
+        return Process(name, port, command, dict(os.environ), self.dir / f"{name}.log")
+
+    def _gateway(self, i: int) -> Process:
+        s = self.settings
+        port = free_port()
+        name = f"gateway-{i}"
+        env = {
+            k: v for k, v in os.environ.items()
+            if not (k.startswith("AGENTMARK_GW_") and not s.inherit_settings) and k != "PROMETHEUS_MULTIPROC_DIR"
+        }
+        env.update({
+            "AGENTMARK_WEBHOOK_SECRET": s.secret,
+            "AGENTMARK_GW_HEARTBEAT_INTERVAL": str(s.heartbeat_interval),
+            "AGENTMARK_GW_HEALTH_INTERVAL": str(s.health_interval),
+            "AGENTMARK_GW_HEALTH_TIMEOUT": str(s.health_timeout),
+            "AGENTMARK_GW_SHUTDOWN_GRACE": str(s.shutdown_grace),
+            "AGENTMARK_GW_ALERTS_DB": str(self.dir / "alerts.sqlite3"),  # one outbox, shared by every gateway
+        })
+        command = [sys.executable, "-m", "agentmark_gw.cli", "serve", "--bind", f"{HOST}:{port}", "--workers", str(s.workers)]
+        for runner in self.runners:
+            command += ["--runner", runner.address]
+        return Process(name, port, command, env, self.dir / f"{name}.log")
+
+    def _launch(self, process: Process) -> None:
+        process.starts += 1
+        env = dict(process.env)
+        if process in self.gateways:
+            # The workers' metrics, fresh for each start (a killed gateway's
+            # files would otherwise linger in the next one's scrapes).
+            metrics = self.dir / f"{process.name}-metrics-{process.starts}"
+            metrics.mkdir()
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+        with process.log.open("ab") as log:
+            log.write(f"--- start {process.starts}: {shlex.join(process.command)}\n".encode())
+            log.flush()
+            process.popen = subprocess.Popen(
+                process.command, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        process.groups.append(process.popen.pid)
+
+    def _terminate(self, processes: list[Process], timeout: float) -> None:
+        for process in processes:
+            if process.running:
+                process.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        for process in processes:
+            if process.popen is None:
+                continue
+            try:
+                process.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.popen.wait(10)
+            for group in process.groups:
+                # A worker or the resource tracker may outlast its parent by a moment.
+                if reap_group(group, 5):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(group, signal.SIGKILL)
+                    reap_group(group, 5)
+
+    def _check_alive(self, process: Process) -> None:
+        assert process.popen is not None
+        if process.popen.poll() is not None:
+            raise TopologyError(f"{process.name} exited with status {process.popen.returncode}:\n{tail(process.log)}")
+
+    def _wait_listening(self, process: Process, deadline: float) -> None:
+        while True:
+            self._check_alive(process)
+            try:
+                with socket.create_connection((HOST, process.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TopologyError(f"{process.name}: nothing listening on {process.address}:\n{tail(process.log)}") from None
+                time.sleep(0.05)
+
+    def _wait_ready(self, gateway: Process, deadline: float) -> None:
+        """Until the gateway's /readyz reports every running runner healthy."""
+        self._wait_listening(gateway, deadline)
+        expected = {r.address for r in self.runners if r.running}
+        body: object = None
+        with httpx.Client(timeout=2) as http:
+            while True:
+                self._check_alive(gateway)
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    response = http.get(gateway.url + "/readyz")
+                    body = response.json()
+                    healthy = {target for target, ok in body.get("runners", {}).items() if ok}
+                    if response.status_code == 200 and expected <= healthy:
+                        return
+                if time.monotonic() > deadline:
+                    raise TopologyError(f"{gateway.name} not ready: {body}\n{tail(gateway.log)}")
+                time.sleep(0.1)
+
+
+# Streams pass through as written (proxy_buffering off; the gateway's
+# X-Accel-Buffering: no says the same per response). A gateway that refuses
+# connections is skipped for the next (proxy_next_upstream error timeout:
+# nginx never resends a POST once it reached a gateway) and left out for
+# fail_timeout. X-Upstream names the gateway that answered, for the tests.
+NGINX_CONF = """\
+{user}
+daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    log_format upstreams '$remote_addr "$request" $status upstream=$upstream_addr upstream_status=$upstream_status time=$request_time';
+    access_log {dir}/nginx-access.log upstreams;
+    client_body_temp_path {dir}/nginx-body;
+    proxy_temp_path {dir}/nginx-proxy;
+    fastcgi_temp_path {dir}/nginx-fastcgi;
+    uwsgi_temp_path {dir}/nginx-uwsgi;
+    scgi_temp_path {dir}/nginx-scgi;
+
+    upstream agentmark_gw {{
+{servers}
+        keepalive 16;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://agentmark_gw;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_buffering off;
+            proxy_request_buffering on;
+            proxy_read_timeout {read_timeout};
+            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout;
+            proxy_next_upstream_tries {tries};
+            proxy_next_upstream_timeout 10s;
+            client_max_body_size 10m;
+            add_header X-Upstream $upstream_addr always;
+        }}
+    }}
+}}
+"""
