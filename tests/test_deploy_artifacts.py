@@ -199,7 +199,7 @@ def test_kustomize_builds_the_same_objects() -> None:
 
     assert sorted(map(ident, built)) == sorted(map(ident, RESOURCES))
     images = {_container(d)["image"] for d in built if d["kind"] == "Deployment"}
-    expected = {f"{i['name']}:{i['newTag']}" for i in _kustomization()["images"]}
+    expected = {f"{i.get('newName', i['name'])}:{i['newTag']}" for i in _kustomization()["images"]}
     assert images == expected
 
 
