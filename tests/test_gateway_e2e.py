@@ -219,6 +219,15 @@ async def test_client_disconnect_cancels_the_runner_call(scripted_gateway: str, 
     await asyncio.wait_for(scripted_runner.cancelled.wait(), 5)
 
 
+async def test_client_disconnect_cancels_a_non_streaming_run(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.pause = 0.05
+    scripted_runner.script = [events.text_delta(str(i)) for i in range(200)]
+    raw, headers = signed(shared_json("events/prompt-run-text-nostream.json"))
+    with pytest.raises(httpx.ReadTimeout):
+        await client.post(scripted_gateway + "/", content=raw, headers=headers, timeout=0.5)  # gives up, closing the connection
+    await asyncio.wait_for(scripted_runner.cancelled.wait(), 5)
+
+
 # --- refusals ----------------------------------------------------------------
 
 
@@ -276,6 +285,9 @@ async def test_body_over_the_limit_is_413(scripted_gateway: str, client: httpx.A
 async def test_other_methods_and_paths(scripted_gateway: str, client: httpx.AsyncClient) -> None:
     response = await client.get(scripted_gateway + "/api/agentmark")
     assert response.status_code == 405 and response.json() == {"message": "Method not allowed"}
+    assert response.headers["allow"] == "POST"
+    response = await client.post(scripted_gateway + "/healthz", content=b"{}")
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
     response = await client.post(scripted_gateway + "/elsewhere", content=b"{}")
     assert response.status_code == 404 and "message" in response.json()
     health = await client.get(scripted_gateway + "/healthz")
@@ -416,3 +428,61 @@ async def test_a_number_that_overflows_a_double_is_refused(scripted_gateway: str
     raw, headers = signed(b'{"type":"prompt-run","data":{"x":1e400}}')
     response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
     assert response.status_code == 400 and response.json() == {"message": "Request body is not valid JSON"}
+
+
+async def test_an_unexpected_error_mid_stream_ends_it_with_an_error_line() -> None:
+    """A bug after the headers went out cannot become a status: the stream's
+    last line says so, and the runner call is cancelled."""
+    from agentmark_gw import _accel
+    from agentmark_gw.gateway import responses
+
+    class BrokenFramer:
+        """The real framer, failing on the second message as a bug would."""
+
+        def __init__(self) -> None:
+            self.inner = _accel.PromptFramer("text")
+            self.fed = 0
+
+        terminated = property(lambda self: self.inner.terminated)
+        trace_id = property(lambda self: self.inner.trace_id)
+
+        def feed(self, batch: bytes) -> bytes:
+            self.fed += 1
+            if self.fed == 2:
+                raise RuntimeError("a bug")
+            return self.inner.feed(batch)
+
+        def fail(self, message: str) -> bytes:
+            return self.inner.fail(message)
+
+        def close(self) -> bytes:
+            return self.inner.close()
+
+    class Call:
+        cancelled = False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    from agentmark_gw.protocol import runner_pb2 as pb
+
+    batches = iter([pb.RunnerEvents(events=[events.text_delta(text)]).SerializeToString() for text in "ab"])
+
+    class Opened:
+        call, first, pending = Call(), next(batches), None
+
+        async def next(self) -> bytes | None:
+            return next(batches, None)
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    opened = Opened()
+    await responses.stream(responses.Reply(send), opened, BrokenFramer(), lambda size: None)  # type: ignore[arg-type]
+    body = b"".join(m.get("body", b"") for m in sent)  # type: ignore[misc]
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert lines == [{"type": "text", "result": "a"}, {"type": "error", "error": "Internal gateway error"}]
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert opened.call.cancelled

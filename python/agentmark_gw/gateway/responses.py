@@ -10,25 +10,30 @@ by the runner pool); after it, a terminal `{"type":"error",...}` line.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Protocol
 
 from grpc.aio import AioRpcError
-from quart import Response
 
 from .. import _accel
 from .errors import ExecutionFailed
 from .runners import OpenStream, refusal_for
 
-__all__ = ["JSON", "STREAM_HEADERS", "Framer", "OpenStream", "fold", "stream"]
+__all__ = ["JSON", "STREAM_HEADERS", "Framer", "OpenStream", "Reply", "fold", "stream"]
 
-STREAM_HEADERS = {
-    "AgentMark-Streaming": "true",
-    "Content-Type": "application/x-ndjson",
-    # nginx buffers proxied responses unless told otherwise; a stream must not wait.
-    "X-Accel-Buffering": "no",
-}
+log = logging.getLogger("agentmark_gw.gateway")
+
 JSON = "application/json"
+STREAM_HEADERS = [
+    (b"agentmark-streaming", b"true"),
+    (b"content-type", b"application/x-ndjson"),
+    # nginx buffers proxied responses unless told otherwise; a stream must not wait.
+    (b"x-accel-buffering", b"no"),
+]
+HEARTBEAT = b"\n"  # AgentMark's clients skip blank lines
+INTERNAL_ERROR = "Internal gateway error"
 
 
 class Framer(Protocol):
@@ -41,50 +46,52 @@ class Framer(Protocol):
     def close(self) -> bytes: ...
 
 
-HEARTBEAT = b"\n"  # AgentMark's clients skip blank lines
+class Reply:
+    """One HTTP answer over ASGI `send`: a whole body, or a stream of writes."""
+
+    def __init__(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        self._send = send
+        self.started = False
+
+    async def body(self, status: int, body: bytes, content_type: str = JSON, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        if extra:
+            headers += extra
+        await self.start(status, headers)
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def json(self, status: int, payload: Mapping[str, object], allow: str | None = None) -> None:
+        await self.body(status, json.dumps(payload).encode(), extra=[(b"allow", allow.encode())] if allow else None)
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def write(self, chunk: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def stream(
-    opened: OpenStream,
-    framer: Framer,
-    on_chunk: Callable[[int], None] = lambda size: None,
-    on_end: Callable[[bool], None] = lambda complete: None,
-    heartbeat: float = 0.0,
-) -> Response:
-    """Stream a runner's answer as NDJSON, one write per runner message.
-    `on_chunk(size)` follows each write; `on_end(complete)` the last one, or
-    the client's going away (complete=False)."""
-
-    ended = False
-
-    def end(complete: bool) -> None:
-        # The client went away, the run ended, or it failed: either way the
-        # runner should stop working on it. Runs once.
-        nonlocal ended
-        if not ended:
-            ended = True
-            opened.call.cancel()
-            on_end(complete)
-
-    async def body() -> AsyncIterator[bytes]:
-        complete = False
+async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Callable[[int], None], heartbeat: float = 0.0) -> None:
+    """Stream a runner's answer as NDJSON: one write per runner message (a
+    batch of lines), heartbeats in long silences, `on_chunk(size)` before
+    each write. The runner call is cancelled however the stream ends: at its
+    end, on the client's going away (this task is cancelled), or on an error."""
+    try:
+        await reply.start(200, STREAM_HEADERS)
         try:
             async for chunk in _chunks(opened, framer, heartbeat):
                 on_chunk(len(chunk))
-                yield chunk
-            complete = True
-        finally:
-            end(complete)
-
-    # If the client is gone before the body is even started, Quart never
-    # iterates (or closes) it: end the run when the request's task ends.
-    task = asyncio.current_task()
-    if task is not None:
-        task.add_done_callback(lambda _: end(False))
-
-    response = Response(body(), status=200, headers=STREAM_HEADERS)
-    response.timeout = None  # deadlines are the runner call's business
-    return response
+                await reply.write(chunk)
+        except Exception as error:  # noqa: BLE001 - the stream ends with a line, never a traceback
+            log.error("internal error while streaming", exc_info=error)
+            if not framer.terminated:
+                await reply.write(framer.fail(INTERNAL_ERROR))
+        await reply.end()
+    finally:
+        opened.call.cancel()
 
 
 async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float) -> AsyncIterator[bytes]:
@@ -122,9 +129,9 @@ async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float) -> Async
         yield done
 
 
-async def fold(opened: OpenStream, kind: str) -> tuple[Response, str | None]:
+async def fold(opened: OpenStream, kind: str) -> tuple[bytes, str | None]:
     """Collect a whole run into its one JSON envelope (non-streaming answers).
-    Returns the response and the run's trace id, if it had one."""
+    Returns the envelope and the run's trace id, if it had one."""
     folder = _accel.EnvelopeFolder(kind)
     try:
         message = opened.first if opened.pending is None else await opened.next()
@@ -140,4 +147,4 @@ async def fold(opened: OpenStream, kind: str) -> tuple[Response, str | None]:
     body = folder.close()
     if folder.error is not None:
         raise ExecutionFailed(folder.error)
-    return Response(body, status=200, content_type=JSON), folder.trace_id or None
+    return body, folder.trace_id or None

@@ -287,6 +287,12 @@ class RunnerPool:
 
         async def attempt(runner: Runner, remaining: float) -> OpenStream:
             call = start(runner, timeout=remaining)
+            if patience is None:
+                try:
+                    return OpenStream(call, await read(call), runner.target)
+                except BaseException:
+                    call.cancel()
+                    raise
             first = asyncio.ensure_future(read(call))
             try:
                 done, _ = await asyncio.wait({first}, timeout=patience)
