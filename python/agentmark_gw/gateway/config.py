@@ -88,7 +88,7 @@ class GatewayConfig:
     log_format: Literal["json", "text"] = setting("json", "`json`: one JSON object per log line; `text`: for people.")
     alerts_db: str = setting(
         str(Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "agentmark-gw" / "alerts.sqlite3"),
-        "The alert outbox: a SQLite file (WAL mode), created if missing.",
+        "The alert outbox: a SQLite file (WAL mode), created if missing; or a `postgresql://` URL, shared safely by several gateways.",
     )
     alert_sinks: tuple[Sink, ...] = setting(
         DEFAULT_SINKS, "Where alerts are delivered; see `[[alert_sinks]]` below. Default: the runner's `HandleAlert`."

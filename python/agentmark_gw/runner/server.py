@@ -16,6 +16,7 @@ log = logging.getLogger("agentmark_gw.runner")
 
 SERVICE_NAME = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
 async def start(runner: Runner, address: str = DEFAULT_ADDRESS) -> tuple[grpc.aio.Server, int]:
@@ -31,6 +32,11 @@ async def start(runner: Runner, address: str = DEFAULT_ADDRESS) -> tuple[grpc.ai
             # gRPC would otherwise share the port with another runner already
             # on it and split the traffic silently.
             ("grpc.so_reuseport", 0),
+            # Clients resolve a dns:/// name again only when a connection
+            # closes; ending connections after a few minutes (calls under way
+            # finish first: the grace is unbounded) lets gateways find runner
+            # replicas added since they connected.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
         ]
     )
     runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(runner), server)
