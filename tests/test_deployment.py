@@ -1,5 +1,6 @@
-"""`agentmark-gw serve` as deployed: several workers, TLS with HTTP/2, and a
-graceful SIGTERM. Each test runs the real command as a subprocess."""
+"""`agentmark-gw serve` as deployed: several workers, TLS with HTTP/2, a
+graceful SIGTERM, on each HTTP server (`--server`) and event loop (`--loop`).
+Each test runs the real command as a subprocess."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .servers.scripted_runner import ScriptedRunner
 
 pytestmark = pytest.mark.e2e
 TEXT_EVENT = shared_json("events/prompt-run-text.json")
+SERVERS = ["hypercorn", "granian"]
 
 
 @asynccontextmanager
@@ -46,8 +48,9 @@ async def serve(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[
             await asyncio.wait_for(process.wait(), 40)
 
 
-async def test_workers_share_the_connections(scripted: tuple[ScriptedRunner, str]) -> None:
-    async with serve("--runner", scripted[1], "--workers", "2") as (_, port):
+@pytest.mark.parametrize("server", SERVERS)
+async def test_workers_share_the_connections(server: str, scripted: tuple[ScriptedRunner, str]) -> None:
+    async with serve("--runner", scripted[1], "--workers", "2", "--server", server) as (_, port):
         async def one() -> int:
             # A fresh connection each time, as a load balancer's would be.
             async with httpx.AsyncClient() as http:
@@ -61,7 +64,8 @@ async def test_workers_share_the_connections(scripted: tuple[ScriptedRunner, str
     assert len(served) == 2, served
 
 
-async def test_tls_with_http2(tmp_path: Path, scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
+@pytest.mark.parametrize("server", SERVERS)
+async def test_tls_with_http2(server: str, tmp_path: Path, scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
     import trustme
 
     authority = trustme.CA()
@@ -74,7 +78,7 @@ async def test_tls_with_http2(tmp_path: Path, scripted: tuple[ScriptedRunner, st
     scripted_runner.script = [events.text_delta("over tls"), events.finish("stop")]
 
     env = {"AGENTMARK_GW_TLS_CERTFILE": str(certfile), "AGENTMARK_GW_TLS_KEYFILE": str(keyfile)}
-    async with serve("--runner", scripted[1], env=env) as (_, port):
+    async with serve("--runner", scripted[1], "--server", server, env=env) as (_, port):
         async with httpx.AsyncClient(verify=client_context, http2=True) as http:
             raw, headers = signed(TEXT_EVENT)
             response = await http.post(f"https://127.0.0.1:{port}/", content=raw, headers=headers)
@@ -89,10 +93,11 @@ async def test_tls_with_http2(tmp_path: Path, scripted: tuple[ScriptedRunner, st
     ]
 
 
-async def test_sigterm_lets_a_stream_in_flight_finish(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
+@pytest.mark.parametrize("server", SERVERS)
+async def test_sigterm_lets_a_stream_in_flight_finish(server: str, scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
     scripted_runner.pause = 0.1
     scripted_runner.script = [events.text_delta(str(i)) for i in range(20)] + [events.finish("stop")]
-    async with serve("--runner", scripted[1]) as (process, port):
+    async with serve("--runner", scripted[1], "--server", server) as (process, port):
         raw, headers = signed(TEXT_EVENT)
         lines = []
         async with httpx.AsyncClient(timeout=30) as http:
@@ -104,6 +109,46 @@ async def test_sigterm_lets_a_stream_in_flight_finish(scripted: tuple[ScriptedRu
         code = await asyncio.wait_for(process.wait(), 30)
     assert len(lines) == 21 and lines[-1] == {"type": "text", "finishReason": "stop"}
     assert code == 0
+
+
+@pytest.mark.parametrize(("server", "loop"), [("hypercorn", "asyncio"), ("granian", "uvloop"), ("granian", "asyncio")])
+async def test_the_contract_on_each_server_and_loop(server: str, loop: str, scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
+    """What the rest of the suite checks on Hypercorn and uvloop, in short, on
+    the other choices: streams, envelopes, refusals, a client leaving, and
+    request headers bounded by keep_alive_timeout."""
+    env = {"AGENTMARK_GW_KEEP_ALIVE_TIMEOUT": "1"}
+    async with serve("--runner", scripted[1], "--server", server, "--loop", loop, env=env) as (_, port):
+        url = f"http://127.0.0.1:{port}/"
+        async with httpx.AsyncClient(timeout=10) as http:
+            scripted_runner.script = [events.text_delta("a"), events.text_delta("b"), events.finish("stop")]
+            raw, headers = signed(TEXT_EVENT)
+            streamed = await http.post(url, content=raw, headers=headers)
+            assert streamed.headers["content-type"] == "application/x-ndjson"
+            assert [json.loads(line) for line in streamed.text.splitlines()][-1] == {"type": "text", "finishReason": "stop"}
+            raw, headers = signed(shared_json("events/prompt-run-text-nostream.json"))
+            folded = await http.post(url, content=raw, headers=headers)
+            assert folded.json()["result"] == "ab"
+            refused = await http.post(url, content=raw, headers={**headers, "x-agentmark-signature-256": "sha256=00"})
+            assert (refused.status_code, refused.json()) == (401, {"message": "Invalid signature"})
+            wrong = await http.get(url)
+            assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
+
+            scripted_runner.pause = 0.05
+            scripted_runner.script = [events.text_delta(str(i)) for i in range(200)]
+            raw, headers = signed(TEXT_EVENT)
+            async with http.stream("POST", url, content=raw, headers=headers) as response:
+                async for _ in response.aiter_lines():
+                    break
+            await asyncio.wait_for(scripted_runner.cancelled.wait(), 5)
+
+        # A client that never finishes its request headers is closed.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(reader.read(), 10)  # to EOF: closed (perhaps after an error status), not left hanging
+        assert asyncio.get_running_loop().time() - started < 5
+        writer.close()
 
 
 async def test_config_check_prints_the_effective_configuration_masked(tmp_path: Path) -> None:

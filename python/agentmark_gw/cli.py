@@ -83,11 +83,15 @@ def _config_path(args: argparse.Namespace) -> str | None:
     return args.config or os.environ.get("AGENTMARK_GW_CONFIG")
 
 
+def _gateway_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {"runners": args.runner, "bind": args.bind, "workers": args.workers, "server": args.server, "loop": args.loop}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .gateway.observability import configure_logging
     from .gateway.server import run
 
-    config = load_config(_config_path(args), runners=args.runner, bind=args.bind, workers=args.workers)
+    config = load_config(_config_path(args), **_gateway_flags(args))
     config.require_secret()
     configure_logging(config.log_format)
     return run(config)
@@ -97,7 +101,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     """Validate the configuration and print it, secrets masked."""
     import json
 
-    config = load_config(_config_path(args), runners=args.runner, bind=args.bind, workers=args.workers)
+    config = load_config(_config_path(args), **_gateway_flags(args))
     print(json.dumps(config.masked(), indent=2))
     if not any(config.secrets):
         print(f"warning: no webhook secret: `serve` will refuse to start until {SECRET_ENV} is set", file=sys.stderr)
@@ -134,12 +138,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"generated a webhook secret (saved to {path}; `agentmark-gw send` uses it):\n  {secret}", flush=True)
     config = load_config(_config_path(args), bind=args.bind, runners=(args.runner_listen,))
     config = replace(config, secrets=(secret, *[s for s in config.secrets if s != secret]), log_format="text")
-    try:
+    # One process, so always Hypercorn (`server` is for `serve`); the loop is as configured.
+    if config.loop == "uvloop":
         import uvloop
-    except ImportError:
-        asyncio.run(_up(config, args.runner_listen, args.data_dir))
-    else:
+
         uvloop.run(_up(config, args.runner_listen, args.data_dir))
+    else:
+        asyncio.run(_up(config, args.runner_listen, args.data_dir))
     return 0
 
 
@@ -359,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     def gateway_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--runner", action="append", metavar="HOST:PORT", help=f"a runner to call; repeat for several, or a dns:/// name (default {DEFAULT_RUNNER})")
         parser.add_argument("--bind", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_BIND})")
-        parser.add_argument("--workers", type=int, metavar="N", help="Hypercorn worker processes (default 1)")
+        parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 1)")
+        parser.add_argument("--server", choices=["hypercorn", "granian"], help="HTTP server (default hypercorn)")
+        parser.add_argument("--loop", choices=["uvloop", "asyncio"], help="event loop (default uvloop)")
         parser.add_argument("--config", metavar="FILE", help="a TOML configuration file (or AGENTMARK_GW_CONFIG)")
 
     serve = command("serve", "Serve the gateway (needs AGENTMARK_WEBHOOK_SECRET).")

@@ -62,7 +62,15 @@ class GatewayConfig:
         (DEFAULT_RUNNER,), "Runner targets: `HOST:PORT`, or a gRPC name such as `dns:///runners:50051`."
     )
     bind: str = setting(DEFAULT_BIND, "Address the gateway listens on, `HOST:PORT`.")
-    workers: int = setting(1, "Hypercorn worker processes.")
+    workers: int = setting(1, "Worker processes of the HTTP server.")
+    server: Literal["hypercorn", "granian"] = setting(
+        "hypercorn",
+        "HTTP server: `hypercorn` (Python), or `granian` (Rust; `pip install agentmark-gw[granian]`; "
+        "about 1.4x the non-streaming requests/s, see benchmarks/README.md).",
+    )
+    loop: Literal["uvloop", "asyncio"] = setting(
+        "uvloop", "Event loop of each worker: `uvloop` (libuv; less CPU per request, see benchmarks/README.md) or Python's own `asyncio`."
+    )
     max_body_bytes: int = setting(10 * 1024 * 1024, "Bodies larger than this are refused with 413, unread.")
     deadlines: Deadlines = setting(None, "Per event type; see `[deadlines]` below.", factory=Deadlines)
     max_runner_message_bytes: int = setting(

@@ -1,6 +1,7 @@
-"""Serving the gateway on Hypercorn: one process, or several workers.
+"""Serving the gateway: on Hypercorn (the default) or Granian, in one
+process or several workers, on uvloop or asyncio.
 
-Workers are separate processes started by Hypercorn; each builds its app
+Workers are separate processes started by the server; each builds its app
 from the effective configuration the parent hands down in the environment
 (`asgi.py`), so what `serve` validated is exactly what every worker runs.
 """
@@ -10,16 +11,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.run import run as hypercorn_run
 
 from .alerts import Sink
-from .config import Deadlines, GatewayConfig
+from .config import ConfigError, Deadlines, GatewayConfig
 
 EFFECTIVE_CONFIG_ENV = "AGENTMARK_GW__EFFECTIVE_CONFIG"
 APPLICATION_PATH = "agentmark_gw.gateway.asgi:app"
@@ -31,9 +34,9 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     hyper.application_path = APPLICATION_PATH
     # 0 runs the one worker in this process; more are spawned processes.
     hyper.workers = 0 if config.workers == 1 else config.workers
-    # With several workers on the default asyncio loop, one worker was seen
+    # Also: with several workers on the asyncio loop, one worker was seen
     # taking nearly every connection; uvloop spreads them (see docs/deploy.md).
-    hyper.worker_class = "uvloop" if _has_uvloop() else "asyncio"
+    hyper.worker_class = config.loop
     hyper.accesslog = None  # one structured line per request comes from the app instead
     hyper.errorlog = logging.getLogger("hypercorn.error")
     # On SIGTERM: stop accepting, give in-flight requests this long, then cancel them.
@@ -51,14 +54,6 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
         hyper.keyfile = config.tls_keyfile
         hyper.alpn_protocols = ["h2", "http/1.1"]
     return hyper
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def dump_config(config: GatewayConfig) -> str:
@@ -88,7 +83,40 @@ def run(config: GatewayConfig) -> int:
     if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Metrics from every worker, whichever one a scrape reaches.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="agentmark-gw-metrics-")
+    if config.server == "granian":
+        return run_granian(config)
     return hypercorn_run(hypercorn_config(config))
+
+
+def run_granian(config: GatewayConfig) -> int:
+    """The same app on Granian, a Rust HTTP server, with the same limits:
+    `keep_alive_timeout` bounds request headers (and idle keep-alive), the
+    app itself bounds bodies (`body_timeout`), and streams are never cut."""
+    try:
+        from granian import Granian
+        from granian.constants import Interfaces, Loops, SSLProtocols
+        from granian.http import HTTP1Settings
+    except ImportError:
+        raise ConfigError("server = granian needs Granian: pip install 'agentmark-gw[granian]'") from None
+    host, _, port = config.bind.rpartition(":")
+    tls: dict[str, object] = {}
+    if config.tls_certfile and config.tls_keyfile:
+        tls = {"ssl_cert": Path(config.tls_certfile), "ssl_key": Path(config.tls_keyfile), "ssl_protocol_min": SSLProtocols.tls12}
+    server = Granian(
+        APPLICATION_PATH,
+        address=host.strip("[]"),
+        port=int(port),
+        interface=Interfaces.ASGI,
+        workers=config.workers,
+        loop=Loops(config.loop),
+        http1_settings=HTTP1Settings(header_read_timeout=int(config.keep_alive_timeout * 1000)),
+        # On SIGTERM: stop accepting, give in-flight requests this long, then stop the workers.
+        workers_kill_timeout=max(1, math.ceil(config.shutdown_grace)),
+        log_access=False,  # one structured line per request comes from the app instead
+        **tls,  # type: ignore[arg-type]
+    )
+    server.serve()
+    return 0
 
 
 async def serve(config: GatewayConfig, shutdown_trigger: Callable[..., Awaitable[None]] | None = None) -> None:
