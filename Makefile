@@ -48,3 +48,7 @@ bench-e2e: $(STAMP) ## End to end: gateway vs bare Quart vs AgentMark's server, 
 .PHONY: help
 help: ## Show this help
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+.PHONY: scale-out
+scale-out: $(STAMP) ## nginx in front of 2 gateways (2 workers each) and 3 runners, on loopback; Ctrl-C stops it
+	$(VENV)/python scripts/scale_out.py
