@@ -1,28 +1,53 @@
 """The gateway's runner in the end-to-end benchmark: answers from memory,
-so the runner is not what is measured. Written with the project's runner SDK.
+so the runner is not what is measured.
 
-    python benchmarks/e2e_servers/trivial_runner.py --listen 127.0.0.1:PORT
+    python benchmarks/e2e_servers/trivial_runner.py --listen 127.0.0.1:PORT [--impl raw|sdk]
 
 run_prompt: 100 text deltas, then finish with usage (the gateway streams
 them, or folds them into one envelope when the event says shouldStream:
 false). run_experiment: 100 dataset rows. Every event is built once, at
-start-up.
+start-up, with the SDK's event constructors, so both implementations send
+the same bytes.
+
+Two implementations:
+
+- raw (the default): grpc.aio with generic method handlers and no
+  (de)serializers. The request is never parsed; each streaming call writes
+  one pre-encoded message (a `RunnerEvents` with the 100 deltas and the
+  finish, or an `ExperimentEvents` with the 100 rows). That is also what the
+  SDK sends for these runners: its batcher packs whatever is queued when a
+  message goes out, and a generator that never awaits has queued everything
+  (checked: one message per call, 1,518 and 18,590 bytes). About half the
+  runner CPU of the SDK per call, so the gateway is most of what is measured.
+- sdk: the same answers through the project's runner SDK (`Runner`,
+  `serve`): request parsing, a producer task and a queue per call, message
+  encoding. Shows what a real runner's framework costs on the same cores.
+
+Both register `grpc.health.v1` as SERVING for "" and the Runner service (the
+gateway's readiness waits for it) and answer GetEvals and HandleAlert.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import grpc  # noqa: E402
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
+
 from agentmark_gw.protocol import runner_pb2 as pb  # noqa: E402
-from agentmark_gw.runner import ExperimentRequest, PromptRequest, Runner, events, serve  # noqa: E402
+from agentmark_gw.runner import events  # noqa: E402
 
 import payloads  # noqa: E402
+
+SERVICE_NAME = "agentmark.runner.v1.Runner"
 
 PROMPT_EVENTS = [events.text_delta(chunk) for chunk in payloads.CHUNKS] + [
     events.finish(
@@ -44,23 +69,96 @@ ROW_EVENTS = [
     for row in payloads.ROW_INPUTS
 ]
 
+# The raw runner's whole answers, encoded once.
+PROMPT_MESSAGE = pb.RunnerEvents(events=PROMPT_EVENTS).SerializeToString()
+EXPERIMENT_MESSAGE = pb.ExperimentEvents(events=ROW_EVENTS).SerializeToString()
+EVALS_MESSAGE = pb.GetEvalsResponse(names=[]).SerializeToString()
+ALERT_MESSAGE = pb.AlertResponse(message="logged").SerializeToString()
 
-class TrivialRunner(Runner):
-    async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
-        for event in PROMPT_EVENTS:
-            yield event
+# As the SDK's server (agentmark_gw.runner.server.start), so the two
+# implementations differ only in how they answer.
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+]
 
-    async def run_experiment(self, request: ExperimentRequest) -> AsyncIterator[pb.ExperimentEvent]:
-        for event in ROW_EVENTS:
-            yield event
+
+# --- raw ------------------------------------------------------------------------
+
+
+async def _run_prompt(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    yield PROMPT_MESSAGE
+
+
+async def _run_experiment(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    yield EXPERIMENT_MESSAGE
+
+
+async def _get_evals(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return EVALS_MESSAGE
+
+
+async def _handle_alert(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return ALERT_MESSAGE
+
+
+async def serve_raw(address: str) -> None:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    # No serializers anywhere: requests arrive as bytes, answers leave as bytes.
+    handlers = {
+        "RunPrompt": grpc.unary_stream_rpc_method_handler(_run_prompt),
+        "RunExperiment": grpc.unary_stream_rpc_method_handler(_run_experiment),
+        "GetEvals": grpc.unary_unary_rpc_method_handler(_get_evals),
+        "HandleAlert": grpc.unary_unary_rpc_method_handler(_handle_alert),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(address)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logging.getLogger("trivial_runner").info("raw runner listening on %s", address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1.0)
+
+
+# --- sdk ------------------------------------------------------------------------
+
+
+def serve_sdk(address: str) -> None:
+    from agentmark_gw.runner import ExperimentRequest, PromptRequest, Runner, serve
+
+    class TrivialRunner(Runner):
+        async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+            for event in PROMPT_EVENTS:
+                yield event
+
+        async def run_experiment(self, request: ExperimentRequest) -> AsyncIterator[pb.ExperimentEvent]:
+            for event in ROW_EVENTS:
+                yield event
+
+    serve(TrivialRunner(), address, grace=1.0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True, help="host:port, loopback")
+    parser.add_argument("--impl", choices=("raw", "sdk"), default="raw", help="raw grpc.aio handlers (default) or the project's runner SDK")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    serve(TrivialRunner(), args.listen, grace=1.0)
+    if args.impl == "sdk":
+        serve_sdk(args.listen)
+    else:
+        asyncio.run(serve_raw(args.listen))
 
 
 if __name__ == "__main__":
