@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    secret = os.environ.get("AGENTMARK_WEBHOOK_SECRET", "").split(",")[0].strip()
+    secret = os.environ.get("AGENTMARK_WEBHOOK_SECRET", "").strip()  # several, comma-separated, for rotation
     generated = not secret
     secret = secret or secrets.token_urlsafe(32)
     settings = Settings(

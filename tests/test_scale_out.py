@@ -236,6 +236,7 @@ async def test_streams_pass_through_unbuffered_and_spread_over_every_gateway_and
     # Through nginx, /healthz answers from the workers of both gateways.
     answers = [await client.get(topology.url + "/healthz") for _ in range(8)]
     by_address = {g.address: g for g in topology.gateways}
+    assert {answer.headers["x-upstream"] for answer in answers} == set(by_address)
     for answer in answers:
         assert answer.json()["worker"] in workers(by_address[answer.headers["x-upstream"]])
 
@@ -290,6 +291,8 @@ async def test_a_gateway_killed_under_load_fails_only_its_streams(topology: Topo
             outcomes["completed"] += 1
         else:
             assert slow.upstream == victim.address and (slow.status == 502 or isinstance(slow.error, httpx.RemoteProtocolError)), slow
+            if slow.status == 502:  # nginx's own failure, worded as the gateway's refusals are
+                assert json.loads(slow.body)["message"].startswith("Gateway unreachable"), slow.body
             outcomes["502" if slow.status == 502 else "cut off"] += 1
     print(f"{len(on_victim)} streams cut off, {len(on_survivor)} completed on the survivor ({on_victim[0].error!r}); slow starts: {dict(outcomes)}")
     logged = collections.Counter(line.split(", client")[0].split(" ", 5)[-1] for line in (topology.dir / "nginx-error.log").read_text().splitlines())

@@ -28,9 +28,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -50,7 +52,7 @@ class Settings:
     workers: int = 2  # Hypercorn workers per gateway
     runners: int = 3
     port: int = 0  # nginx's; 0 picks a free one
-    secret: str = ""  # AGENTMARK_WEBHOOK_SECRET of every gateway
+    secret: str = ""  # AGENTMARK_WEBHOOK_SECRET of every gateway (comma-separated for several)
     heartbeat_interval: float = 15.0
     health_interval: float = 5.0
     health_timeout: float = 2.0
@@ -231,15 +233,9 @@ class Topology:
         deadline = time.monotonic() + timeout
         try:
             self.runners = [self._runner(i) for i in range(s.runners)]
-            for runner in self.runners:
-                self._launch(runner)
-            for runner in self.runners:
-                self._wait_listening(runner, deadline)
-            self.gateways = [self._gateway(i) for i in range(s.gateways)]
-            for gateway in self.gateways:
-                self._launch(gateway)
-            for gateway in self.gateways:
-                self._wait_ready(gateway, deadline)
+            self._start_together(self.runners, self._wait_listening, deadline)
+            self.gateways = [self._gateway(i) for i in range(s.gateways)]  # they need the runners' addresses
+            self._start_together(self.gateways, self._wait_ready, deadline)
             port = s.port or free_port()
             conf = self.dir / "nginx.conf"
             self.nginx = Process(
@@ -276,16 +272,16 @@ class Topology:
             shutil.rmtree(self.dir, ignore_errors=True)
         return left
 
-    def kill(self, process: Process, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Send `sig` to the process's whole group (a gateway: the parent and
-        its workers at once), and reap them all."""
+    def kill(self, process: Process) -> None:
+        """SIGKILL the process's whole group (a gateway: the parent and its
+        workers at once, as when its machine dies), and reap them all."""
         assert process.popen is not None
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
+            os.killpg(process.pid, signal.SIGKILL)
         process.popen.wait(10)
         left = reap_group(process.pid, 10)
         if left:
-            raise TopologyError(f"{process.name}: processes {left} of its group survived {sig.name}")
+            raise TopologyError(f"{process.name}: processes {left} of its group survived SIGKILL")
 
     def restart(self, process: Process, timeout: float = 60.0) -> None:
         """Start a stopped process again, on the same port, and wait until it serves."""
@@ -377,6 +373,13 @@ class Topology:
             )
         process.groups.append(process.popen.pid)
 
+    def _start_together(self, processes: list[Process], wait: Callable[[Process, float], None], deadline: float) -> None:
+        """Launch them all, then wait for each: they start in parallel."""
+        for process in processes:
+            self._launch(process)
+        for process in processes:
+            wait(process, deadline)
+
     def _terminate(self, processes: list[Process], timeout: float) -> None:
         for process in processes:
             if process.running:
@@ -417,11 +420,11 @@ class Topology:
         """Until the gateway's /readyz reports every running runner healthy."""
         self._wait_listening(gateway, deadline)
         expected = {r.address for r in self.runners if r.running}
-        body: object = None
+        body: dict[str, Any] = {}
         with httpx.Client(timeout=2) as http:
             while True:
                 self._check_alive(gateway)
-                with contextlib.suppress(httpx.HTTPError, ValueError):
+                with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
                     response = http.get(gateway.url + "/readyz")
                     body = response.json()
                     healthy = {target for target, ok in body.get("runners", {}).items() if ok}
@@ -474,6 +477,15 @@ http {{
             proxy_next_upstream_timeout 10s;
             client_max_body_size 10m;
             add_header X-Upstream $upstream_addr always;
+            # nginx's own failures (no gateway reachable, one dying before it
+            # answered) as the gateway's refusals are: JSON with a message.
+            # Without proxy_intercept_errors, the gateways' own 502s pass as they are.
+            error_page 502 504 = @unreachable;
+        }}
+        location @unreachable {{
+            default_type application/json;
+            add_header X-Upstream $upstream_addr always;
+            return 502 '{{"message":"Gateway unreachable: the proxy could not get an answer from a gateway"}}';
         }}
     }}
 }}
