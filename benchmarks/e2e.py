@@ -1,19 +1,25 @@
 """End-to-end benchmark: the gateway against a bare Quart app (the ceiling)
 and AgentMark's own webhook server (the peer), side by side in one run.
 
-    .venv/bin/python benchmarks/e2e.py --duration 10 --out benchmarks/results/e2e.json
-    .venv/bin/python benchmarks/e2e.py --quick          # smoke run, about 2 minutes
+    .venv/bin/python benchmarks/e2e.py --duration 8 --out benchmarks/results/e2e.json
+    .venv/bin/python benchmarks/e2e.py --quick          # smoke run, about 4 minutes
 
 Needs `wrk` (apt-get install wrk) and the shared event files
-(../shared/agentmark/events/). Prints a Markdown table; `--out` also writes
+(../shared/agentmark/events/). Prints Markdown tables; `--out` also writes
 every figure as JSON. Exits 1 when a correctness check failed.
 
-Three servers, each its own process(es) on 127.0.0.1, one Hypercorn worker:
+Servers, each its own process(es) on 127.0.0.1, one worker each:
 
 - ceiling: `e2e_servers/ceiling.py`, a bare Quart app on Hypercorn (uvloop)
   that reads the body and answers the same bytes from memory, one write per line;
-- gateway: `agentmark-gw serve` in front of `e2e_servers/trivial_runner.py`,
-  a gRPC runner (the project's runner SDK) answering from memory;
+- gateway: `agentmark-gw serve` (Hypercorn, uvloop: the defaults) in front of
+  `e2e_servers/trivial_runner.py`, a gRPC runner answering pre-encoded
+  messages from memory (`--runner-impl raw`, the default), so that the runner
+  costs as little as it can on the cores it shares with the gateway; or the
+  same answers through the project's runner SDK (`--runner-impl sdk`);
+- gateway-granian, gateway-asyncio: the same gateway served by Granian
+  (`--server granian`) or on Python's own event loop (`--loop asyncio`),
+  each with its own trivial runner;
 - peer: `e2e_servers/peer.py`, AgentMark's `serve_webhook_runner` with its
   own `WebhookRunner` over an executor answering from memory (AgentMark's
   prompt compilation and rendering still run: they are part of its runner).
@@ -29,23 +35,36 @@ scenario, connection count (16, 64) and server: `wrk --latency` after a
 warm-up gives requests/s and p50/p99 latency; lines/s is requests/s times the
 NDJSON lines of one response; server CPU per request is the utime+stime delta
 of the server's process tree (/proc/<pid>/stat) over the run divided by the
-requests wrk completed (the gateway and its runner apart); peak RSS is VmHWM.
+requests wrk completed (a gateway and its runner apart); peak RSS is VmHWM.
 A server so slow that a response takes a good part of --duration gets a
-longer cell (up to --max-cell-seconds). Last, time to first chunk comes from
-our own asyncio client (first body bytes off the socket), 16 connections, a
-bounded number of requests.
+longer cell (up to --max-cell-seconds).
+
+After the cells:
+- time to first chunk under saturation: our own asyncio client (first body
+  bytes off the socket), 16 connections back to back (closed loop), a
+  bounded number of requests; mostly queueing on 2 cores;
+- added latency, for each gateway variant: the streaming prompt-run at a
+  modest fixed rate (open loop, --latency-rate req/s over 16 connections, so
+  queueing does not dominate), time to first body byte through the gateway;
+  then the same pacing straight to its runner over gRPC (the RunPrompt
+  request bytes the gateway builds for that event, made by the gateway's own
+  code), time to first message. The gateway adds the difference of the p50s;
+- memory, for each gateway variant: --rss-rounds rounds of streaming at 64
+  connections, the gateway's current VmRSS (per process: Granian runs a
+  supervisor and a worker) after each round, and its growth from round 2 on.
 
 Noise: before every run the script waits (bounded) until the servers are idle
 and the machine is quiet; every cell records how much CPU other work took
 while it ran, and a cell where that passed --noisy-threshold is measured once
-more, the quieter attempt kept. Servers run interleaved (each cell runs
-ceiling, gateway, peer back to back) so drift hits all three alike. The load
-generator (wrk, one thread) shares the 2 cores with the servers; nothing is
-pinned.
+more, the quieter attempt kept. Servers run interleaved (each cell runs every
+server back to back) so drift hits all of them alike. The load generator
+(wrk, one thread) shares the 2 cores with the servers; nothing is pinned.
 
 Ratios are gateway value / other value, for every metric: above 1 is better
 for requests/s and lines/s, below 1 is better for latency, CPU and memory.
-The gateway's CPU per request counts its runner too (and, apart, without).
+A gateway's CPU per request counts its runner too (and, apart, without).
+Each variant is compared with the ceiling and the peer, and with the default
+gateway (Hypercorn + uvloop).
 
 `--py-spy DIR` profiles the gateway (or --profile-servers) during each
 measured run and adds a summary of where the samples fall to the JSON; the
@@ -90,7 +109,15 @@ HOST = "127.0.0.1"
 SIGNATURE_HEADER = "x-agentmark-signature-256"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-SERVERS = ("ceiling", "gateway", "peer")
+# Gateway variants: name -> (extra `agentmark-gw serve` flags, what they run).
+GATEWAY_VARIANTS = {
+    "gateway": ((), "Hypercorn + uvloop, the defaults"),
+    "gateway-granian": (("--server", "granian"), "Granian + uvloop"),
+    "gateway-asyncio": (("--loop", "asyncio"), "Hypercorn + asyncio"),
+}
+BASE_GATEWAY = "gateway"
+SERVERS = ("ceiling", *GATEWAY_VARIANTS, "peer")
+RUNNER_IMPLS = ("raw", "sdk")
 SCENARIOS = {
     # name: (event file, what one response holds)
     "prompt": ("prompt-run-text-nostream.json", "non-streaming prompt-run (one JSON envelope)"),
@@ -98,6 +125,10 @@ SCENARIOS = {
     "dataset": ("dataset-run.json", f"dataset-run ({payloads.N_ROWS} rows)"),
 }
 CEILING_PATHS = {"prompt": "/prompt", "stream": "/stream", "dataset": "/dataset"}
+
+
+def is_gateway(name: str) -> bool:
+    return name in GATEWAY_VARIANTS
 
 
 def log(message: str) -> None:
@@ -194,7 +225,8 @@ def _children() -> dict[int, list[int]]:
 
 def process_tree(pid: int) -> list[int]:
     children = _children()
-    tree, todo = [], [pid]
+    tree: list[int] = []
+    todo = [pid]
     while todo and len(tree) < 1000:
         current = todo.pop()
         tree.append(current)
@@ -216,18 +248,25 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM summed over the process tree under `pid`, in MiB."""
-    total_kb = 0
+def rss_mb(pid: int, field: str = "VmRSS") -> list[float]:
+    """`field` of /proc/<pid>/status (VmRSS: now; VmHWM: the peak) of each
+    process in the tree under `pid`, the root first, in MiB."""
+    values = []
     for member in process_tree(pid):
         try:
             with open(f"/proc/{member}/status") as f:
                 for line in f:
-                    if line.startswith("VmHWM:"):
-                        total_kb += int(line.split()[1])
+                    if line.startswith(field + ":"):
+                        values.append(int(line.split()[1]) / 1024)
+                        break
         except OSError:
             continue
-    return total_kb / 1024
+    return values
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM summed over the process tree under `pid`, in MiB."""
+    return sum(rss_mb(pid, "VmHWM"))
 
 
 def machine_busy() -> tuple[float, float]:
@@ -248,6 +287,7 @@ class Server:
     ready_path: str
     paths: dict[str, str]
     unwrap: bool  # send the `event` object, not the `{"event": ...}` file
+    runner_port: int | None = None  # a gateway's own runner
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -255,7 +295,7 @@ class Server:
         return f"http://{HOST}:{self.port}"
 
 
-def build_servers(names: list[str], secret: str, logs: Path) -> dict[str, Server]:
+def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = "raw") -> dict[str, Server]:
     python = sys.executable
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMARK_", "OTEL_", "PROMETHEUS_"))}
     base_env["PYTHONUNBUFFERED"] = "1"
@@ -267,24 +307,24 @@ def build_servers(names: list[str], secret: str, logs: Path) -> dict[str, Server
             {"ceiling": Proc("ceiling", [python, str(HERE / "e2e_servers" / "ceiling.py"), "--bind", f"{HOST}:{port}"], logs / "ceiling.log", base_env)},
             "/health", CEILING_PATHS, unwrap=False,
         )
-    if "gateway" in names:
+    gateway_cli = Path(python).with_name("agentmark-gw")
+    gateway_argv = [str(gateway_cli)] if gateway_cli.exists() else [python, "-m", "agentmark_gw.cli"]
+    for variant, (flags, _) in GATEWAY_VARIANTS.items():
+        if variant not in names:
+            continue
         port, runner_port = free_port(), free_port()
-        gateway_cli = Path(python).with_name("agentmark-gw")
-        gateway_argv = [str(gateway_cli)] if gateway_cli.exists() else [python, "-m", "agentmark_gw.cli"]
-        servers["gateway"] = Server(
-            "gateway", port,
+        runner_argv = [python, str(HERE / "e2e_servers" / "trivial_runner.py"), "--listen", f"{HOST}:{runner_port}", "--impl", runner_impl]
+        servers[variant] = Server(
+            variant, port,
             {
                 "gateway": Proc(
-                    "gateway",
-                    gateway_argv + ["serve", "--runner", f"{HOST}:{runner_port}", "--bind", f"{HOST}:{port}"],
-                    logs / "gateway.log", {**base_env, "AGENTMARK_WEBHOOK_SECRET": secret},
+                    variant,
+                    gateway_argv + ["serve", "--runner", f"{HOST}:{runner_port}", "--bind", f"{HOST}:{port}", *flags],
+                    logs / f"{variant}.log", {**base_env, "AGENTMARK_WEBHOOK_SECRET": secret},
                 ),
-                "runner": Proc(
-                    "runner", [python, str(HERE / "e2e_servers" / "trivial_runner.py"), "--listen", f"{HOST}:{runner_port}"],
-                    logs / "runner.log", base_env,
-                ),
+                "runner": Proc(f"{variant}-runner", runner_argv, logs / f"{variant}-runner.log", base_env),
             },
-            "/readyz", dict.fromkeys(SCENARIOS, "/"), unwrap=False,
+            "/readyz", dict.fromkeys(SCENARIOS, "/"), unwrap=False, runner_port=runner_port,
         )
     if "peer" in names:
         port = free_port()
@@ -464,8 +504,9 @@ def start_profilers(server: Server, scenario: str, connections: int, args: argpa
     started = []
     for role, proc in server.procs.items():
         output = args.py_spy / f"{server.name}-{role}-{scenario}-c{connections}.txt"
+        # --subprocesses: Granian serves from a worker process under its supervisor.
         argv = [py_spy, "record", "--pid", str(proc.pid), "--duration", str(max(1, args.duration - 1)), "--rate", "200",
-                "--nonblocking", "--format", "raw", "--output", str(output)]
+                "--nonblocking", "--subprocesses", "--format", "raw", "--output", str(output)]
         started.append((subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True), output))
     return started
 
@@ -648,6 +689,147 @@ async def measure_ttfb(server: Server, scenario: str, request: Request, args: ar
     }
 
 
+def _percentiles(seconds: list[float], points: tuple[int, ...] = (50, 90, 99)) -> dict[str, float | None]:
+    ms = [1000 * v for v in seconds]
+    return {f"p{q}": _r(pct(ms, q), 3) for q in points}
+
+
+def _paced_summary(result: e2e_client.LoadResult) -> dict[str, Any]:
+    return {
+        "requests": result.requests, "statuses": {str(k): v for k, v in result.statuses.items()},
+        "errors": len(result.errors), "error_samples": sorted(set(result.errors))[:3],
+        "stopped_by_time": result.stopped_by_time, "seconds": round(result.elapsed_s, 2),
+        "first_ms": _percentiles(result.first_byte_s), "total_ms": _percentiles(result.total_s, (50, 99)),
+        "late_ms": {**_percentiles(result.late_s, (50, 99)), "max": _r(1000 * max(result.late_s), 3) if result.late_s else None},
+    }
+
+
+async def gateway_prompt_request(body: bytes) -> bytes:
+    """The RunPrompt request bytes the gateway sends its runner for `body`:
+    built by the gateway's own code (RunnerPool.open_prompt_stream), the call
+    itself intercepted before anything is sent."""
+    from agentmark_gw.gateway.config import GatewayConfig
+    from agentmark_gw.gateway.runners import RunnerPool
+    from agentmark_gw.gateway.webhook import parse_event
+
+    class Captured(Exception):
+        pass
+
+    def capture(request: bytes, **_: Any) -> Any:
+        raise Captured(request)
+
+    pool = RunnerPool(GatewayConfig(runners=(f"{HOST}:1",)))
+    try:
+        for runner in pool.runners:
+            runner.run_prompt = capture  # type: ignore[method-assign]
+        await pool.open_prompt_stream(parse_event(body))
+    except Captured as captured:
+        return captured.args[0]
+    finally:
+        await pool.close()
+    raise RuntimeError("the gateway's RunnerPool sent no RunPrompt request")
+
+
+async def runner_paced(port: int, request: bytes, args: argparse.Namespace) -> e2e_client.LoadResult:
+    """RunPrompt straight to a runner over one gRPC channel (as the gateway
+    has), paced as `e2e_client.load_paced`, warm-up included: time to the
+    first message, and to the end of the stream."""
+    import grpc
+
+    channel = grpc.aio.insecure_channel(f"{HOST}:{port}")
+    run_prompt = channel.unary_stream("/agentmark.runner.v1.Runner/RunPrompt")  # raw bytes both ways
+
+    def sender(result: e2e_client.LoadResult) -> Any:
+        async def send(lane: int) -> None:
+            started = time.perf_counter()
+            call = run_prompt(request, timeout=30.0)
+            try:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    raise e2e_client.ProtocolError("the runner ended the stream without a message")
+                first = time.perf_counter() - started
+                while message is not grpc.aio.EOF:
+                    message = await call.read()
+            except BaseException:
+                call.cancel()
+                raise
+            result.requests += 1
+            result.statuses[0] = result.statuses.get(0, 0) + 1  # gRPC OK
+            result.first_byte_s.append(first)
+            result.total_s.append(time.perf_counter() - started)
+
+        return send
+
+    pacing = {"lanes": args.latency_connections, "rate": args.latency_rate, "time_limit": args.latency_seconds}
+    try:
+        warmup = e2e_client.LoadResult()
+        await e2e_client.paced(sender(warmup), warmup, total=args.latency_connections, **pacing)
+        result = e2e_client.LoadResult()
+        return await e2e_client.paced(sender(result), result, total=args.latency_requests, **pacing)
+    finally:
+        await channel.close()
+
+
+async def measure_added_latency(
+    servers: dict[str, Server], server: Server, request: Request, runner_request: bytes, args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Time to first chunk through the gateway, then time to first message
+    straight from its runner, both paced at --latency-rate over
+    --latency-connections; what the gateway adds is the difference."""
+    await settle(servers, args.settle_seconds, args.quiet_seconds)
+    gateway = await e2e_client.load_paced(
+        HOST, server.port, request.path, request.body, request.headers,
+        connections=args.latency_connections, rate=args.latency_rate, total=args.latency_requests, time_limit=args.latency_seconds,
+    )
+    await settle(servers, args.settle_seconds, args.quiet_seconds)
+    assert server.runner_port is not None
+    runner = await runner_paced(server.runner_port, runner_request, args)
+    result: dict[str, Any] = {
+        "server": server.name, "scenario": "stream", "connections": args.latency_connections, "rate_per_s": args.latency_rate,
+        "gateway": _paced_summary(gateway), "runner": _paced_summary(runner),
+    }
+    for q in ("p50", "p90", "p99"):
+        g, r = result["gateway"]["first_ms"][q], result["runner"]["first_ms"][q]
+        result[f"added_{q}_ms"] = _r(g - r, 3) if g is not None and r is not None else None
+    return result
+
+
+def _worker_rss(values: list[float]) -> float | None:
+    """The largest worker's RSS: the processes under the root when there are
+    any (Granian's supervisor runs workers), else the root itself."""
+    workers = values[1:] or values
+    return round(max(workers), 1) if workers else None
+
+
+async def measure_rss_rounds(servers: dict[str, Server], server: Server, request: Request, args: argparse.Namespace) -> dict[str, Any]:
+    """--rss-rounds runs of wrk (streaming, --rss-connections) against one
+    gateway; after each, once the servers are idle again, the gateway's
+    current VmRSS, per process. Growth is from round 2 (round 1 may still
+    fill caches and pools) to the last."""
+    url = server.url_base + request.path
+    rounds: list[dict[str, Any]] = []
+    for number in range(1, args.rss_rounds + 1):
+        result = await asyncio.to_thread(run_wrk, url, request, args.rss_connections, args.rss_seconds, args.wrk_threads, args.wrk_timeout)
+        settled = await settle(servers, min(args.settle_seconds, 5.0), 0.0)
+        gateway, runner = rss_mb(server.procs["gateway"].pid), rss_mb(server.procs["runner"].pid)
+        rounds.append({
+            "round": number, "requests": result.get("requests"), "error": result.get("error"),
+            "errors": result.get("errors"), "settle_s": settled,
+            "worker_rss_mb": _worker_rss(gateway), "gateway_processes_rss_mb": [round(v, 1) for v in gateway],
+            "runner_rss_mb": round(sum(runner), 1),
+        })
+    series = [r["worker_rss_mb"] for r in rounds]
+    summary: dict[str, Any] = {
+        "server": server.name, "connections": args.rss_connections, "seconds_per_round": args.rss_seconds, "rounds": rounds,
+        "worker_rss_mb": series, "max_worker_rss_mb": max((v for v in series if v is not None), default=None),
+        "growth_mb": None, "growth_pct": None,
+    }
+    if len(series) >= 3 and series[1] is not None and series[-1] is not None:
+        summary["growth_mb"] = round(series[-1] - series[1], 1)
+        summary["growth_pct"] = round(100 * (series[-1] - series[1]) / series[1], 1)
+    return summary
+
+
 def _r(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -669,7 +851,25 @@ def _cpu_total(cell: dict[str, Any] | None) -> float | None:
     return cpu.get("total", next(iter(cpu.values()), None)) if cpu else None
 
 
+def _ratio(value: float | None, other: float | None) -> float | None:
+    return round(value / other, 3) if value is not None and other else None
+
+
+def _ratio_row(row: dict[str, Any], server: str, value: float | None, base: float | None, others: dict[str, float | None]) -> dict[str, Any]:
+    """`row` with `server`'s `value`, the default gateway's, and the ratios."""
+    row.update(server=server, value=value, gateway=base)
+    for other, v in others.items():
+        row[other] = v
+        row[f"vs_{other}"] = _ratio(value, v)
+    if server != BASE_GATEWAY:
+        row["vs_gateway"] = _ratio(value, base)
+    return row
+
+
 def ratios(cells: list[dict[str, Any]], ttfb: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each gateway variant ÷ the ceiling and the peer, metric by metric, and
+    the variants ÷ the default gateway (`vs_gateway`). `value` is the
+    variant's own figure, `gateway` the default gateway's."""
     by = {(c["server"], c["scenario"], c["connections"]): c for c in cells}
     out: list[dict[str, Any]] = []
     metrics = {
@@ -677,29 +877,27 @@ def ratios(cells: list[dict[str, Any]], ttfb: list[dict[str, Any]]) -> list[dict
         "lines_per_s": lambda c: _get(c, "lines_per_s"),
         "latency_p50_ms": lambda c: _get(c, "latency_ms", "p50"),
         "latency_p99_ms": lambda c: _get(c, "latency_ms", "p99"),
-        "cpu_ms_per_request": _cpu_total,  # gateway: gateway + runner
-        "cpu_ms_per_request_gateway_only": lambda c: _get(c, "cpu_ms_per_request", "gateway") if c and c["server"] == "gateway" else _cpu_total(c),
+        "cpu_ms_per_request": _cpu_total,  # a gateway: gateway + runner
+        "cpu_ms_per_request_gateway_only": lambda c: _get(c, "cpu_ms_per_request", "gateway") if c and is_gateway(c["server"]) else _cpu_total(c),
     }
-    for scenario, connections in sorted({(c["scenario"], c["connections"]) for c in cells}, key=lambda k: (list(SCENARIOS).index(k[0]), k[1])):
-        gateway = by.get(("gateway", scenario, connections))
-        for metric, get in metrics.items():
-            row: dict[str, Any] = {"scenario": scenario, "connections": connections, "metric": metric}
-            g = get(gateway)
-            for other in ("ceiling", "peer"):
-                v = get(by.get((other, scenario, connections)))
-                row[other] = v
-                row[f"vs_{other}"] = round(g / v, 3) if g is not None and v else None
-            row["gateway"] = g
-            out.append(row)
+    keys = sorted({(c["scenario"], c["connections"]) for c in cells}, key=lambda k: (list(SCENARIOS).index(k[0]), k[1]))
+    variants = [v for v in GATEWAY_VARIANTS if any(c["server"] == v for c in cells)]
+    for variant in variants:
+        for scenario, connections in keys:
+            for metric, get in metrics.items():
+                out.append(_ratio_row(
+                    {"scenario": scenario, "connections": connections, "metric": metric}, variant,
+                    get(by.get((variant, scenario, connections))), get(by.get((BASE_GATEWAY, scenario, connections))),
+                    {other: get(by.get((other, scenario, connections))) for other in ("ceiling", "peer")},
+                ))
     tby = {(t["server"], t["scenario"]): t for t in ttfb}
-    for scenario in [s for s in SCENARIOS if any(t["scenario"] == s for t in ttfb)]:
-        g = _get(tby.get(("gateway", scenario)), "ttfb_ms", "p50")
-        row = {"scenario": scenario, "connections": ttfb[0]["connections"], "metric": "ttfb_p50_ms", "gateway": g}
-        for other in ("ceiling", "peer"):
-            v = _get(tby.get((other, scenario)), "ttfb_ms", "p50")
-            row[other] = v
-            row[f"vs_{other}"] = round(g / v, 3) if g is not None and v else None
-        out.append(row)
+    for variant in [v for v in GATEWAY_VARIANTS if any(t["server"] == v for t in ttfb)]:
+        for scenario in [s for s in SCENARIOS if any(t["scenario"] == s for t in ttfb)]:
+            p50 = {name: _get(tby.get((name, scenario)), "ttfb_ms", "p50") for name in (variant, BASE_GATEWAY, "ceiling", "peer")}
+            out.append(_ratio_row(
+                {"scenario": scenario, "connections": ttfb[0]["connections"], "metric": "ttfb_p50_ms"}, variant,
+                p50[variant], p50[BASE_GATEWAY], {other: p50[other] for other in ("ceiling", "peer")},
+            ))
     return out
 
 
@@ -723,7 +921,7 @@ def markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     out = [
         f"## End to end, {meta['date']} ({meta['cpus']} CPUs, Python {meta['python']}, {meta['wrk']}, "
-        f"{meta['duration_s']} s per cell after {meta['warmup_s']} s warm-up{', QUICK' if meta['quick'] else ''}{', PROFILED (py-spy running)' if meta.get('profiled_with_py_spy') else ''}; commit {meta['commit']}, gateway core: {meta['gateway_implementation']})",
+        f"{meta['duration_s']} s per cell after {meta['warmup_s']} s warm-up{', QUICK' if meta['quick'] else ''}{', PROFILED (py-spy running)' if meta.get('profiled_with_py_spy') else ''}; commit {meta['commit']}, gateway core: {meta['gateway_implementation']}, trivial runner: {meta.get('runner_impl', 'sdk')})",
         "",
     ]
     bad = [c for c in report["checks"] if not c["ok"]]
@@ -765,7 +963,11 @@ def markdown(report: dict[str, Any]) -> str:
     )
     out.append("")
     if report["ttfb"]:
-        out.append(f"Time to first chunk (our asyncio client, {report['ttfb'][0]['connections']} connections, first body bytes):")
+        out.append(
+            f"Time to first chunk UNDER SATURATION (closed loop: our asyncio client keeps {report['ttfb'][0]['connections']} connections "
+            "busy back to back, first body bytes; on 2 shared cores this is mostly queueing; the gateway's own latency is in "
+            "\"Added latency\" below):"
+        )
         out.append("")
         out.append("| scenario | server | requests | TTFB p50 ms | TTFB p99 ms | whole response p50 ms | non-200 / errors |")
         out.append("|---|---|---:|---:|---:|---:|---|")
@@ -776,32 +978,134 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(t['total_ms']['p50'], 2)} | {non200} / {t['errors']} |"
             )
         out.append("")
-    out.append("Peak RSS (VmHWM, MiB, over the whole run): " + "; ".join(
-        f"{server}: " + " + ".join(f"{_fmt(v)} {role}" for role, v in roles.items()) for server, roles in report["peak_rss_mb"].items()
+    out.extend(_markdown_latency(report.get("added_latency") or []))
+    out.extend(_markdown_rss(report.get("rss_rounds") or []))
+    processes = report.get("peak_rss_mb_processes") or {}
+
+    def peak(server: str, role: str, value: float) -> str:
+        each = processes.get(server, {}).get(role) or []
+        return f"{_fmt(value)} {role}" + (f" ({' + '.join(_fmt(v) for v in each)} in {len(each)} processes)" if len(each) > 1 else "")
+
+    out.append("Peak RSS (VmHWM, MiB, over the whole run, summed over each process tree): " + "; ".join(
+        f"{server}: " + " + ".join(peak(server, role, v) for role, v in roles.items()) for server, roles in report["peak_rss_mb"].items()
     ))
     out.append("")
-    out.append("Gateway ÷ other (req/s, lines/s: above 1× is better; latency, CPU: below 1× is better; gateway CPU includes its runner):")
-    out.append("")
-    out.append("| scenario | conns | req/s vs ceiling | vs peer | p50 vs ceiling | vs peer | p99 vs ceiling | vs peer | CPU/req vs ceiling | vs peer |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    rows: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
-    for r in report["ratios"]:
-        rows.setdefault((r["scenario"], r["connections"]), {})[r["metric"]] = r
-    for (scenario, connections), metrics in rows.items():
-        if "rps" not in metrics:
-            continue
-        cells = [_x(metrics[m].get(f"vs_{o}")) for m in ("rps", "latency_p50_ms", "latency_p99_ms", "cpu_ms_per_request") for o in ("ceiling", "peer")]
-        out.append(f"| {scenario} | {connections} | " + " | ".join(cells) + " |")
+    base_rows = [r for r in report["ratios"] if r.get("server", BASE_GATEWAY) == BASE_GATEWAY]
+    if base_rows:
+        out.append("Gateway ÷ other (req/s, lines/s: above 1× is better; latency, CPU: below 1× is better; gateway CPU includes its runner):")
+        out.append("")
+        out.append("| scenario | conns | req/s vs ceiling | vs peer | p50 vs ceiling | vs peer | p99 vs ceiling | vs peer | CPU/req vs ceiling | vs peer |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for (scenario, connections), metrics in _by_cell(base_rows).items():
+            if "rps" not in metrics:
+                continue
+            cells = [_x(metrics[m].get(f"vs_{o}")) for m in ("rps", "latency_p50_ms", "latency_p99_ms", "cpu_ms_per_request") for o in ("ceiling", "peer")]
+            out.append(f"| {scenario} | {connections} | " + " | ".join(cells) + " |")
+        out.append("")
+    out.extend(_markdown_variants(report["ratios"]))
     ttfb_rows = [r for r in report["ratios"] if r["metric"] == "ttfb_p50_ms"]
     if ttfb_rows:
-        out.append("")
-        out.append("TTFB p50, gateway ÷ other: " + "; ".join(
-            f"{r['scenario']} {_x(r['vs_ceiling'])} ceiling, {_x(r['vs_peer'])} peer" for r in ttfb_rows
+        out.append("TTFB p50 under saturation, gateway ÷ other: " + "; ".join(
+            f"{r.get('server', BASE_GATEWAY)} {r['scenario']} {_x(r['vs_ceiling'])} ceiling, {_x(r['vs_peer'])} peer" for r in ttfb_rows
         ))
     if report.get("notes"):
         out.append("")
         out.extend(f"- {note}" for note in report["notes"])
     return "\n".join(out) + "\n"
+
+
+def _by_cell(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, dict[str, Any]]]:
+    """Ratio rows by (scenario, connections), then metric."""
+    cells: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["scenario"], r["connections"]), {})[r["metric"]] = r
+    return cells
+
+
+def _markdown_variants(ratio_rows: list[dict[str, Any]]) -> list[str]:
+    """Every gateway variant beside the default one: req/s and CPU/request."""
+    rows = [r for r in ratio_rows if r["metric"] != "ttfb_p50_ms" and "server" in r]
+    if not any(r["server"] != BASE_GATEWAY for r in rows):
+        return []
+    out = [
+        f"Gateway variants ÷ the default gateway ({GATEWAY_VARIANTS[BASE_GATEWAY][1]}), each with its own runner "
+        "(req/s: above 1× is better; CPU ms/req, gateway + runner: below 1× is better):",
+        "",
+        "| scenario | conns | server | req/s | ÷ gateway | ÷ ceiling | CPU ms/req (gateway + runner) | ÷ gateway | gateway-only CPU ÷ gateway |",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|",
+    ]
+    by_server: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_server.setdefault(r["server"], []).append(r)
+    cells = {server: _by_cell(server_rows) for server, server_rows in by_server.items()}
+    keys = list(dict.fromkeys(k for server_cells in cells.values() for k in server_cells))
+    for scenario, connections in keys:
+        for server in [v for v in GATEWAY_VARIANTS if v in cells]:
+            metrics = cells[server].get((scenario, connections))
+            if not metrics or "rps" not in metrics:
+                continue
+            rps, cpu, own = metrics["rps"], metrics["cpu_ms_per_request"], metrics["cpu_ms_per_request_gateway_only"]
+            runner = cpu["value"] - own["value"] if cpu["value"] is not None and own["value"] is not None else None
+            base = server == BASE_GATEWAY
+            out.append(
+                f"| {scenario} | {connections} | {server} | {_fmt(rps['value'])} | {'—' if base else _x(rps.get('vs_gateway'))} | "
+                f"{_x(rps.get('vs_ceiling'))} | {_fmt(cpu['value'], 2)} ({_fmt(own['value'], 2)} + {_fmt(runner, 2)}) | "
+                f"{'—' if base else _x(cpu.get('vs_gateway'))} | {'—' if base else _x(own.get('vs_gateway'))} |"
+            )
+    out.append("")
+    return out
+
+
+def _markdown_latency(results: list[dict[str, Any]]) -> list[str]:
+    if not results:
+        return []
+    first = results[0]
+    out = [
+        f"Added latency (open loop: the streaming prompt-run due at {_fmt(first['rate_per_s'], 0)} req/s over {first['connections']} "
+        "connections, so queueing does not dominate; gateway: first body bytes at our HTTP client; runner: its first gRPC message "
+        "when our grpc.aio client calls it directly with the request bytes the gateway builds, same pacing; added = gateway − runner; "
+        "target: added p50 ≤ 1 ms):",
+        "",
+        "| server | requests (gateway / runner) | gateway first chunk ms p50 / p90 / p99 | runner first message ms p50 / p90 / p99 | "
+        "added p50 ms | added p90 ms | sent late ms p99 (gateway / runner) | non-200 / errors |",
+        "|---|---:|---|---|---:|---:|---|---|",
+    ]
+    for r in results:
+        g, n = r["gateway"], r["runner"]
+        non200 = sum(v for k, v in g["statuses"].items() if k != "200")
+        out.append(
+            f"| {r['server']} | {g['requests']} / {n['requests']} | "
+            + " / ".join(_fmt(g["first_ms"][q], 2) for q in ("p50", "p90", "p99")) + " | "
+            + " / ".join(_fmt(n["first_ms"][q], 2) for q in ("p50", "p90", "p99")) + " | "
+            f"{_fmt(r['added_p50_ms'], 2)} | {_fmt(r['added_p90_ms'], 2)} | {_fmt(g['late_ms']['p99'], 2)} / {_fmt(n['late_ms']['p99'], 2)} | "
+            f"{non200} / {g['errors'] + n['errors']} |"
+        )
+    out.append("")
+    return out
+
+
+def _markdown_rss(results: list[dict[str, Any]]) -> list[str]:
+    if not results:
+        return []
+    first = results[0]
+    out = [
+        f"Memory: the gateway worker's current VmRSS (MiB) after each of {len(first['rounds'])} rounds of streaming at "
+        f"{first['connections']} connections ({first['seconds_per_round']} s each, servers idle again); growth from round 2 to the last "
+        "(target: ≤ 150 MB per worker, no growth):",
+        "",
+        "| server | VmRSS per round, MiB | max | growth round 2 → last | requests per round | processes after the last round (MiB) |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for r in results:
+        growth = "n/a" if r["growth_mb"] is None else f"{r['growth_mb']:+.1f} MiB ({r['growth_pct']:+.1f}%)"
+        requests = ", ".join(_fmt(x["requests"]) if x["requests"] is not None else (x["error"] or "n/a") for x in r["rounds"])
+        last = r["rounds"][-1]["gateway_processes_rss_mb"] if r["rounds"] else []
+        out.append(
+            f"| {r['server']} | {', '.join(_fmt(v) for v in r['worker_rss_mb'])} | {_fmt(r['max_worker_rss_mb'])} | {growth} | "
+            f"{requests} | {' + '.join(_fmt(v) for v in last)} |"
+        )
+    out.append("")
+    return out
 
 
 # --- main ---------------------------------------------------------------------------
@@ -828,7 +1132,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ttfb-requests", type=int, default=400, help="requests per time-to-first-chunk run (default 400)")
     parser.add_argument("--ttfb-connections", type=int, default=16)
     parser.add_argument("--ttfb-seconds", type=float, default=15.0, help="time bound of one time-to-first-chunk run")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s cells (12 s at most), 1 s warm-up, 64 TTFB requests, short waits, no re-measuring")
+    parser.add_argument("--runner-impl", choices=RUNNER_IMPLS, default="raw",
+                        help="the gateways' trivial runner: raw grpc.aio handlers answering pre-encoded messages (default), or the project's runner SDK")
+    parser.add_argument("--latency-rate", type=float, default=100.0, help="added latency: requests due per second, all lanes together (default 100)")
+    parser.add_argument("--latency-requests", type=int, default=400, help="added latency: requests per paced run, 0 to skip (default 400)")
+    parser.add_argument("--latency-connections", type=int, default=16, help="added latency: connections (lanes) of a paced run (default 16)")
+    parser.add_argument("--rss-rounds", type=int, default=5, help="memory: rounds of streaming per gateway variant, 0 to skip (default 5)")
+    parser.add_argument("--rss-seconds", type=int, default=4, help="memory: seconds of wrk per round (default 4)")
+    parser.add_argument("--rss-connections", type=int, default=64, help="memory: wrk connections per round (default 64)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 s cells (12 s at most), 1 s warm-up, 64 TTFB and 64 paced requests, 3 memory rounds of 2 s, short waits, no re-measuring")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown table here")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
@@ -841,6 +1154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.max_cell_seconds, args.settle_seconds = min(args.max_cell_seconds, 12), min(args.settle_seconds, 10.0)
         args.quiet_seconds, args.noisy_retries = min(args.quiet_seconds, 1.0), 0
         args.ttfb_requests, args.ttfb_seconds = min(args.ttfb_requests, 64), min(args.ttfb_seconds, 5.0)
+        args.latency_requests = min(args.latency_requests, 64)
+        args.rss_rounds, args.rss_seconds = min(args.rss_rounds, 3), min(args.rss_seconds, 2)
     args.profile_servers = [s for s in args.profile_servers.split(",") if s]
     if args.py_spy:
         args.py_spy.mkdir(parents=True, exist_ok=True)
@@ -860,13 +1175,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.noisy_retries = max(0, min(args.noisy_retries, 3))
     if any(not 1 <= c <= 1024 for c in args.connection_counts):
         parser.error("--connections must be 1..1024 each")
+    for name in args.profile_servers:
+        if name not in SERVERS:
+            parser.error(f"unknown server {name!r} in --profile-servers")
+    if not 0 <= args.latency_requests <= 100_000 or not 0.1 <= args.latency_rate <= 10_000 or not 1 <= args.latency_connections <= 1024:
+        parser.error("--latency-requests must be 0..100000, --latency-rate 0.1..10000 and --latency-connections 1..1024")
+    if not 0 <= args.rss_rounds <= 50 or not 1 <= args.rss_seconds <= 600 or not 1 <= args.rss_connections <= 1024:
+        parser.error("--rss-rounds must be 0..50, --rss-seconds 1..600 and --rss-connections 1..1024")
+    # A paced run is bounded in time too: its requests' due times, and some slack.
+    args.latency_seconds = args.latency_requests / args.latency_rate + 10.0
     return args
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     secret = secrets.token_urlsafe(32)
-    servers = build_servers(args.server_names, secret, workdir)
-    report: dict[str, Any] = {"checks": [], "cells": [], "ttfb": [], "peak_rss_mb": {}, "notes": []}
+    servers = build_servers(args.server_names, secret, workdir, args.runner_impl)
+    gateways = [server for name, server in servers.items() if is_gateway(name)]
+    report: dict[str, Any] = {
+        "checks": [], "cells": [], "ttfb": [], "added_latency": [], "rss_rounds": [], "peak_rss_mb": {}, "peak_rss_mb_processes": {}, "notes": [],
+    }
     try:
         for server in servers.values():
             for proc in reversed(list(server.procs.values())):  # the runner before the gateway
@@ -874,10 +1201,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for server in servers.values():
             await wait_ready(server)
             log(f"{server.name} ready on port {server.port} (pids {', '.join(f'{r} {p.pid}' for r, p in server.procs.items())})")
-        if "gateway" in servers:
-            reply = await e2e_client.one(HOST, servers["gateway"].port, "GET", "/healthz")
+        if gateways:
+            reply = await e2e_client.one(HOST, gateways[0].port, "GET", "/healthz")
             report["gateway_implementation"] = json.loads(reply.body).get("implementation")
-        requests = build_requests(servers, args.scenario_names, secret, workdir)
+        # The streaming body is also what the latency and memory runs send.
+        requests = build_requests(servers, list(dict.fromkeys([*args.scenario_names, "stream"])), secret, workdir)
 
         lines: dict[tuple[str, str], int] = {}
         alone: dict[tuple[str, str], float | None] = {}
@@ -931,6 +1259,23 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     report["ttfb"].append(result)
                     log(f"ttfb {scenario} {name}: p50 {result['ttfb_ms']['p50']} ms over {result['requests']} requests, {result['errors']} errors")
 
+        if args.latency_requests > 0 and gateways:
+            runner_request = await gateway_prompt_request(requests[(gateways[0].name, "stream")].body)
+            for server in gateways:
+                result = await measure_added_latency(servers, server, requests[(server.name, "stream")], runner_request, args)
+                report["added_latency"].append(result)
+                log(
+                    f"added latency {server.name}: first chunk p50 {result['gateway']['first_ms']['p50']} ms, runner's first message "
+                    f"p50 {result['runner']['first_ms']['p50']} ms, added {result['added_p50_ms']} ms "
+                    f"({result['gateway']['errors'] + result['runner']['errors']} errors)"
+                )
+
+        if args.rss_rounds > 0:
+            for server in gateways:
+                result = await measure_rss_rounds(servers, server, requests[(server.name, "stream")], args)
+                report["rss_rounds"].append(result)
+                log(f"memory {server.name}: worker VmRSS {result['worker_rss_mb']} MiB, growth from round 2 {result['growth_mb']} MiB")
+
         eof_cells = [c for c in report["cells"] if c.get("errors", {}).get("read") and c["errors"]["read"] >= 0.95 * c["requests"]]
         if eof_cells:
             report["notes"].append(
@@ -941,6 +1286,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             )
         for name, server in servers.items():
             report["peak_rss_mb"][name] = {role: round(peak_rss_mb(proc.pid), 1) for role, proc in server.procs.items()}
+            report["peak_rss_mb_processes"][name] = {role: [round(v, 1) for v in rss_mb(proc.pid, "VmHWM")] for role, proc in server.procs.items()}
         for server in servers.values():
             for proc in server.procs.values():
                 summary = summarize_log(proc.log_path)
@@ -1031,10 +1377,19 @@ def main(argv: list[str] | None = None) -> int:
             "profiled_with_py_spy": bool(args.py_spy),
             "wrk_threads": args.wrk_threads,
             "connections": args.connection_counts,
-            "ttfb": {"connections": args.ttfb_connections, "requests": args.ttfb_requests, "time_limit_s": args.ttfb_seconds},
+            "ttfb": {"connections": args.ttfb_connections, "requests": args.ttfb_requests, "time_limit_s": args.ttfb_seconds, "closed_loop": True},
+            "added_latency": {"connections": args.latency_connections, "rate_per_s": args.latency_rate, "requests": args.latency_requests,
+                              "time_limit_s": args.latency_seconds, "scenario": "stream"},
+            "rss_rounds": {"rounds": args.rss_rounds, "seconds": args.rss_seconds, "connections": args.rss_connections, "scenario": "stream"},
+            "runner_impl": args.runner_impl,
+            "servers": {name: (GATEWAY_VARIANTS[name][1] if is_gateway(name) else name) for name in args.server_names},
             "scenarios": {name: SCENARIOS[name][1] for name in args.scenario_names},
             "wall_s": round(time.monotonic() - started, 1),
-            "ratio_definition": "gateway value / other value; gateway CPU per request includes its runner (cpu_ms_per_request), or not (…_gateway_only)",
+            "ratio_definition": (
+                "gateway variant value (`value`) / other value, for each gateway variant (`server`); `gateway` is the default gateway's "
+                "value, and `vs_gateway` a variant's ratio to it; gateway CPU per request includes its runner (cpu_ms_per_request), "
+                "or not (…_gateway_only)"
+            ),
         },
         **report,
     }

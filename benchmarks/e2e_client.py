@@ -1,6 +1,7 @@
 """A small HTTP/1.1 client on raw asyncio streams, for `benchmarks/e2e.py`:
-the correctness check (one request, whole body) and the time-to-first-chunk
-runs (N requests over C keep-alive connections, bounded in count and time).
+the correctness check (one request, whole body), the time-to-first-chunk
+runs (N requests over C keep-alive connections back to back, bounded in
+count and time) and paced runs (open loop: requests due at a fixed rate).
 
 Raw sockets rather than httpx so that the client spends as little CPU as
 possible on a 2-core machine it shares with the servers, and so that "first
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 
@@ -129,6 +131,19 @@ class LoadResult:
     body_sizes: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
     stopped_by_time: bool = False
+    # Paced runs: how long after its due time each request went out.
+    late_s: list[float] = field(default_factory=list)
+
+    def add(self, reply: Reply) -> None:
+        self.requests += 1
+        self.statuses[reply.status] = self.statuses.get(reply.status, 0) + 1
+        if reply.first_byte_s is not None:
+            self.first_byte_s.append(reply.first_byte_s)
+        self.total_s.append(reply.total_s)
+        self.body_sizes.append(len(reply.body))
+
+
+CLIENT_ERRORS = (OSError, ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError)
 
 
 async def load(
@@ -160,16 +175,11 @@ async def load(
                 issued += 1
                 try:
                     reply = await asyncio.wait_for(connection.request("POST", path, body, headers), request_timeout)
-                except (OSError, ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                except CLIENT_ERRORS as exc:
                     result.errors.append(f"{type(exc).__name__}: {exc}")
                     await connection.close()
                     continue
-                result.requests += 1
-                result.statuses[reply.status] = result.statuses.get(reply.status, 0) + 1
-                if reply.first_byte_s is not None:
-                    result.first_byte_s.append(reply.first_byte_s)
-                result.total_s.append(reply.total_s)
-                result.body_sizes.append(len(reply.body))
+                result.add(reply)
         finally:
             await connection.close()
 
@@ -177,6 +187,80 @@ async def load(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed_s = time.perf_counter() - started
     return result
+
+
+async def paced(
+    send: Callable[[int], Awaitable[None]],
+    result: LoadResult,
+    *,
+    lanes: int,
+    rate: float,
+    total: int,
+    time_limit: float,
+    request_timeout: float = 30.0,
+) -> LoadResult:
+    """Open loop: request i is due `i / rate` seconds after the start and goes
+    out on lane `i % lanes` (`send(lane)`, one request) when it is due, or
+    when that lane's previous request ends if it is still running. At a rate
+    the server easily keeps up with, lanes are free when a request is due,
+    so the times measured are not queueing; `result.late_s` says how late
+    each request went out. Requests due after `time_limit` are not sent;
+    each is bounded by `request_timeout`. Errors are counted in `result`."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    deadline = start + time_limit
+
+    async def lane(k: int) -> None:
+        for i in range(k, total, lanes):
+            due = start + i / rate
+            if due >= deadline:
+                result.stopped_by_time = True
+                return
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            result.late_s.append(max(0.0, loop.time() - due))
+            try:
+                await asyncio.wait_for(send(k), request_timeout)
+            except Exception as exc:  # noqa: BLE001 - counted, the run goes on (HTTP and gRPC errors alike)
+                result.errors.append(f"{type(exc).__name__}: {exc}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane(k) for k in range(lanes)))
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+async def load_paced(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    connections: int,
+    rate: float,
+    total: int,
+    time_limit: float,
+) -> LoadResult:
+    """`paced` POSTs, one keep-alive connection per lane; first, unmeasured,
+    one request per lane (connections opened, the server's caches warm)."""
+    pool = [Connection(host, port) for _ in range(connections)]
+
+    def sender(result: LoadResult) -> Callable[[int], Awaitable[None]]:
+        async def send(lane: int) -> None:
+            result.add(await pool[lane].request("POST", path, body, headers))
+
+        return send
+
+    try:
+        warmup = LoadResult()
+        await paced(sender(warmup), warmup, lanes=connections, rate=rate, total=connections, time_limit=time_limit)
+        result = LoadResult()
+        return await paced(sender(result), result, lanes=connections, rate=rate, total=total, time_limit=time_limit)
+    finally:
+        for connection in pool:
+            await connection.close()
 
 
 async def one(host: str, port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, timeout: float = 30.0) -> Reply:
