@@ -45,7 +45,7 @@ async def serve(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[
     finally:
         if process.returncode is None:
             process.terminate()
-            await asyncio.wait_for(process.wait(), 40)
+        await asyncio.wait_for(process.communicate(), 40)  # reaps it and closes its stderr pipe
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -173,3 +173,93 @@ async def test_config_check_prints_the_effective_configuration_masked(tmp_path: 
     _, err = await process.communicate()
     assert process.returncode == 2
     assert err.decode().strip() == "error: AGENTMARK_GW_WORKERS: expected an integer, got 'many'"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_workers_end_when_the_server_process_is_killed(server: str, scripted: tuple[ScriptedRunner, str]) -> None:
+    """SIGKILL of the parent alone: its workers must not serve on as orphans."""
+    async with serve("--runner", scripted[1], "--workers", "2", "--server", server) as (process, port):
+        async with httpx.AsyncClient() as http:
+            for _ in range(100):  # bounded: until a worker answers
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        workers = [pid for pid in _children(process.pid) if "agentmark" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                   or "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+        assert workers, "no worker processes found"
+        process.kill()
+        await process.wait()
+        for _ in range(100):  # bounded: up to 10 s
+            if not any(_alive(pid) for pid in workers):
+                break
+            await asyncio.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers)
+
+
+async def test_a_second_gateway_on_a_port_in_use_refuses_to_start(scripted: tuple[ScriptedRunner, str]) -> None:
+    async with serve("--runner", scripted[1], "--workers", "2") as (_, port):
+        environment = {**{k: v for k, v in os.environ.items() if not k.startswith("AGENTMARK_")}, "AGENTMARK_WEBHOOK_SECRET": SECRET}
+        second = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentmark_gw.cli", "serve", "--bind", f"127.0.0.1:{port}", "--runner", scripted[1], "--workers", "2",
+            env=environment, stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(second.communicate(), 30)
+    assert second.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: something is already listening there" in stderr.decode()
+
+
+async def test_worker_metrics_start_clean_and_leave_nothing_behind(tmp_path: Path, scripted: tuple[ScriptedRunner, str]) -> None:
+    """Files of an earlier run in PROMETHEUS_MULTIPROC_DIR would report its
+    dead workers' values as live; they are wiped at start."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    # An earlier run's file: a stale in-flight count under a dead pid.
+    stale = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    code = (
+        "from prometheus_client import Gauge;"
+        "Gauge('agentmark_gw_inflight_streams', 'x', multiprocess_mode='livesum').inc(7);"
+        "Gauge('agentmark_gw_runner_healthy', 'x', ['runner'], multiprocess_mode='max').labels('127.0.0.1:1').set(1)"
+    )
+    writer = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=stale)
+    assert await writer.wait() == 0 and list(metrics_dir.glob("*.db"))
+    async with serve("--runner", scripted[1], "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as (_, port):
+        async with httpx.AsyncClient() as http:
+            text = ""
+            for _ in range(100):  # bounded: until a worker answers
+                try:
+                    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+    assert 'runner="127.0.0.1:1"' not in text
+    assert "agentmark_gw_inflight_streams 7.0" not in text
+
+    before = set(Path(tempfile.gettempdir()).glob("agentmark-gw-metrics-*"))
+    async with serve("--runner", scripted[1], "--workers", "2") as (process, port):
+        await asyncio.sleep(0.5)
+        ours = set(Path(tempfile.gettempdir()).glob("agentmark-gw-metrics-*")) - before
+        assert len(ours) == 1
+    assert not any(path.exists() for path in ours)

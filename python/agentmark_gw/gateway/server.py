@@ -8,13 +8,19 @@ from the effective configuration the parent hands down in the environment
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
+import shutil
+import signal
+import socket
+import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -79,13 +85,66 @@ def load_dumped_config(text: str) -> GatewayConfig:
 def run(config: GatewayConfig) -> int:
     """Blocking entry point for `agentmark-gw serve`."""
     config.require_secret()
+    ensure_port_free(config.bind)
     os.environ[EFFECTIVE_CONFIG_ENV] = dump_config(config)
-    if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Metrics from every worker, whichever one a scrape reaches.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="agentmark-gw-metrics-")
-    if config.server == "granian":
-        return run_granian(config)
-    return hypercorn_run(hypercorn_config(config))
+    with worker_metrics(config.workers):
+        if config.server == "granian":
+            return run_granian(config)
+        return hypercorn_run(hypercorn_config(config))
+
+
+def ensure_port_free(bind: str) -> None:
+    """Refuse to start on an address something already listens on.
+
+    With several workers the servers open their socket with SO_REUSEPORT,
+    so a second gateway (or the orphaned workers of a killed one) would
+    otherwise share the port silently and split the traffic."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(exc.errno, f"cannot listen on {bind}: something is already listening there") from None
+            raise
+
+
+@contextlib.contextmanager
+def worker_metrics(workers: int) -> Iterator[None]:
+    """Metrics from every worker, whichever one a scrape reaches: prometheus-
+    client's multiprocess mode, in `PROMETHEUS_MULTIPROC_DIR` if set, else in
+    a directory of our own, removed at exit. Files left by an earlier run are
+    wiped first: they would report its dead workers' values as live."""
+    if workers <= 1:
+        yield
+        return
+    chosen = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="agentmark-gw-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if not chosen:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a worker process: end when the server process that started it
+    (`parent`) ends, even by SIGKILL, rather than serve on as an orphan (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the call: nothing would signal us
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_granian(config: GatewayConfig) -> int:
