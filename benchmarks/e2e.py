@@ -181,6 +181,13 @@ class Proc:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def exit_text(self) -> str:
+        """How the process ended: a status, or the signal that ended it."""
+        code = None if self.popen is None else self.popen.poll()
+        if code is None:
+            return "running"
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -342,7 +349,7 @@ async def wait_ready(server: Server, timeout: float = 40.0) -> None:
     while time.monotonic() < deadline:
         for proc in server.procs.values():
             if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited (status {proc.popen.returncode if proc.popen else '?'}):\n{proc.log_tail()}")
+                raise RuntimeError(f"{proc.name} exited ({proc.exit_text()}):\n{proc.log_tail()}")
         try:
             reply = await e2e_client.one(HOST, server.port, "GET", server.ready_path, timeout=2.0)
             if reply.status == 200:
@@ -1249,7 +1256,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     log(f"[{done}/{total_cells}] {scenario} c={connections} {name}: {summary}")
                     for proc in server.procs.values():
                         if not proc.alive():
-                            raise RuntimeError(f"{proc.name} died during {scenario} c={connections}:\n{proc.log_tail()}")
+                            raise RuntimeError(f"{proc.name} died during {scenario} c={connections} ({proc.exit_text()}):\n{proc.log_tail()}")
 
         if args.ttfb_requests > 0:
             for scenario in args.scenario_names:
