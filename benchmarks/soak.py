@@ -1,0 +1,743 @@
+"""Soak: the gateway under a steady mix of events for a bounded time, its
+memory and file descriptors watched from /proc.
+
+    .venv/bin/python benchmarks/soak.py --duration 600 --rate 25 \\
+        --out benchmarks/results/soak.json --markdown benchmarks/results/soak.md
+    make soak                                   # the same, 10 minutes
+
+Three processes on 127.0.0.1, as in production but on one machine:
+
+- the gateway: `agentmark-gw serve`, one Hypercorn worker;
+- the reference runner: `agentmark-gw runner` (AgentMark's runtime and the
+  OpenAI executor, datasets from the shared fixtures), its real `openai`
+  client pointed at
+- a fake OpenAI server (tests/servers/fake_openai.py), run by this script
+  with `--serve-fake-openai PORT`.
+
+The real openai path rather than the scripted runner: a soak is where a leak
+in the runner SDK, the gRPC bridge or the model client would show, and at
+25 requests/s the three processes take well under one of the two cores.
+
+After `--warmup` seconds of the same load, in-flight requests finish, the
+client's connections close, and the gateway's RSS and open file descriptors
+are taken as the reference. Then `--duration` seconds of requests at
+`--rate` per second (scheduled at fixed times; never more than
+`--concurrency` at once, on that many keep-alive connections, a fifth of
+requests on a fresh one), the gateway sampled every `--sample-interval`
+seconds. At the end, the same quiet point is measured again.
+
+The mix (weights out of 100): streaming text prompt-runs 30, streaming
+object prompt-runs 10, non-streaming prompt-runs 20, dataset runs 8,
+get-evals 8, alerts 12 (each with an alert id of its own, so each is stored
+and delivered); injected faults: a wrong signature 4 (401), a signed body
+that is not an event 4 (400), a model connection dropped mid-stream 4 (200,
+ending in an error line). Every answer is checked against its kind.
+
+Criteria (exit status 1 when one fails):
+- RSS at the end at most 10% above RSS after warm-up (a drop passes);
+- no 5xx outside the injected faults, every answer as its kind expects, no
+  transport errors;
+- open file descriptors at the end no more than after warm-up.
+
+`tests/test_soak.py` runs this for 120 s through `run_soak`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import e2e  # noqa: E402  (processes, process trees, signing)
+import e2e_client  # noqa: E402  (a raw HTTP/1.1 client that costs little CPU)
+
+HOST = "127.0.0.1"
+SHARED = Path(os.environ.get("AGENTMARK_SHARED") or ROOT.parent / "shared" / "agentmark")
+EVENTS = SHARED / "events"
+DATASETS = SHARED / "fixtures" / "datasets"
+SIGNATURE_HEADER = "x-agentmark-signature-256"
+RSS_GROWTH_LIMIT = 0.10
+
+
+def log(message: str) -> None:
+    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- one process as /proc sees it ----------------------------------------------------
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """Resident memory of one process in KiB: VmRSS, and its RssAnon (the
+    heap: where a leak shows) and RssFile (mapped files and libraries) parts."""
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                values[key] = int(rest.split()[0])
+    if "VmRSS" not in values:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return values
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory (VmRSS) of one process, in KiB."""
+    return memory_kib(pid)["VmRSS"]
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def socket_count(pid: int) -> int:
+    """Open sockets of one process: client connections, its listener, gRPC channels."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
+def _alive(measure: Any, pid: int) -> int:
+    """`measure(pid)`, or 0 for a process that is already gone."""
+    try:
+        return int(measure(pid))
+    except (OSError, RuntimeError):
+        return 0
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without the project's and OpenTelemetry's variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMARK_", "OTEL_", "PROMETHEUS_", "OPENAI_"))}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def venv_command(name: str) -> list[str]:
+    """`agentmark-gw` beside this Python, or the module when it is not installed as a script."""
+    script = Path(sys.executable).with_name(name)
+    return [str(script)] if script.exists() else [sys.executable, "-m", "agentmark_gw.cli"]
+
+
+async def wait_until(check: Any, timeout: float, interval: float = 0.1) -> bool:
+    """Poll `check()` (sync or async) until it is true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class GatewayProcess:
+    """`agentmark-gw serve` as a process of its own, in front of `runner`.
+    `settings` are `AGENTMARK_GW_*` variables without the prefix
+    (`{"KEEP_ALIVE_TIMEOUT": "2"}`)."""
+
+    runner: str
+    secret: str
+    workdir: Path
+    settings: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=e2e.free_port)
+    proc: e2e.Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        env = clean_env(
+            AGENTMARK_WEBHOOK_SECRET=self.secret,
+            AGENTMARK_GW_ALERTS_DB=str(self.workdir / "alerts.sqlite3"),
+            **{f"AGENTMARK_GW_{key}": value for key, value in self.settings.items()},
+        )
+        argv = venv_command("agentmark-gw") + ["serve", "--runner", self.runner, "--bind", f"{HOST}:{self.port}"]
+        self.proc = e2e.Proc("gateway", argv, self.workdir / f"gateway-{self.port}.log", env)
+        self.proc.start()
+
+    async def ready(self, timeout: float = 30.0, *others: e2e.Proc) -> None:
+        """Until /readyz answers 200 (a runner passed its health check); fails
+        early when the gateway, or one of `others`, exits."""
+        assert self.proc is not None
+        procs = {"gateway": self.proc, **{proc.name: proc for proc in others}}
+        await e2e.wait_ready(e2e.Server("gateway", self.port, procs, "/readyz", {}, unwrap=False), timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    async def __aenter__(self) -> GatewayProcess:
+        self.start()
+        try:
+            await self.ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+
+    # Over the process tree: Granian serves from a worker process even with one worker.
+    def rss_kib(self) -> int:
+        return sum(_alive(rss_kib, pid) for pid in e2e.process_tree(self.pid))
+
+    def anon_kib(self) -> int:
+        return sum(_alive(lambda pid: memory_kib(pid).get("RssAnon", 0), pid) for pid in e2e.process_tree(self.pid))
+
+    def fds(self) -> int:
+        return sum(_alive(fd_count, pid) for pid in e2e.process_tree(self.pid))
+
+    def sockets(self) -> int:
+        return sum(_alive(socket_count, pid) for pid in e2e.process_tree(self.pid))
+
+    async def metric(self, name: str) -> float:
+        """One unlabelled sample from /metrics."""
+        reply = await e2e_client.one(HOST, self.port, "GET", "/metrics", timeout=10.0)
+        for line in reply.body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(f"{name} is not in /metrics")
+
+
+# --- the mix ---------------------------------------------------------------------------
+
+
+def event_file(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+def with_user_message(event: dict[str, Any], message: str) -> dict[str, Any]:
+    changed = copy.deepcopy(event)
+    changed["event"]["data"]["customProps"]["userMessage"] = message
+    return changed
+
+
+def ndjson(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in body.split(b"\n") if line.strip()]
+
+
+def _streamed(reply: e2e_client.Reply) -> list[dict[str, Any]]:
+    if reply.headers.get("agentmark-streaming") != "true":
+        raise ValueError("no AgentMark-Streaming: true header")
+    return [line for line in ndjson(reply.body) if line.get("type") != "done"]
+
+
+def check_prompt_stream(reply: e2e_client.Reply) -> None:
+    lines = _streamed(reply)
+    if any(line.get("type") == "error" for line in lines) or not lines or "finishReason" not in lines[-1]:
+        raise ValueError(f"stream did not finish: {lines[-2:]!r}")
+
+
+def check_object_stream(reply: e2e_client.Reply) -> None:
+    lines = _streamed(reply)
+    if any(line.get("type") != "object" for line in lines) or not any("result" in line for line in lines):
+        raise ValueError(f"not an object stream: {lines[-2:]!r}")
+
+
+def check_envelope(reply: e2e_client.Reply) -> None:
+    envelope = json.loads(reply.body)
+    if envelope.get("type") != "text" or not envelope.get("result"):
+        raise ValueError(f"envelope {envelope!r}")
+
+
+def check_dataset(reply: e2e_client.Reply) -> None:
+    lines = _streamed(reply)
+    rows = [line for line in lines if line.get("type") == "dataset"]
+    expected = sum(1 for line in (DATASETS / "sentiment.jsonl").read_text().splitlines() if line.strip())
+    if len(rows) != expected or len(lines) != expected:
+        raise ValueError(f"{len(rows)} dataset rows of {len(lines)} lines, expected {expected}")
+
+
+def check_evals(reply: e2e_client.Reply) -> None:
+    if json.loads(reply.body).get("type") != "evals":
+        raise ValueError(f"not an evals answer: {reply.body[:200]!r}")
+
+
+def check_alert(reply: e2e_client.Reply) -> None:
+    if json.loads(reply.body).get("message") != "Alert processed":
+        raise ValueError(f"alert answer {reply.body[:200]!r}")
+
+
+def check_refusal(reply: e2e_client.Reply) -> None:
+    body = json.loads(reply.body)
+    if set(body) != {"message"} or not body["message"]:
+        raise ValueError(f"refusal body {reply.body[:200]!r}")
+
+
+def check_error_line(reply: e2e_client.Reply) -> None:
+    lines = _streamed(reply)
+    if not lines or lines[-1].get("type") != "error":
+        raise ValueError(f"no terminal error line: {lines[-2:]!r}")
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    weight: int
+    status: int
+    check: Any  # (Reply) -> None, raises ValueError when the answer is wrong
+    fault: bool = False
+
+
+KINDS = (
+    Kind("prompt-stream", 30, 200, check_prompt_stream),
+    Kind("object-stream", 10, 200, check_object_stream),
+    Kind("prompt-nostream", 20, 200, check_envelope),
+    Kind("dataset-run", 8, 200, check_dataset),
+    Kind("get-evals", 8, 200, check_evals),
+    Kind("alert", 12, 200, check_alert),
+    Kind("fault-bad-signature", 4, 401, check_refusal, fault=True),
+    Kind("fault-bad-body", 4, 400, check_refusal, fault=True),
+    Kind("fault-runner-error-midstream", 4, 200, check_error_line, fault=True),
+)
+ALERT_FILES = ("alert-triggered-cost.json", "alert-resolved-cost.json", "alert-triggered-error-rate.json", "alert-triggered-latency.json")
+
+
+class Bodies:
+    """Signed request bodies for each kind, from the shared event files."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        fixed = {
+            "prompt-stream": event_file("prompt-run-text.json"),
+            "object-stream": event_file("prompt-run-object.json"),
+            "prompt-nostream": event_file("prompt-run-text-nostream.json"),
+            "dataset-run": event_file("dataset-run.json"),
+            "get-evals": event_file("get-evals.json"),
+            # The fake model server drops the connection after a first chunk.
+            "fault-runner-error-midstream": with_user_message(event_file("prompt-run-text.json"), "midstream"),
+        }
+        self.fixed = {name: self._signed(json.dumps(event).encode()) for name, event in fixed.items()}
+        self.alerts = [event_file(name) for name in ALERT_FILES]
+        self.bad_bodies = [b'{"event": {"type": "prompt-run", "data": {}}}', b"not json", b'{"type": "no-such-event", "data": {}}']
+        self.count = 0
+
+    def _signed(self, body: bytes) -> tuple[bytes, dict[str, str]]:
+        return body, {"Content-Type": "application/json", SIGNATURE_HEADER: e2e.sign(self.secret, body)}
+
+    def next(self, kind: str) -> tuple[bytes, dict[str, str]]:
+        self.count += 1
+        if kind in self.fixed:
+            return self.fixed[kind]
+        if kind == "alert":
+            event = copy.deepcopy(self.alerts[self.count % len(self.alerts)])
+            event["event"]["data"]["alert"]["id"] = f"soak-{self.count}"
+            return self._signed(json.dumps(event).encode())
+        if kind == "fault-bad-signature":
+            body, headers = self.fixed["prompt-stream"]
+            return body, {**headers, SIGNATURE_HEADER: e2e.sign("not-the-secret", body)}
+        if kind == "fault-bad-body":
+            return self._signed(self.bad_bodies[self.count % len(self.bad_bodies)])
+        raise KeyError(kind)
+
+
+# --- load --------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Outcomes of one phase."""
+
+    sent: int = 0
+    late: int = 0  # waited for a free connection past their scheduled time
+    by_status: dict[str, int] = field(default_factory=dict)  # "kind status" -> count
+    unexpected_5xx: int = 0
+    wrong: list[str] = field(default_factory=list)  # the first few, verbatim
+    wrong_count: int = 0
+    transport_errors: int = 0
+    latency_s: dict[str, list[float]] = field(default_factory=dict)
+
+    def note_wrong(self, text: str) -> None:
+        self.wrong_count += 1
+        if len(self.wrong) < 20:
+            self.wrong.append(text)
+
+
+class Load:
+    """Requests of the mix at a fixed rate over a bounded pool of keep-alive connections."""
+
+    def __init__(self, port: int, bodies: Bodies, concurrency: int, fresh_share: float, seed: int = 1) -> None:
+        self.port = port
+        self.bodies = bodies
+        self.random = random.Random(seed)
+        self.fresh_share = fresh_share
+        self.pool: asyncio.Queue[e2e_client.Connection] = asyncio.Queue()
+        for _ in range(concurrency):
+            self.pool.put_nowait(e2e_client.Connection(HOST, port))
+        self.names = [kind.name for kind in KINDS]
+        self.weights = [kind.weight for kind in KINDS]
+        self.kinds = {kind.name: kind for kind in KINDS}
+
+    async def run(self, seconds: float, rate: float, tally: Tally) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tasks: set[asyncio.Task[None]] = set()
+        for i in range(int(seconds * rate)):
+            delay = started + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            connection = await self.pool.get()
+            if loop.time() - (started + i / rate) > 1.0:
+                tally.late += 1
+            kind = self.kinds[self.random.choices(self.names, self.weights)[0]]
+            task = asyncio.create_task(self._one(connection, kind, tally))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=120)
+
+    async def _one(self, connection: e2e_client.Connection, kind: Kind, tally: Tally) -> None:
+        body, headers = self.bodies.next(kind.name)
+        tally.sent += 1
+        try:
+            if self.random.random() < self.fresh_share:
+                await connection.close()  # the next request opens a new connection
+            started = time.perf_counter()
+            reply = await asyncio.wait_for(connection.request("POST", "/", body, headers), 60)
+        except (OSError, e2e_client.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            tally.transport_errors += 1
+            tally.note_wrong(f"{kind.name}: {type(exc).__name__}: {exc}")
+            await connection.close()
+            return
+        finally:
+            self.pool.put_nowait(connection)
+        tally.latency_s.setdefault(kind.name, []).append(time.perf_counter() - started)
+        key = f"{kind.name} {reply.status}"
+        tally.by_status[key] = tally.by_status.get(key, 0) + 1
+        if reply.status >= 500 and not kind.fault:
+            tally.unexpected_5xx += 1
+        if reply.status != kind.status:
+            tally.note_wrong(f"{kind.name}: status {reply.status}, expected {kind.status}: {reply.body[:200]!r}")
+            return
+        try:
+            kind.check(reply)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            tally.note_wrong(f"{kind.name}: {exc}")
+
+    async def close(self) -> None:
+        """Close every connection (they stay in the pool, to reopen on use)."""
+        for _ in range(self.pool.qsize()):
+            connection = self.pool.get_nowait()
+            await connection.close()
+            self.pool.put_nowait(connection)
+
+
+@dataclass
+class Sample:
+    t: float
+    phase: str
+    rss_kib: int
+    anon_kib: int
+    fds: int
+    sockets: int
+
+
+async def sample_every(gateway: GatewayProcess, interval: float, phase: list[str], samples: list[Sample], origin: float) -> None:
+    while True:
+        samples.append(Sample(round(time.monotonic() - origin, 1), phase[0], gateway.rss_kib(), gateway.anon_kib(),
+                              gateway.fds(), gateway.sockets()))
+        await asyncio.sleep(interval)
+
+
+async def quiet_point(gateway: GatewayProcess, load: Load, wait: float) -> tuple[int, int]:
+    """Close the client's connections, wait `wait` seconds for the gateway to
+    let go of them, and return its (RSS KiB, open fds) there."""
+    await load.close()
+    await asyncio.sleep(wait)
+    return gateway.rss_kib(), gateway.fds()
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+def serve_fake_openai(port: int) -> None:
+    """Run tests/servers/fake_openai.py on HOST:port until SIGTERM."""
+    sys.path.insert(0, str(ROOT))
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from tests.servers.fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI()
+
+    async def main() -> None:
+        async def forget() -> None:
+            while True:  # it keeps every request body for the tests; not needed here
+                await asyncio.sleep(5)
+                fake.requests.clear()
+
+        config = Config()
+        config.bind = [f"{HOST}:{port}"]
+        config.accesslog = None
+        forgetting = asyncio.create_task(forget())
+        await serve(fake.app, config)  # type: ignore[arg-type]
+        forgetting.cancel()
+
+    asyncio.run(main())
+
+
+@dataclass
+class Processes:
+    fake: e2e.Proc
+    runner: e2e.Proc
+    gateway: GatewayProcess
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.runner.stop()
+        self.fake.stop()
+
+
+async def start_processes(workdir: Path, secret: str, gateway_settings: dict[str, str]) -> Processes:
+    fake_port, runner_port = e2e.free_port(), e2e.free_port()
+    fake = e2e.Proc("fake-openai", [sys.executable, str(Path(__file__).resolve()), "--serve-fake-openai", str(fake_port)],
+                    workdir / "fake-openai.log", clean_env())
+    runner = e2e.Proc(
+        "runner", venv_command("agentmark-gw") + ["runner", "--listen", f"{HOST}:{runner_port}", "--data-dir", str(DATASETS)],
+        workdir / "runner.log", clean_env(OPENAI_API_KEY="soak-key", OPENAI_BASE_URL=f"http://{HOST}:{fake_port}/v1"),
+    )
+    gateway = GatewayProcess(f"{HOST}:{runner_port}", secret, workdir, gateway_settings)
+    processes = Processes(fake, runner, gateway)
+    try:
+        fake.start()
+        runner.start()
+        gateway.start()
+        await gateway.ready(60, fake, runner)
+    except BaseException:
+        processes.stop()
+        raise
+    return processes
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    value = e2e.pct(values, q)
+    return None if value is None else round(1000 * value, 1)
+
+
+def summary(tally: Tally) -> dict[str, Any]:
+    everything = [x for values in tally.latency_s.values() for x in values]
+    return {
+        "sent": tally.sent,
+        "late": tally.late,
+        "by_status": dict(sorted(tally.by_status.items())),
+        "unexpected_5xx": tally.unexpected_5xx,
+        "wrong_answers": tally.wrong_count,
+        "wrong_examples": tally.wrong,
+        "transport_errors": tally.transport_errors,
+        "latency_ms": {
+            "all": {"p50": percentile(everything, 50), "p99": percentile(everything, 99)},
+            **{name: {"p50": percentile(values, 50), "p99": percentile(values, 99), "n": len(values)}
+               for name, values in sorted(tally.latency_s.items())},
+        },
+    }
+
+
+async def run_soak(duration: float, rate: float, *, warmup: float | None = None, concurrency: int = 32,
+                   sample_interval: float = 5.0, fresh_share: float = 0.2, keep_alive_timeout: float = 75.0,
+                   settle: float = 3.0, workdir: Path | None = None) -> dict[str, Any]:
+    """Start the three processes, warm up, soak, stop them. Returns the report;
+    `report["ok"]` says whether every criterion held.
+
+    Hypercorn keeps a connection the client closed (in CLOSE-WAIT, its fd
+    open) until `keep_alive_timeout` runs out, so each quiet point waits that
+    long, plus `settle` seconds, before counting file descriptors."""
+    warmup = min(60.0, max(20.0, duration / 4)) if warmup is None else warmup
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="agentmark-gw-soak-"))
+    secret = "soak-" + os.urandom(8).hex()
+    bodies = Bodies(secret)
+    processes = await start_processes(workdir, secret, {"KEEP_ALIVE_TIMEOUT": f"{keep_alive_timeout:g}"})
+    quiet = keep_alive_timeout + settle
+    gateway = processes.gateway
+    samples: list[Sample] = []
+    phase = ["warm-up"]
+    origin = time.monotonic()
+    sampler = asyncio.create_task(sample_every(gateway, sample_interval, phase, samples, origin))
+    load = Load(gateway.port, bodies, concurrency, fresh_share)
+    started_at = dt.datetime.now(dt.timezone.utc)
+    try:
+        start_rss, start_fds = gateway.rss_kib(), gateway.fds()
+        log(f"warm-up: {warmup:.0f} s at {rate:g} req/s (gateway pid {gateway.pid}, RSS {start_rss / 1024:.1f} MiB, {start_fds} fds)")
+        warm = Tally()
+        await load.run(warmup, rate, warm)
+        warm_rss, warm_fds = await quiet_point(gateway, load, quiet)
+        warm_anon = gateway.anon_kib()
+        runner_warm = rss_kib(processes.runner.pid)
+        log(f"after warm-up: RSS {warm_rss / 1024:.1f} MiB, {warm_fds} fds; soaking for {duration:.0f} s")
+        phase[0] = "soak"
+        cpu_before = e2e.cpu_seconds(gateway.pid)
+        soak = Tally()
+        await load.run(duration, rate, soak)
+        cpu_soak = e2e.cpu_seconds(gateway.pid) - cpu_before
+        phase[0] = "end"
+        end_rss, end_fds = await quiet_point(gateway, load, quiet)
+        # A connection Hypercorn is still closing is not a leak: give it the settle time once more.
+        if end_fds > warm_fds:
+            await wait_until(lambda: gateway.fds() <= warm_fds, settle * 2)
+            end_rss, end_fds = gateway.rss_kib(), gateway.fds()
+        end_anon = gateway.anon_kib()
+        runner_end = rss_kib(processes.runner.pid)
+        inflight = await gateway.metric("agentmark_gw_inflight_streams")
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+        await load.close()
+        processes.stop()
+    soak_samples = [s for s in samples if s.phase == "soak"]
+    change = (end_rss - warm_rss) / warm_rss
+    criteria = {
+        "rss_end_within_10pct_of_warm": end_rss <= warm_rss * (1 + RSS_GROWTH_LIMIT),
+        "no_unexpected_5xx": soak.unexpected_5xx == 0 and warm.unexpected_5xx == 0,
+        "every_answer_as_expected": soak.wrong_count == 0 and warm.wrong_count == 0,
+        "fds_back_to_baseline": end_fds <= warm_fds,
+        "no_stream_left_in_flight": inflight == 0,
+    }
+    return {
+        "ok": all(criteria.values()),
+        "criteria": criteria,
+        "meta": {
+            "date": started_at.date().isoformat(),
+            "started_utc": started_at.isoformat(timespec="seconds"),
+            "duration_s": duration, "warmup_s": warmup, "rate_per_s": rate, "concurrency": concurrency,
+            "fresh_connection_share": fresh_share, "sample_interval_s": sample_interval,
+            "keep_alive_timeout_s": keep_alive_timeout, "quiet_wait_s": quiet,
+            "mix": {kind.name: kind.weight for kind in KINDS},
+            "cpus": os.cpu_count(), "cpu_model": e2e._cpu_model(), "kernel": platform.release(),
+            "python": platform.python_version(), "commit": _commit(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "gateway": {
+            "rss_mib": {
+                "at_start": round(start_rss / 1024, 1),
+                "after_warmup": round(warm_rss / 1024, 1),
+                "at_end": round(end_rss / 1024, 1),
+                "max_during_soak": round(max((s.rss_kib for s in soak_samples), default=end_rss) / 1024, 1),
+                "change_pct": round(100 * change, 2),
+            },
+            "rss_anon_mib": {"after_warmup": round(warm_anon / 1024, 1), "at_end": round(end_anon / 1024, 1)},
+            "fds": {"at_start": start_fds, "after_warmup": warm_fds, "at_end": end_fds,
+                    "max_during_soak": max((s.fds for s in soak_samples), default=end_fds)},
+            "cpu_s_during_soak": round(cpu_soak, 1),
+            "inflight_streams_at_end": inflight,
+        },
+        "runner_rss_mib": {"after_warmup": round(runner_warm / 1024, 1), "at_end": round(runner_end / 1024, 1)},
+        "warmup": summary(warm),
+        "soak": summary(soak),
+        "samples": [vars(s) for s in samples],
+    }
+
+
+def _commit() -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "python"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return commit + ("+dirty" if dirty else "")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    meta, gw, soak = report["meta"], report["gateway"], report["soak"]
+    rss, fds = gw["rss_mib"], gw["fds"]
+    yes = {True: "pass", False: "**FAIL**"}
+    lines = [
+        f"# Soak, {meta['date']}",
+        "",
+        f"{meta['duration_s']:g} s at {meta['rate_per_s']:g} requests/s after {meta['warmup_s']:g} s of warm-up, "
+        f"at most {meta['concurrency']} at once; {meta['cpus']} × {meta['cpu_model']}, kernel {meta['kernel']}, "
+        f"Python {meta['python']}, commit {meta['commit']}.",
+        "",
+        "| criterion | figures | result |",
+        "|---|---|---|",
+        f"| RSS at the end within 10% of after warm-up | {rss['after_warmup']} → {rss['at_end']} MiB "
+        f"({rss['change_pct']:+.1f}%), max {rss['max_during_soak']} MiB | {yes[report['criteria']['rss_end_within_10pct_of_warm']]} |",
+        f"| no 5xx outside injected faults | {soak['unexpected_5xx']} | {yes[report['criteria']['no_unexpected_5xx']]} |",
+        f"| every answer as its kind expects | {soak['wrong_answers']} wrong, {soak['transport_errors']} transport errors "
+        f"| {yes[report['criteria']['every_answer_as_expected']]} |",
+        f"| open fds back to baseline | {fds['after_warmup']} → {fds['at_end']} (max {fds['max_during_soak']}) "
+        f"| {yes[report['criteria']['fds_back_to_baseline']]} |",
+        f"| no stream left in flight | {gw['inflight_streams_at_end']:g} | {yes[report['criteria']['no_stream_left_in_flight']]} |",
+        "",
+        f"Requests: {soak['sent']} ({soak['late']} started over 1 s late); latency p50 {soak['latency_ms']['all']['p50']} ms, "
+        f"p99 {soak['latency_ms']['all']['p99']} ms. Gateway CPU {gw['cpu_s_during_soak']} s over the soak; "
+        f"runner RSS {report['runner_rss_mib']['after_warmup']} → {report['runner_rss_mib']['at_end']} MiB.",
+        "",
+        "| kind | status | count | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for key, count in soak["by_status"].items():
+        name, status = key.rsplit(" ", 1)
+        latency = soak["latency_ms"].get(name, {})
+        lines.append(f"| {name} | {status} | {count} | {latency.get('p50')} | {latency.get('p99')} |")
+    if soak["wrong_examples"]:
+        lines += ["", "Wrong answers (first few):", ""] + [f"- `{text}`" for text in soak["wrong_examples"]]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Soak the gateway: steady mixed load, memory and fds watched.")
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of soak after warm-up (default 600)")
+    parser.add_argument("--rate", type=float, default=25.0, help="requests per second (default 25)")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up (default: a quarter of --duration, 20 to 60)")
+    parser.add_argument("--concurrency", type=int, default=32, help="most requests at once (default 32)")
+    parser.add_argument("--keep-alive-timeout", type=float, default=75.0,
+                        help="the gateway's keep_alive_timeout; fds are counted this long (+3 s) after the client closes (default 75, the gateway's own)")
+    parser.add_argument("--sample-interval", type=float, default=5.0, help="seconds between RSS/fd samples (default 5)")
+    parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the summary as Markdown here")
+    parser.add_argument("--serve-fake-openai", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_fake_openai:
+        serve_fake_openai(args.serve_fake_openai)
+        return 0
+    if not EVENTS.is_dir():
+        print(f"error: the shared event bodies are not at {EVENTS}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="agentmark-gw-soak-"))
+    try:
+        report = asyncio.run(run_soak(args.duration, args.rate, warmup=args.warmup, concurrency=args.concurrency,
+                                      sample_interval=args.sample_interval, keep_alive_timeout=args.keep_alive_timeout,
+                                      workdir=workdir))
+    except KeyboardInterrupt:
+        print("interrupted: servers stopped", file=sys.stderr)
+        return 130
+    text = markdown(report)
+    print(text)
+    for path, content in ((args.out, json.dumps(report, indent=2) + "\n"), (args.markdown, text)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+    log(f"{'all criteria held' if report['ok'] else 'a criterion failed'}; process logs in {workdir}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
