@@ -52,3 +52,7 @@ help: ## Show this help
 .PHONY: scale-out
 scale-out: $(STAMP) ## nginx in front of 2 gateways (2 workers each) and 3 runners, on loopback; Ctrl-C stops it
 	$(VENV)/python scripts/scale_out.py
+
+.PHONY: soak
+soak: $(STAMP) ## Soak: 10 min of mixed events at 25 req/s; gateway RSS, fds and 5xx checked (benchmarks/results/soak.*)
+	$(VENV)/python benchmarks/soak.py --duration 600 --rate 25 --out benchmarks/results/soak.json --markdown benchmarks/results/soak.md
