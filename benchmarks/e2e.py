@@ -969,6 +969,15 @@ def markdown(report: dict[str, Any]) -> str:
         "↻: measured again because other work was running (the quieter attempt is shown)."
     )
     out.append("")
+    threshold = meta.get("noise", {}).get("noisy_threshold", 0.10)
+    noisy = [c for c in report["cells"] if (c.get("machine_cpu_other") or 0) > threshold]
+    if noisy:
+        out.append(
+            f"NOISE: {len(noisy)} of {len(report['cells'])} cells ran while other work took more than {threshold:.0%} of the machine, "
+            "even after measuring again: their requests/s understate, and ratios between a noisy and a quiet cell are skewed "
+            "(CPU per request is less affected). " + ", ".join(f"{c['scenario']} c={c['connections']} {c['server']} ({c['machine_cpu_other']:.0%})" for c in noisy) + "."
+        )
+        out.append("")
     if report["ttfb"]:
         out.append(
             f"Time to first chunk UNDER SATURATION (closed loop: our asyncio client keeps {report['ttfb'][0]['connections']} connections "
