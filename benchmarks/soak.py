@@ -7,7 +7,8 @@ memory and file descriptors watched from /proc.
 
 Three processes on 127.0.0.1, as in production but on one machine:
 
-- the gateway: `agentmark-gw serve`, one Hypercorn worker;
+- the gateway: `agentmark-gw serve`, one worker on Hypercorn (`--server
+  granian` for Granian; RSS and descriptors are summed over its process tree);
 - the reference runner: `agentmark-gw runner` (AgentMark's runtime and the
   OpenAI executor, datasets from the shared fixtures), its real `openai`
   client pointed at
@@ -23,8 +24,12 @@ client's connections close, and the gateway's RSS and open file descriptors
 are taken as the reference. Then `--duration` seconds of requests at
 `--rate` per second (scheduled at fixed times; never more than
 `--concurrency` at once, on that many keep-alive connections, a fifth of
-requests on a fresh one), the gateway sampled every `--sample-interval`
-seconds. At the end, the same quiet point is measured again.
+requests, `--fresh-share`, on a new one, and one idle for half the
+keep-alive timeout not reused, as a load balancer whose idle timeout is
+under the gateway's would do), the gateway sampled every
+`--sample-interval` seconds. At the end, the same quiet point is measured
+again. Hypercorn holds a connection the client closed until its keep-alive
+timeout runs out, so each quiet point lasts `--keep-alive-timeout` + 3 s.
 
 The mix (weights out of 100): streaming text prompt-runs 30, streaming
 object prompt-runs 10, non-streaming prompt-runs 20, dataset runs 8,
@@ -384,11 +389,15 @@ class Tally:
 class Load:
     """Requests of the mix at a fixed rate over a bounded pool of keep-alive connections."""
 
-    def __init__(self, port: int, bodies: Bodies, concurrency: int, fresh_share: float, seed: int = 1) -> None:
+    def __init__(self, port: int, bodies: Bodies, concurrency: int, fresh_share: float, idle_limit: float, seed: int = 1) -> None:
         self.port = port
         self.bodies = bodies
         self.random = random.Random(seed)
         self.fresh_share = fresh_share
+        # Like a load balancer, whose idle timeout must stay under the gateway's
+        # keep-alive timeout: a connection idle this long is not used again.
+        self.idle_limit = idle_limit
+        self.last_used: dict[int, float] = {}
         self.pool: asyncio.Queue[e2e_client.Connection] = asyncio.Queue()
         for _ in range(concurrency):
             self.pool.put_nowait(e2e_client.Connection(HOST, port))
@@ -418,8 +427,9 @@ class Load:
         body, headers = self.bodies.next(kind.name)
         tally.sent += 1
         try:
-            if self.random.random() < self.fresh_share:
-                await connection.close()  # the next request opens a new connection
+            idle = time.monotonic() - self.last_used.get(id(connection), 0.0)
+            if self.random.random() < self.fresh_share or idle > self.idle_limit:
+                await connection.close()  # the request opens a new connection
             started = time.perf_counter()
             reply = await asyncio.wait_for(connection.request("POST", "/", body, headers), 60)
         except (OSError, e2e_client.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -428,6 +438,7 @@ class Load:
             await connection.close()
             return
         finally:
+            self.last_used[id(connection)] = time.monotonic()
             self.pool.put_nowait(connection)
         tally.latency_s.setdefault(kind.name, []).append(time.perf_counter() - started)
         key = f"{kind.name} {reply.status}"
@@ -562,7 +573,7 @@ def summary(tally: Tally) -> dict[str, Any]:
 
 async def run_soak(duration: float, rate: float, *, warmup: float | None = None, concurrency: int = 32,
                    sample_interval: float = 5.0, fresh_share: float = 0.2, keep_alive_timeout: float = 75.0,
-                   settle: float = 3.0, workdir: Path | None = None) -> dict[str, Any]:
+                   server: str = "hypercorn", settle: float = 3.0, workdir: Path | None = None) -> dict[str, Any]:
     """Start the three processes, warm up, soak, stop them. Returns the report;
     `report["ok"]` says whether every criterion held.
 
@@ -573,14 +584,14 @@ async def run_soak(duration: float, rate: float, *, warmup: float | None = None,
     workdir = workdir or Path(tempfile.mkdtemp(prefix="agentmark-gw-soak-"))
     secret = "soak-" + os.urandom(8).hex()
     bodies = Bodies(secret)
-    processes = await start_processes(workdir, secret, {"KEEP_ALIVE_TIMEOUT": f"{keep_alive_timeout:g}"})
+    processes = await start_processes(workdir, secret, {"SERVER": server, "KEEP_ALIVE_TIMEOUT": f"{keep_alive_timeout:g}"})
     quiet = keep_alive_timeout + settle
     gateway = processes.gateway
     samples: list[Sample] = []
     phase = ["warm-up"]
     origin = time.monotonic()
     sampler = asyncio.create_task(sample_every(gateway, sample_interval, phase, samples, origin))
-    load = Load(gateway.port, bodies, concurrency, fresh_share)
+    load = Load(gateway.port, bodies, concurrency, fresh_share, idle_limit=keep_alive_timeout / 2)
     started_at = dt.datetime.now(dt.timezone.utc)
     try:
         start_rss, start_fds = gateway.rss_kib(), gateway.fds()
@@ -627,7 +638,7 @@ async def run_soak(duration: float, rate: float, *, warmup: float | None = None,
             "started_utc": started_at.isoformat(timespec="seconds"),
             "duration_s": duration, "warmup_s": warmup, "rate_per_s": rate, "concurrency": concurrency,
             "fresh_connection_share": fresh_share, "sample_interval_s": sample_interval,
-            "keep_alive_timeout_s": keep_alive_timeout, "quiet_wait_s": quiet,
+            "server": server, "keep_alive_timeout_s": keep_alive_timeout, "quiet_wait_s": quiet,
             "mix": {kind.name: kind.weight for kind in KINDS},
             "cpus": os.cpu_count(), "cpu_model": e2e._cpu_model(), "kernel": platform.release(),
             "python": platform.python_version(), "commit": _commit(),
@@ -668,7 +679,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Soak, {meta['date']}",
         "",
         f"{meta['duration_s']:g} s at {meta['rate_per_s']:g} requests/s after {meta['warmup_s']:g} s of warm-up, "
-        f"at most {meta['concurrency']} at once; {meta['cpus']} × {meta['cpu_model']}, kernel {meta['kernel']}, "
+        f"at most {meta['concurrency']} at once, {100 * meta['fresh_connection_share']:g}% on a new connection; gateway on "
+        f"{meta['server']}, keep_alive_timeout {meta['keep_alive_timeout_s']:g} s; {meta['cpus']} × {meta['cpu_model']}, kernel {meta['kernel']}, "
         f"Python {meta['python']}, commit {meta['commit']}.",
         "",
         "| criterion | figures | result |",
@@ -704,8 +716,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=25.0, help="requests per second (default 25)")
     parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up (default: a quarter of --duration, 20 to 60)")
     parser.add_argument("--concurrency", type=int, default=32, help="most requests at once (default 32)")
+    parser.add_argument("--fresh-share", type=float, default=0.2, help="share of requests sent on a new connection (default 0.2)")
     parser.add_argument("--keep-alive-timeout", type=float, default=75.0,
                         help="the gateway's keep_alive_timeout; fds are counted this long (+3 s) after the client closes (default 75, the gateway's own)")
+    parser.add_argument("--server", choices=("hypercorn", "granian"), default="hypercorn", help="the gateway's HTTP server (default hypercorn)")
     parser.add_argument("--sample-interval", type=float, default=5.0, help="seconds between RSS/fd samples (default 5)")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the summary as Markdown here")
@@ -724,7 +738,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="agentmark-gw-soak-"))
     try:
         report = asyncio.run(run_soak(args.duration, args.rate, warmup=args.warmup, concurrency=args.concurrency,
-                                      sample_interval=args.sample_interval, keep_alive_timeout=args.keep_alive_timeout,
+                                      sample_interval=args.sample_interval, keep_alive_timeout=args.keep_alive_timeout, server=args.server,
+                                      fresh_share=args.fresh_share,
                                       workdir=workdir))
     except KeyboardInterrupt:
         print("interrupted: servers stopped", file=sys.stderr)
