@@ -135,8 +135,7 @@ async def gateway(runner: tuple[Runner, str], server: str, tmp_path_factory: pyt
 
 
 async def quiet_fds(gateway: GatewayProcess) -> int:
-    """The gateway's open descriptors once connections closed by clients are
-    gone: Hypercorn keeps them (CLOSE-WAIT) until the keep-alive timeout."""
+    """The gateway's open descriptors once every connection is closed and idle ones have timed out."""
     await asyncio.sleep(KEEP_ALIVE + 0.5)
     return gateway.fds()
 
@@ -366,3 +365,15 @@ async def test_a_slow_reader_that_never_leaves_is_cut_off_from_the_runner_at_the
         assert still_open and still_inflight == 1  # the known limit: see the docstring
         assert await nothing_in_flight(gateway)
         assert await back_to(gateway, baseline)
+
+
+async def test_connections_closed_by_clients_are_released_at_once(runner: tuple[Runner, str], server: str, tmp_path: Path) -> None:
+    """A load balancer may open a connection per request: when the client
+    closes it, the gateway lets go of it then, not after keep_alive_timeout
+    (stock Hypercorn 0.18 held it, in CLOSE-WAIT, for the whole timeout)."""
+    async with gateway_process(runner[1], server, tmp_path, KEEP_ALIVE_TIMEOUT="60") as gateway:
+        baseline = gateway.fds()
+        for _ in range(20):
+            async with httpx.AsyncClient(timeout=10) as client:  # a new connection each time, closed after
+                assert (await client.get(gateway.url + "/healthz")).status_code == 200
+        assert await wait_until(lambda: gateway.fds() <= baseline, 5.0), (gateway.fds(), baseline)
