@@ -66,7 +66,7 @@ class GatewayConfig:
     server: Literal["hypercorn", "granian"] = setting(
         "hypercorn",
         "HTTP server: `hypercorn` (Python), or `granian` (Rust; `pip install agentmark-gw[granian]`; "
-        "about 1.4x the non-streaming requests/s, see benchmarks/README.md).",
+        "less CPU per request, see benchmarks/README.md).",
     )
     loop: Literal["uvloop", "asyncio"] = setting(
         "uvloop", "Event loop of each worker: `uvloop` (libuv; less CPU per request, see benchmarks/README.md) or Python's own `asyncio`."
