@@ -44,6 +44,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 
 from agentmark_gw.protocol import runner_pb2 as pb  # noqa: E402
 from agentmark_gw.runner import events  # noqa: E402
+from agentmark_gw.runner.server import SERVER_OPTIONS  # noqa: E402
 
 import payloads  # noqa: E402
 
@@ -75,16 +76,8 @@ EXPERIMENT_MESSAGE = pb.ExperimentEvents(events=ROW_EVENTS).SerializeToString()
 EVALS_MESSAGE = pb.GetEvalsResponse(names=[]).SerializeToString()
 ALERT_MESSAGE = pb.AlertResponse(message="logged").SerializeToString()
 
-# As the SDK's server (agentmark_gw.runner.server.start), so the two
-# implementations differ only in how they answer.
-SERVER_OPTIONS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.so_reuseport", 0),
-    ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-]
+# SERVER_OPTIONS: as the SDK's server, so the two implementations differ
+# only in how they answer.
 
 
 # --- raw ------------------------------------------------------------------------

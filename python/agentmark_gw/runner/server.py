@@ -17,28 +17,28 @@ log = logging.getLogger("agentmark_gw.runner")
 SERVICE_NAME = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+# Every runner server's gRPC options (the benchmarks' trivial runner uses them too).
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # The gateway pings idle connections every 30 s; allow it.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC would otherwise share the port with another runner already
+    # on it and split the traffic silently.
+    ("grpc.so_reuseport", 0),
+    # Clients resolve a dns:/// name again only when a connection
+    # closes; ending connections after a few minutes (calls under way
+    # finish first: the grace is unbounded) lets gateways find runner
+    # replicas added since they connected.
+    ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+]
 
 
 async def start(runner: Runner, address: str = DEFAULT_ADDRESS) -> tuple[grpc.aio.Server, int]:
     """Start serving `runner` at `address` (port 0 picks a free one).
     Returns the server and the port it is bound to."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            # The gateway pings idle connections every 30 s; allow it.
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            # gRPC would otherwise share the port with another runner already
-            # on it and split the traffic silently.
-            ("grpc.so_reuseport", 0),
-            # Clients resolve a dns:/// name again only when a connection
-            # closes; ending connections after a few minutes (calls under way
-            # finish first: the grace is unbounded) lets gateways find runner
-            # replicas added since they connected.
-            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
-        ]
-    )
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(runner), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
