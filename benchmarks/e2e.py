@@ -4,8 +4,8 @@ and AgentMark's own webhook server (the peer), side by side in one run.
     .venv/bin/python benchmarks/e2e.py --duration 8 --out benchmarks/results/e2e.json
     .venv/bin/python benchmarks/e2e.py --quick          # smoke run, about 4 minutes
 
-Needs `wrk` (apt-get install wrk) and the shared event files
-(../shared/agentmark/events/). Prints Markdown tables; `--out` also writes
+Needs `wrk` (apt-get install wrk); the event bodies are AgentMark's, from
+tests/fixtures/agentmark/events/. Prints Markdown tables; `--out` also writes
 every figure as JSON. Exits 1 when a correctness check failed.
 
 Servers, each its own process(es) on 127.0.0.1, one worker each:
@@ -24,7 +24,7 @@ Servers, each its own process(es) on 127.0.0.1, one worker each:
   own `WebhookRunner` over an executor answering from memory (AgentMark's
   prompt compilation and rendering still run: they are part of its runner).
 
-Three scenarios, the shared event files as bodies, signed with
+Three scenarios, AgentMark's event files as bodies, signed with
 `x-agentmark-signature-256`: non-streaming prompt-run (one JSON envelope),
 streaming prompt-run (100 text chunks + finish), dataset-run (100 rows).
 
@@ -101,9 +101,7 @@ sys.path.insert(0, str(HERE / "e2e_servers"))
 import e2e_client  # noqa: E402
 import payloads  # noqa: E402
 
-EVENTS_DIR = ROOT.parent / "shared" / "agentmark" / "events"
-if not EVENTS_DIR.is_dir():
-    EVENTS_DIR = Path("/work/shared/agentmark/events")
+EVENTS_DIR = ROOT / "tests" / "fixtures" / "agentmark" / "events"
 WRK_SCRIPT = HERE / "wrk" / "post.lua"
 HOST = "127.0.0.1"
 SIGNATURE_HEADER = "x-agentmark-signature-256"
@@ -1356,7 +1354,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     if not EVENTS_DIR.is_dir():
-        print(f"error: the shared event bodies are not at {EVENTS_DIR}", file=sys.stderr)
+        print(f"error: AgentMark's event bodies are not at {EVENTS_DIR}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="agentmark-gw-e2e-"))
 

@@ -10,7 +10,7 @@ Three processes on 127.0.0.1, as in production but on one machine:
 - the gateway: `agentmark-gw serve`, one worker on Hypercorn (`--server
   granian` for Granian; RSS and descriptors are summed over its process tree);
 - the reference runner: `agentmark-gw runner` (AgentMark's runtime and the
-  OpenAI executor, datasets from the shared fixtures), its real `openai`
+  OpenAI executor, datasets from tests/fixtures), its real `openai`
   client pointed at
 - a fake OpenAI server (tests/servers/fake_openai.py), run by this script
   with `--serve-fake-openai PORT`.
@@ -73,9 +73,9 @@ import e2e  # noqa: E402  (processes, process trees, signing)
 import e2e_client  # noqa: E402  (a raw HTTP/1.1 client that costs little CPU)
 
 HOST = "127.0.0.1"
-SHARED = Path(os.environ.get("AGENTMARK_SHARED") or ROOT.parent / "shared" / "agentmark")
-EVENTS = SHARED / "events"
-DATASETS = SHARED / "fixtures" / "datasets"
+AGENTMARK = ROOT / "tests" / "fixtures" / "agentmark"
+EVENTS = AGENTMARK / "events"
+DATASETS = AGENTMARK / "datasets"
 SIGNATURE_HEADER = "x-agentmark-signature-256"
 RSS_GROWTH_LIMIT = 0.10
 
@@ -327,7 +327,7 @@ ALERT_FILES = ("alert-triggered-cost.json", "alert-resolved-cost.json", "alert-t
 
 
 class Bodies:
-    """Signed request bodies for each kind, from the shared event files."""
+    """Signed request bodies for each kind, from AgentMark's event files."""
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
@@ -733,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_fake_openai(args.serve_fake_openai)
         return 0
     if not EVENTS.is_dir():
-        print(f"error: the shared event bodies are not at {EVENTS}", file=sys.stderr)
+        print(f"error: AgentMark's event bodies are not at {EVENTS}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="agentmark-gw-soak-"))
     try:

@@ -27,15 +27,16 @@ from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
 
-# AgentMark's shared vectors, fixtures and events live beside the checkout.
-SHARED = Path(os.environ.get("AGENTMARK_SHARED") or Path(__file__).resolve().parent.parent.parent / "shared" / "agentmark")
+# AgentMark's cross-language vectors, event bodies, prompt ASTs and datasets,
+# copied into the repository unchanged (tests/fixtures/agentmark/README.md).
+AGENTMARK = Path(__file__).resolve().parent / "fixtures" / "agentmark"
 SECRET = "test-secret"
 BODY_LIMIT = 256 * 1024
 
 
-def shared_json(relative: str) -> Any:
-    """A file of AgentMark's shared vectors, fixtures or events, unchanged."""
-    return json.loads((SHARED / relative).read_text())
+def agentmark_json(relative: str) -> Any:
+    """A file of AgentMark's vectors, events, ASTs or datasets, unchanged."""
+    return json.loads((AGENTMARK / relative).read_text())
 
 
 @pytest.fixture(params=["rust", "python"])
@@ -100,7 +101,7 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 
 
 def exact_match_json(params: dict[str, Any]) -> dict[str, Any]:
-    """The eval the shared sentiment prompt names: output equals the expected JSON."""
+    """The eval the sentiment fixture prompt names: output equals the expected JSON."""
     expected = params["expectedOutput"]
     passed = params["output"] == (json.loads(expected) if isinstance(expected, str) else expected)
     return {"score": 1 if passed else 0, "passed": passed, "label": "match" if passed else "mismatch"}
@@ -108,12 +109,12 @@ def exact_match_json(params: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 async def openai_runner(fake_openai: FakeOpenAI) -> AsyncIterator[str]:
-    """The reference runner: AgentMark's runtime (datasets from the shared
+    """The reference runner: AgentMark's runtime (datasets from the
     fixtures) and the OpenAI executor, its real client pointed at the fake API."""
     from agentmark.prompt_core import FileLoader, create_agentmark
 
     client = openai.AsyncOpenAI(api_key="test-key", base_url=fake_openai.url, max_retries=0)  # type: ignore[attr-defined]
-    agentmark = create_agentmark(loader=FileLoader(str(SHARED / "fixtures" / "datasets")), scorers={"exact_match_json": exact_match_json})
+    agentmark = create_agentmark(loader=FileLoader(str(AGENTMARK / "datasets")), scorers={"exact_match_json": exact_match_json})
     runner = AgentMarkRunner(agentmark, OpenAIExecutor(client, backoff=0.01))
     server, port = await start(runner, "127.0.0.1:0")
     yield f"127.0.0.1:{port}"
@@ -180,7 +181,7 @@ ROOT = Path(__file__).resolve().parent.parent
 async def rust_runner(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """The Rust example runner (examples/runner-rust), built with cargo and run
     as a process, its model calls going to the fake API. Its data directory
-    holds the conformance kit's dataset and the shared datasets."""
+    holds the conformance kit's dataset and AgentMark's fixture datasets."""
     import shutil
 
     from agentmark_gw import conformance
@@ -192,7 +193,7 @@ async def rust_runner(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPath
     assert build.returncode == 0, err.decode()[-3000:]
     data = tmp_path_factory.mktemp("rust-runner-data")
     conformance.write_dataset(data)
-    for dataset in (SHARED / "fixtures" / "datasets").glob("*.jsonl"):
+    for dataset in (AGENTMARK / "datasets").glob("*.jsonl"):
         shutil.copy(dataset, data)
     port = free_port()
     env = {**os.environ, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake_openai.url}  # type: ignore[attr-defined]

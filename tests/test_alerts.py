@@ -23,7 +23,7 @@ from quart import Quart, Response, request
 from agentmark_gw.gateway import create_app
 from agentmark_gw.gateway.alerts import HTTP_SIGNATURE_HEADER, Outbox, Sink
 
-from .conftest import SECRET, HttpServer, free_port, gateway_config, shared_json, signed, wait_for_port
+from .conftest import SECRET, HttpServer, free_port, gateway_config, agentmark_json, signed, wait_for_port
 from .servers.scripted_runner import ScriptedRunner
 from .test_cli import environment, run
 
@@ -56,7 +56,7 @@ async def sink() -> AsyncIterator[tuple[SinkServer, str]]:
 
 
 def alert_event(alert_id: str = "alrt_1", kind: str = "cost", status: str = "triggered") -> dict[str, Any]:
-    event = shared_json("events/alert-triggered-cost.json")
+    event = agentmark_json("events/alert-triggered-cost.json")
     event["event"]["data"]["alert"].update(id=alert_id, type=kind, status=status)
     return event
 

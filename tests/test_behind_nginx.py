@@ -18,7 +18,7 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events
 
-from .conftest import HttpServer, free_port, gateway_config, shared_json, signed, wait_for_port
+from .conftest import HttpServer, free_port, gateway_config, agentmark_json, signed, wait_for_port
 from .servers.scripted_runner import ScriptedRunner
 
 pytestmark = pytest.mark.e2e
@@ -76,7 +76,7 @@ async def test_a_stream_passes_through_unbuffered(nginx: tuple[str, float], scri
     url, _ = nginx
     scripted_runner.pause = 0.2
     scripted_runner.script = [events.text_delta(str(i)) for i in range(5)] + [events.finish("stop")]
-    raw, headers = signed(shared_json("events/prompt-run-text.json"))
+    raw, headers = signed(agentmark_json("events/prompt-run-text.json"))
     arrivals = []
     async with client.stream("POST", url + "/", content=raw, headers=headers) as response:
         assert response.headers["agentmark-streaming"] == "true"
@@ -102,7 +102,7 @@ async def test_heartbeats_keep_a_silent_dataset_run_open_through_nginx(nginx: tu
 
     ScriptedRunner.run_experiment = slow_rows  # type: ignore[method-assign]
     try:
-        raw, headers = signed(shared_json("events/dataset-run.json"))
+        raw, headers = signed(agentmark_json("events/dataset-run.json"))
         async with client.stream("POST", url + "/", content=raw, headers=headers, timeout=30) as response:
             lines = [json.loads(line) async for line in response.aiter_lines() if line.strip()]
     finally:

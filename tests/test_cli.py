@@ -12,14 +12,14 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import SHARED, free_port, shared_json, wait_for_port
+from .conftest import AGENTMARK, free_port, agentmark_json, wait_for_port
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
 from .test_signature import oracle
 
 pytestmark = pytest.mark.e2e
 EXE = [sys.executable, "-m", "agentmark_gw.cli"]
-TEXT_EVENT = str(SHARED / "events" / "prompt-run-text.json")
+TEXT_EVENT = str(AGENTMARK / "events" / "prompt-run-text.json")
 
 
 def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -99,7 +99,7 @@ async def test_up_generates_a_secret_that_send_uses(tmp_path: Path, fake_openai:
         up.terminate()
         printed, _ = await asyncio.wait_for(up.communicate(), 20)
     assert saved.read_text().strip() in printed.decode()
-    assert shared_json("events/prompt-run-text.json")["event"]["type"] == "prompt-run"
+    assert agentmark_json("events/prompt-run-text.json")["event"]["type"] == "prompt-run"
 
 
 async def test_send_reports_a_missing_file_without_a_traceback(tmp_path: Path) -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SECRET, SHARED
+from .conftest import SECRET, AGENTMARK
 from .servers.fake_openai import IMAGE_BYTES, FakeOpenAI
 from .test_cli import environment, run
 
 pytestmark = pytest.mark.e2e
-EVENTS = SHARED / "events"
+EVENTS = AGENTMARK / "events"
 
 
 async def send(tmp_path: Path, gateway: str, *args: str) -> tuple[int, str, str]:
@@ -34,7 +34,7 @@ async def test_a_dataset_run_ends_with_a_summary_and_its_rows_in_a_file(tmp_path
 
 
 async def test_images_are_written_to_files(tmp_path: Path, gateway: str) -> None:
-    event = {"event": {"type": "prompt-run", "data": {"ast": json.loads((SHARED / "fixtures/ast/image.json").read_text())}}}
+    event = {"event": {"type": "prompt-run", "data": {"ast": json.loads((AGENTMARK / "ast/image.json").read_text())}}}
     (tmp_path / "image.json").write_text(json.dumps(event))
     code, out, err = await send(tmp_path, gateway, str(tmp_path / "image.json"), "--out", str(tmp_path / "media"))
     assert code == 0, err
@@ -54,7 +54,7 @@ async def test_objects_end_pretty_printed(tmp_path: Path, gateway: str, fake_ope
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["prompt-run", "--ast", str(SHARED / "fixtures/ast/math.json"), "--props", '{"userMessage": "2+2"}', "--no-stream"],
+        (["prompt-run", "--ast", str(AGENTMARK / "ast/math.json"), "--props", '{"userMessage": "2+2"}', "--no-stream"],
          {"type": "object", "result": {"answer": "4"}}),
         (["get-evals"], {"type": "evals", "result": '["exact_match_json"]', "traceId": ""}),
         (["alert", "--type", "latency", "--status", "resolved", "--id", "a-9", "--value", "1.5", "--threshold", "2"],
@@ -74,7 +74,7 @@ async def test_built_events_are_accepted_by_the_gateway(args: list[str], expecte
 
 
 async def test_a_dataset_run_event_names_its_dataset(tmp_path: Path) -> None:
-    code, body, _ = await run("event", "dataset-run", "--ast", str(SHARED / "fixtures/ast/sentiment.json"), "--dataset", "sentiment.jsonl",
+    code, body, _ = await run("event", "dataset-run", "--ast", str(AGENTMARK / "ast/sentiment.json"), "--dataset", "sentiment.jsonl",
                               "--experiment", "nightly", "--concurrency", "3", env=environment(tmp_path))
     data = json.loads(body)["event"]["data"]
     assert (data["datasetPath"], data["experimentId"], data["concurrency"]) == ("sentiment.jsonl", "nightly", 3)
@@ -82,7 +82,7 @@ async def test_a_dataset_run_event_names_its_dataset(tmp_path: Path) -> None:
 
 
 async def test_bad_props_are_a_clear_error(tmp_path: Path) -> None:
-    code, _, err = await run("event", "prompt-run", "--ast", str(SHARED / "fixtures/ast/text.json"), "--props", "{oops", env=environment(tmp_path))
+    code, _, err = await run("event", "prompt-run", "--ast", str(AGENTMARK / "ast/text.json"), "--props", "{oops", env=environment(tmp_path))
     assert code == 2 and err.strip() == "error: --props is not valid JSON: {oops"
 
 

@@ -21,11 +21,11 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import SECRET, free_port, shared_json, signed, wait_for_port
+from .conftest import SECRET, free_port, agentmark_json, signed, wait_for_port
 from .servers.scripted_runner import ScriptedRunner
 
 pytestmark = pytest.mark.e2e
-TEXT_EVENT = shared_json("events/prompt-run-text.json")
+TEXT_EVENT = agentmark_json("events/prompt-run-text.json")
 SERVERS = ["hypercorn", "granian"]
 
 
@@ -125,7 +125,7 @@ async def test_the_contract_on_each_server_and_loop(server: str, loop: str, scri
             streamed = await http.post(url, content=raw, headers=headers)
             assert streamed.headers["content-type"] == "application/x-ndjson"
             assert [json.loads(line) for line in streamed.text.splitlines()][-1] == {"type": "text", "finishReason": "stop"}
-            raw, headers = signed(shared_json("events/prompt-run-text-nostream.json"))
+            raw, headers = signed(agentmark_json("events/prompt-run-text-nostream.json"))
             folded = await http.post(url, content=raw, headers=headers)
             assert folded.json()["result"] == "ab"
             refused = await http.post(url, content=raw, headers={**headers, "x-agentmark-signature-256": "sha256=00"})

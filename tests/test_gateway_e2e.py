@@ -1,6 +1,6 @@
 """End to end: real Hypercorn gateway → real grpc.aio runner → (for the
 reference runner) the real `openai` client → a fake OpenAI server, all on
-loopback. Every shared event body is sent as AgentMark would send it."""
+loopback. Every AgentMark event body is sent as AgentMark would send it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import BODY_LIMIT, SECRET, shared_json, signed
+from .conftest import BODY_LIMIT, SECRET, agentmark_json, signed
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
 
@@ -31,7 +31,7 @@ async def stream_lines(client: httpx.AsyncClient, url: str, body: bytes | dict, 
 
 async def test_text_prompt_streams_ndjson_from_the_model(gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
     fake_openai.reply = "2 + 2 = 4"
-    response, lines = await stream_lines(client, gateway + "/", shared_json("events/prompt-run-text.json"))
+    response, lines = await stream_lines(client, gateway + "/", agentmark_json("events/prompt-run-text.json"))
     assert response.status_code == 200
     assert response.headers["agentmark-streaming"] == "true"
     assert response.headers["content-type"] == "application/x-ndjson"
@@ -59,7 +59,7 @@ async def test_text_prompt_streams_ndjson_from_the_model(gateway: str, client: h
 
 async def test_text_prompt_without_streaming_answers_the_text_envelope(gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
     fake_openai.reply = "four"
-    raw, headers = signed(shared_json("events/prompt-run-text-nostream.json"))
+    raw, headers = signed(agentmark_json("events/prompt-run-text-nostream.json"))
     response = await client.post(gateway + "/api/agentmark", content=raw, headers=headers)
     assert response.status_code == 200
     assert "agentmark-streaming" not in response.headers
@@ -75,7 +75,7 @@ async def test_text_prompt_without_streaming_answers_the_text_envelope(gateway: 
 
 async def test_object_prompt_streams_the_parsed_object(gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
     fake_openai.object_reply = {"answer": "4"}
-    response, lines = await stream_lines(client, gateway + "/", shared_json("events/prompt-run-object.json"))
+    response, lines = await stream_lines(client, gateway + "/", agentmark_json("events/prompt-run-object.json"))
     assert response.status_code == 200
     results = [line["result"] for line in lines if "result" in line]
     assert results[0] == {} and results[-1] == {"answer": "4"}  # deltas grow, then the final value
@@ -85,7 +85,7 @@ async def test_object_prompt_streams_the_parsed_object(gateway: str, client: htt
 
 
 async def test_model_api_failure_becomes_a_terminal_error_line(gateway: str, client: httpx.AsyncClient) -> None:
-    event = shared_json("events/prompt-run-text.json")
+    event = agentmark_json("events/prompt-run-text.json")
     event["event"]["data"]["customProps"] = {"userMessage": "fail:500"}
     response, lines = await stream_lines(client, gateway + "/", event)
     assert response.status_code == 200
@@ -93,7 +93,7 @@ async def test_model_api_failure_becomes_a_terminal_error_line(gateway: str, cli
 
 
 async def test_model_api_failure_without_streaming_is_a_500(gateway: str, client: httpx.AsyncClient) -> None:
-    event = shared_json("events/prompt-run-text-nostream.json")
+    event = agentmark_json("events/prompt-run-text-nostream.json")
     event["event"]["data"]["customProps"] = {"userMessage": "fail:429"}
     raw, headers = signed(event)
     response = await client.post(gateway + "/", content=raw, headers=headers)
@@ -113,7 +113,7 @@ async def test_done_line_follows_a_run_with_a_trace_id(scripted_gateway: str, sc
         events.text_delta("lo"),
         events.finish("stop", input_tokens=1, output_tokens=2),
     ]
-    _, lines = await stream_lines(client, scripted_gateway + "/", shared_json("events/prompt-run-text.json"))
+    _, lines = await stream_lines(client, scripted_gateway + "/", agentmark_json("events/prompt-run-text.json"))
     assert lines == [
         {"type": "text", "result": "hel"},
         {"type": "text", "toolCall": {"toolCallId": "call_1", "toolName": "search", "args": {"q": "weather"}}},
@@ -124,7 +124,7 @@ async def test_done_line_follows_a_run_with_a_trace_id(scripted_gateway: str, sc
 
 
 async def test_every_data_field_reaches_the_runner(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
-    event = shared_json("events/prompt-run-text.json")
+    event = agentmark_json("events/prompt-run-text.json")
     event["event"]["data"]["aFieldFromTheFuture"] = {"x": [1, 2]}
     scripted_runner.script = [events.finish("stop")]
     await stream_lines(client, scripted_gateway + "/", event)
@@ -137,7 +137,7 @@ async def test_every_data_field_reaches_the_runner(scripted_gateway: str, script
 
 async def test_both_body_shapes_are_accepted(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
     scripted_runner.script = [events.text_delta("x"), events.finish("stop")]
-    bare = shared_json("events/prompt-run-text.json")["event"]
+    bare = agentmark_json("events/prompt-run-text.json")["event"]
     response, lines = await stream_lines(client, scripted_gateway + "/", bare)
     assert response.status_code == 200 and lines[0] == {"type": "text", "result": "x"}
 
@@ -146,7 +146,7 @@ async def test_invalid_json_from_the_runner_is_a_clean_error_line(scripted_gatew
     bad = events.tool_call("c", "n", None)
     bad.tool_call.args_json = "{not json"
     scripted_runner.script = [events.text_delta("a"), bad, events.text_delta("never sent")]
-    _, lines = await stream_lines(client, scripted_gateway + "/", shared_json("events/prompt-run-text.json"))
+    _, lines = await stream_lines(client, scripted_gateway + "/", agentmark_json("events/prompt-run-text.json"))
     assert lines == [
         {"type": "text", "result": "a"},
         {"type": "error", "error": "runner sent invalid JSON in tool_call.args_json"},
@@ -155,13 +155,13 @@ async def test_invalid_json_from_the_runner_is_a_clean_error_line(scripted_gatew
 
 async def test_image_and_speech_answer_json_envelopes(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
     scripted_runner.script = [events.started("t1"), events.image([("image/png", "aGk=")]), events.finish("stop")]
-    raw, headers = signed(shared_json("events/prompt-run-image.json"))
+    raw, headers = signed(agentmark_json("events/prompt-run-image.json"))
     response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
     assert response.status_code == 200
     assert response.json() == {"type": "image", "result": [{"mimeType": "image/png", "base64": "aGk="}], "traceId": "t1"}
 
     scripted_runner.script = [events.speech("audio/mpeg", "bXAz", "mp3"), events.finish("stop")]
-    raw, headers = signed(shared_json("events/prompt-run-speech.json"))
+    raw, headers = signed(agentmark_json("events/prompt-run-speech.json"))
     response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
     assert response.json() == {"type": "speech", "result": {"mimeType": "audio/mpeg", "base64": "bXAz", "format": "mp3"}}
 
@@ -171,7 +171,7 @@ async def test_dataset_run_streams_rows_and_error_rows(scripted_gateway: str, sc
         events.dataset_row(input={"text": "great"}, expected_output="positive", actual_output="positive", tokens=3, run_id="r1", run_name="sentiment-baseline"),
         events.row_error("item 2 failed"),
     ]
-    response, lines = await stream_lines(client, scripted_gateway + "/", shared_json("events/dataset-run.json"))
+    response, lines = await stream_lines(client, scripted_gateway + "/", agentmark_json("events/dataset-run.json"))
     assert response.headers["agentmark-streaming"] == "true"
     assert lines == [
         {
@@ -188,15 +188,15 @@ async def test_dataset_run_streams_rows_and_error_rows(scripted_gateway: str, sc
 
 async def test_get_evals_is_byte_exact(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
     scripted_runner.evals = ["lot_url_pattern", "lot_count", "10", "café"]
-    raw, headers = signed(shared_json("events/get-evals.json"))
+    raw, headers = signed(agentmark_json("events/get-evals.json"))
     response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
     assert response.status_code == 200
-    assert response.json() == shared_json("vectors/control-plane.json")["cases"][0]["expected"]
+    assert response.json() == agentmark_json("vectors/control-plane.json")["cases"][0]["expected"]
 
 
 @pytest.mark.parametrize("name", ["alert-triggered-cost", "alert-resolved-cost", "alert-triggered-latency", "alert-triggered-error-rate"])
 async def test_alerts_are_acknowledged_and_handed_to_the_runner(name: str, scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
-    event = shared_json(f"events/{name}.json")
+    event = agentmark_json(f"events/{name}.json")
     alert = event["event"]["data"]["alert"]
     scripted_runner.alert_seen.clear()
     raw, headers = signed(event)
@@ -212,7 +212,7 @@ async def test_alerts_are_acknowledged_and_handed_to_the_runner(name: str, scrip
 async def test_client_disconnect_cancels_the_runner_call(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
     scripted_runner.pause = 0.05
     scripted_runner.script = [events.text_delta(str(i)) for i in range(200)]
-    raw, headers = signed(shared_json("events/prompt-run-text.json"))
+    raw, headers = signed(agentmark_json("events/prompt-run-text.json"))
     async with client.stream("POST", scripted_gateway + "/", content=raw, headers=headers) as response:
         async for _ in response.aiter_lines():
             break
@@ -222,7 +222,7 @@ async def test_client_disconnect_cancels_the_runner_call(scripted_gateway: str, 
 async def test_client_disconnect_cancels_a_non_streaming_run(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
     scripted_runner.pause = 0.05
     scripted_runner.script = [events.text_delta(str(i)) for i in range(200)]
-    raw, headers = signed(shared_json("events/prompt-run-text-nostream.json"))
+    raw, headers = signed(agentmark_json("events/prompt-run-text-nostream.json"))
     with pytest.raises(httpx.ReadTimeout):
         await client.post(scripted_gateway + "/", content=raw, headers=headers, timeout=0.5)  # gives up, closing the connection
     await asyncio.wait_for(scripted_runner.cancelled.wait(), 5)
@@ -301,7 +301,7 @@ async def test_unreachable_runner_is_503(client: httpx.AsyncClient) -> None:
 
     down = f"127.0.0.1:{free_port()}"
     async with HttpServer(create_app(gateway_config(down))) as server:
-        raw, headers = signed(shared_json("events/prompt-run-text.json"))
+        raw, headers = signed(agentmark_json("events/prompt-run-text.json"))
         response = await client.post(server.url + "/", content=raw, headers=headers)
     assert response.status_code == 503
     assert response.json() == {"message": f"Runner unavailable: tried {down}"}
@@ -312,7 +312,7 @@ async def test_good_requests_succeed_after_a_burst_of_bad_ones(scripted_gateway:
     statuses = {r.status_code for r in await asyncio.gather(*bad)}
     assert statuses == {401}
     scripted_runner.script = [events.text_delta("still fine"), events.finish("stop")]
-    response, lines = await stream_lines(client, scripted_gateway + "/", shared_json("events/prompt-run-text.json"))
+    response, lines = await stream_lines(client, scripted_gateway + "/", agentmark_json("events/prompt-run-text.json"))
     assert response.status_code == 200 and lines[0] == {"type": "text", "result": "still fine"}
 
 
@@ -329,7 +329,7 @@ async def test_runner_without_the_method_is_501(client: httpx.AsyncClient) -> No
     await bare.start()
     try:
         async with HttpServer(create_app(gateway_config(f"127.0.0.1:{port}"))) as server:
-            raw, headers = signed(shared_json("events/prompt-run-text.json"))
+            raw, headers = signed(agentmark_json("events/prompt-run-text.json"))
             response = await client.post(server.url + "/", content=raw, headers=headers)
     finally:
         await bare.stop(0)
@@ -349,7 +349,7 @@ async def test_deadline_before_the_first_event_is_504(scripted: tuple[ScriptedRu
     scripted_runner.script = [events.text_delta("too late")]
     config = replace(gateway_config(scripted[1]), deadlines=Deadlines(prompt_run=0.3))
     async with HttpServer(create_app(config)) as server:
-        raw, headers = signed(shared_json("events/prompt-run-text.json"))
+        raw, headers = signed(agentmark_json("events/prompt-run-text.json"))
         response = await client.post(server.url + "/", content=raw, headers=headers)
     assert response.status_code == 504
     assert response.json() == {"message": "Runner did not answer before the deadline"}
@@ -370,7 +370,7 @@ async def test_runner_without_credentials_says_what_to_set(client: httpx.AsyncCl
     runner, port = await start(AgentMarkRunner(create_agentmark(), OpenAIExecutor()), "127.0.0.1:0")
     try:
         async with HttpServer(create_app(gateway_config(f"127.0.0.1:{port}"))) as server:
-            _, lines = await stream_lines(client, server.url + "/", shared_json("events/prompt-run-text.json"))
+            _, lines = await stream_lines(client, server.url + "/", agentmark_json("events/prompt-run-text.json"))
     finally:
         await runner.stop(0)
     assert lines == [{"type": "error", "error": MISSING_CREDENTIALS}]
@@ -384,7 +384,7 @@ async def test_gateway_runs_on_the_rust_core_by_default(scripted_gateway: str, c
 
 async def test_lone_surrogates_in_the_body_reach_the_runner_intact(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
     scripted_runner.script = [events.finish("stop")]
-    event = shared_json("events/prompt-run-text.json")
+    event = agentmark_json("events/prompt-run-text.json")
     event["event"]["data"]["customProps"] = {"userMessage": "PLACEHOLDER"}
     raw = json.dumps(event).replace("PLACEHOLDER", "odd \\ud800 text").encode()
     response, _ = await stream_lines(client, scripted_gateway + "/", raw)
@@ -417,7 +417,7 @@ async def test_the_readme_example_event_runs(gateway: str, client: httpx.AsyncCl
 
 async def test_long_integers_reach_the_runner_exactly(scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
     scripted_runner.script = [events.finish("stop")]
-    event = shared_json("events/prompt-run-text.json")
+    event = agentmark_json("events/prompt-run-text.json")
     event["event"]["data"]["customProps"] = {"id": 123456789012345678901234567890, "small": 7, "price": 0.1}
     response, _ = await stream_lines(client, scripted_gateway + "/", event)
     assert response.status_code == 200

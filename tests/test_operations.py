@@ -14,12 +14,12 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events, start
 
-from .conftest import HttpServer, free_port, gateway_config, shared_json, signed
+from .conftest import HttpServer, free_port, gateway_config, agentmark_json, signed
 from .servers.scripted_runner import ScriptedRunner
 from .test_gateway_e2e import stream_lines
 
 pytestmark = pytest.mark.e2e
-TEXT_EVENT = shared_json("events/prompt-run-text.json")
+TEXT_EVENT = agentmark_json("events/prompt-run-text.json")
 
 
 async def test_a_runner_that_is_down_is_skipped_for_the_next(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
@@ -193,7 +193,7 @@ async def test_the_deadline_per_event_type_reaches_the_runner(scripted: tuple[Sc
     config = replace(gateway_config(scripted[1]), deadlines=Deadlines(prompt_run=42, dataset_run=4200))
     async with HttpServer(create_app(config)) as server:
         await stream_lines(client, server.url + "/", TEXT_EVENT)
-        await stream_lines(client, server.url + "/", shared_json("events/dataset-run.json"))
+        await stream_lines(client, server.url + "/", agentmark_json("events/dataset-run.json"))
     prompt, experiment = scripted_runner.seen[-2:]
     # gRPC sends deadlines on the wire in coarse units, rounded up (seen: 42 s
     # arriving as 42.1 s, 4,200 s as 4,210 s), so only nearness is checked.

@@ -1,6 +1,6 @@
 """The reference runner end to end: AgentMark's runtime with the OpenAI
 executor, behind the real gateway, its real `openai` client talking to the
-fake model server. Every shared prompt fixture, the dataset run with its
+fake model server. Every AgentMark prompt fixture, the dataset run with its
 eval, tools, provider errors, retries and concurrency."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, Tool, start
 
-from .conftest import SHARED, HttpServer, exact_match_json, gateway_config, shared_json, signed
+from .conftest import AGENTMARK, HttpServer, exact_match_json, gateway_config, agentmark_json, signed
 from .servers.fake_openai import IMAGE_BYTES, SPEECH_BYTES, FakeOpenAI, sentiment_of
 from .test_gateway_e2e import stream_lines
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 
 def prompt_run(fixture: str, props: dict[str, Any] | None = None, stream: bool = True) -> dict[str, Any]:
-    data: dict[str, Any] = {"ast": shared_json(f"fixtures/ast/{fixture}.json"), "options": {"shouldStream": stream}}
+    data: dict[str, Any] = {"ast": agentmark_json(f"ast/{fixture}.json"), "options": {"shouldStream": stream}}
     if props is not None:
         data["customProps"] = props
     return {"event": {"type": "prompt-run", "data": data}}
@@ -35,7 +35,7 @@ async def post_json(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -
     return await client.post(url, content=raw, headers=headers)
 
 
-# --- every shared prompt fixture --------------------------------------------------
+# --- every AgentMark prompt fixture --------------------------------------------------
 
 
 async def test_text_fixture(any_gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
@@ -93,9 +93,9 @@ async def test_image_provider_error_is_a_500_with_its_message(gateway: str, clie
 
 
 async def test_dataset_run_scores_each_row_with_the_prompts_eval(gateway: str, client: httpx.AsyncClient) -> None:
-    response, lines = await stream_lines(client, gateway + "/", shared_json("events/dataset-run.json"))
+    response, lines = await stream_lines(client, gateway + "/", agentmark_json("events/dataset-run.json"))
     assert response.status_code == 200 and response.headers["agentmark-streaming"] == "true"
-    dataset = [json.loads(line) for line in (SHARED / "fixtures" / "datasets" / "sentiment.jsonl").read_text().splitlines()]
+    dataset = [json.loads(line) for line in (AGENTMARK / "datasets" / "sentiment.jsonl").read_text().splitlines()]
     rows = [line for line in lines if line["type"] == "dataset"]
     assert len(rows) == len(dataset) and not [line for line in lines if line["type"] == "error"]
     by_input = {json.dumps(row["input"], sort_keys=True): row for row in dataset}
@@ -124,7 +124,7 @@ async def test_dataset_run_honours_the_requested_concurrency(fake_openai: FakeOp
     try:
         async with HttpServer(create_app(gateway_config(f"127.0.0.1:{port}"))) as gateway:
             for concurrency in (1, 3):
-                event = {"type": "dataset-run", "data": {"ast": shared_json("fixtures/ast/text.json"), "datasetPath": "slow.jsonl", "concurrency": concurrency}}
+                event = {"type": "dataset-run", "data": {"ast": agentmark_json("ast/text.json"), "datasetPath": "slow.jsonl", "concurrency": concurrency}}
                 fake_openai.reset_peak()
                 _, lines = await stream_lines(client, gateway.url + "/", event)
                 assert [line["type"] for line in lines] == ["dataset"] * 6
@@ -135,7 +135,7 @@ async def test_dataset_run_honours_the_requested_concurrency(fake_openai: FakeOp
 
 
 async def test_a_dataset_path_outside_the_data_dir_is_refused(any_gateway: str, client: httpx.AsyncClient) -> None:
-    event = shared_json("events/dataset-run.json")
+    event = agentmark_json("events/dataset-run.json")
     event["event"]["data"]["datasetPath"] = "../../../etc/passwd.jsonl"
     _, lines = await stream_lines(client, any_gateway + "/", event)
     assert lines == [{"type": "error", "error": "cannot load the dataset: Access denied: path outside allowed directory"}]
@@ -156,7 +156,7 @@ async def test_tools_named_in_the_frontmatter_are_called_and_answered(fake_opena
     tools = {"get_weather": Tool("The weather in a city", {"type": "object", "properties": {"city": {"type": "string"}}}, weather)}
     model = openai.AsyncOpenAI(api_key="k", base_url=fake_openai.url, max_retries=0)  # type: ignore[attr-defined]
     server, port = await start(AgentMarkRunner(create_agentmark(), OpenAIExecutor(model, tools=tools)), "127.0.0.1:0")
-    ast = shared_json("fixtures/ast/text.json")
+    ast = agentmark_json("ast/text.json")
     ast["children"][0]["value"] = "name: weather\ntext_config:\n  model_name: test-model\n  tools:\n    - get_weather"
     event = {"type": "prompt-run", "data": {"ast": ast, "customProps": {"userMessage": "tool:get_weather"}}}
     try:
@@ -176,7 +176,7 @@ async def test_tools_named_in_the_frontmatter_are_called_and_answered(fake_opena
 
 
 async def test_an_unregistered_tool_is_a_clear_error(gateway: str, client: httpx.AsyncClient) -> None:
-    ast = shared_json("fixtures/ast/text.json")
+    ast = agentmark_json("ast/text.json")
     ast["children"][0]["value"] = "name: weather\ntext_config:\n  model_name: test-model\n  tools:\n    - get_weather"
     _, lines = await stream_lines(client, gateway + "/", {"type": "prompt-run", "data": {"ast": ast}})
     assert lines == [{"type": "error", "error": "tools not registered with the executor: get_weather"}]
@@ -243,7 +243,7 @@ async def test_agentmark_sdk_spans_join_the_callers_trace_and_reach_the_done_lin
 
 async def test_dataset_run_on_the_rust_runner(rust_gateway: str, client: httpx.AsyncClient) -> None:
     """The Rust example scores no evals; its rows are otherwise complete."""
-    response, lines = await stream_lines(client, rust_gateway + "/", shared_json("events/dataset-run.json"))
+    response, lines = await stream_lines(client, rust_gateway + "/", agentmark_json("events/dataset-run.json"))
     assert response.status_code == 200
     rows = [line for line in lines if line["type"] == "dataset"]
     assert len(rows) == 6 and len(lines) == 6
@@ -254,7 +254,7 @@ async def test_dataset_run_on_the_rust_runner(rust_gateway: str, client: httpx.A
 
 async def test_a_long_answer_in_a_dataset_row(any_gateway: str, client: httpx.AsyncClient, tmp_path: Any) -> None:
     """Thousands of chunks in one item (the Rust runner once stalled on a full channel)."""
-    event = {"type": "dataset-run", "data": {"ast": shared_json("fixtures/ast/text.json"), "datasetPath": "math.jsonl"}}
+    event = {"type": "dataset-run", "data": {"ast": agentmark_json("ast/text.json"), "datasetPath": "math.jsonl"}}
     ast = event["data"]["ast"]
     ast["children"][0]["value"] = ast["children"][0]["value"].replace("userMessage: \"What is 2+2?\"", "userMessage: long:3000")
     # math.jsonl's items carry their own userMessage; point one prompt at the long answer instead.

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import SECRET, shared_json, signed
+from .conftest import SECRET, agentmark_json, signed
 from .support.topology import NGINX, Process, Settings, Topology
 
 pytestmark = pytest.mark.e2e
@@ -112,13 +112,13 @@ def healthy(values: dict[str, float], runner: Process) -> float | None:
 
 def prompt_run(deltas: int, pause: float) -> dict[str, Any]:
     """A streaming prompt-run whose runner streams `deltas` deltas `pause` seconds apart."""
-    event = copy.deepcopy(shared_json("events/prompt-run-text.json"))
+    event = copy.deepcopy(agentmark_json("events/prompt-run-text.json"))
     event["event"]["data"]["customProps"]["scripted"] = {"deltas": deltas, "pause": pause}
     return event
 
 
 def dataset_run(rows: int, row_pause: float) -> dict[str, Any]:
-    event = copy.deepcopy(shared_json("events/dataset-run.json"))
+    event = copy.deepcopy(agentmark_json("events/dataset-run.json"))
     event["event"]["data"]["scripted"] = {"rows": rows, "row_pause": row_pause}
     return event
 

@@ -33,7 +33,7 @@ import pytest
 from agentmark_gw.runner import events, start
 from benchmarks.soak import GatewayProcess, wait_until
 
-from .conftest import SECRET, shared_json, signed
+from .conftest import SECRET, agentmark_json, signed
 from .servers.scripted_runner import ScriptedRunner
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,7 @@ HOST = "127.0.0.1"
 KEEP_ALIVE = 2.0  # the gateway's keep_alive_timeout here
 BODY_TIMEOUT = 2.0  # and its body_timeout
 MARGIN = 3.0  # for a shared 2-core machine
-TEXT_EVENT = shared_json("events/prompt-run-text.json")
+TEXT_EVENT = agentmark_json("events/prompt-run-text.json")
 NORMAL = [events.text_delta("fine"), events.finish("stop")]
 # The large answer a slow reader asks for: 16,384 deltas of 16 KiB, 256 MiB of NDJSON.
 BIG = "big"

@@ -13,11 +13,11 @@ from agentmark_gw import _core, _fallback
 from agentmark_gw.protocol import runner_pb2 as pb
 
 from .agentmark_events import batch, dataset_row, envelope_events, runner_event
-from .conftest import shared_json
+from .conftest import agentmark_json
 
 
 def cases(name: str) -> list[Any]:
-    vectors = shared_json(f"vectors/{name}")
+    vectors = agentmark_json(f"vectors/{name}")
     return [pytest.param(case, id=case["name"]) for case in vectors["cases"]]
 
 
@@ -87,7 +87,7 @@ def test_get_evals_payload(case: dict[str, Any], core: ModuleType) -> None:
 
 
 def test_protocol_catalog_events_all_have_a_runner_event() -> None:
-    catalog = shared_json("vectors/protocol-catalog.json")
+    catalog = agentmark_json("vectors/protocol-catalog.json")
     samples = {
         "text-delta": {"text": "x"},
         "reasoning-delta": {"text": "x"},

@@ -16,7 +16,7 @@ variables): `WebhookRunner` is built directly, because
 is installed. It does not check signatures (AgentMark's server has none).
 
 The peer reads `{type, data}` bodies: `benchmarks/e2e.py` sends it the
-`event` object of the shared event files.
+`event` object of AgentMark's event files.
 """
 
 from __future__ import annotations

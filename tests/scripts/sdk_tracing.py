@@ -28,7 +28,7 @@ async def main(model_url: str) -> None:
 
     from agentmark_gw.gateway import create_app
     from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, start
-    from tests.conftest import HttpServer, gateway_config, shared_json, signed
+    from tests.conftest import HttpServer, gateway_config, agentmark_json, signed
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -39,7 +39,7 @@ async def main(model_url: str) -> None:
     server, port = await start(AgentMarkRunner(create_agentmark(), OpenAIExecutor(model)), "127.0.0.1:0")
     try:
         async with HttpServer(create_app(gateway_config(f"127.0.0.1:{port}"))) as gateway, httpx.AsyncClient() as client:
-            raw, headers = signed(shared_json("events/prompt-run-text.json"))
+            raw, headers = signed(agentmark_json("events/prompt-run-text.json"))
             headers["traceparent"] = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
             response = await client.post(gateway.url + "/", content=raw, headers=headers)
     finally:
