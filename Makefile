@@ -20,6 +20,8 @@ up: $(STAMP) ## Install, then run the gateway with the OpenAI runner on embedded
 test: $(STAMP) ## Install, then run every test: Rust unit tests, the benchmarks once as tests, the pytest suite
 	./scripts/system_packages.sh
 	cargo test --no-default-features --quiet
+	@# The Rust example runner is a process in the conformance and e2e tests: built here, not inside a test's timeout.
+	cargo build --quiet -p agentmark-runner-rust
 	$(VENV)/python -m pytest benchmarks/test_core_micro.py --benchmark-disable -q -p no:cacheprovider
 	$(VENV)/python -m pytest
 

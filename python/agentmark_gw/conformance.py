@@ -46,7 +46,9 @@ CALL_TIMEOUT = 60.0
 
 
 def write_dataset(directory: str | Path) -> Path:
+    """Write the kit's dataset into a runner's data directory, made if missing."""
     path = Path(directory) / DATASET_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in DATASET_ROWS))
     return path
 
