@@ -113,19 +113,59 @@ def reference_runner(data_dir: str) -> Any:
     """AgentMark's runtime with the OpenAI executor; datasets resolve under `data_dir`."""
     from agentmark.prompt_core import FileLoader, create_agentmark
 
-    from .runner import AgentMarkRunner, OpenAIExecutor
+    from .runner import AgentMarkRunner, OpenAIExecutor, connect_agentmark
+    from .runner.agentmark_cloud import ConnectionSettingsError
 
     if not Path(data_dir).is_dir():
         raise CommandError(f"--data-dir {data_dir}: no such directory")
     if not os.environ.get("OPENAI_API_KEY"):
         logging.getLogger("agentmark_gw").warning("OPENAI_API_KEY is not set: every run will answer with an error saying so")
-    return AgentMarkRunner(create_agentmark(loader=FileLoader(data_dir)), OpenAIExecutor())
+    try:
+        loader = connect_agentmark(FileLoader(data_dir))
+    except ConnectionSettingsError as exc:
+        raise CommandError(str(exc)) from None
+    return AgentMarkRunner(create_agentmark(loader=loader), OpenAIExecutor())
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
     from .runner import serve
 
-    serve(reference_runner(args.data_dir), args.listen)
+    if args.check:
+        return _check_agentmark_connection()
+    runner = reference_runner(args.data_dir)
+    if args.metrics:
+        _serve_runner_metrics(args.metrics)
+    serve(runner, args.listen)
+    return 0
+
+
+def _serve_runner_metrics(address: str) -> None:
+    """Prometheus metrics of the runner process (trace exports to AgentMark)."""
+    from prometheus_client import start_http_server
+
+    host, _, port = address.rpartition(":")
+    try:
+        start_http_server(int(port), addr=host or "127.0.0.1")
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"--metrics {address}: cannot listen there ({exc})") from None
+
+
+def _check_agentmark_connection() -> int:
+    """`runner --check`: which mode, and in cloud mode one request to AgentMark."""
+    from .runner.agentmark_cloud import API_KEY_ENV, APP_ID_ENV, AgentMarkCloud, ConnectionSettingsError
+
+    try:
+        cloud = AgentMarkCloud.from_env()
+    except ConnectionSettingsError as exc:
+        raise CommandError(str(exc)) from None
+    if cloud is None:
+        print(f"local mode: {API_KEY_ENV} and {APP_ID_ENV} are not set; datasets come from --data-dir and no traces go to AgentMark")
+        return 0
+    try:
+        print(asyncio.run(cloud.check()))
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -386,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     runner = command("runner", "Serve AgentMark's runtime with the OpenAI executor over gRPC.")
     runner.add_argument("--listen", default=DEFAULT_RUNNER, metavar="HOST:PORT", help=f"default {DEFAULT_RUNNER}")
     runner.add_argument("--data-dir", default=".", metavar="DIR", help="where dataset paths resolve; paths outside it are refused (default: .)")
+    runner.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (GET /metrics) here; off by default")
+    runner.add_argument(
+        "--check", action="store_true",
+        help="say whether the runner would be connected to AgentMark (AGENTMARK_API_KEY, AGENTMARK_APP_ID) and, if so, reach its API once",
+    )
     runner.set_defaults(handler=cmd_runner)
 
     up = command("up", "Gateway and OpenAI runner together, on embedded defaults.")

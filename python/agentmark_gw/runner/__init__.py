@@ -8,6 +8,12 @@ Most users put their AgentMark app behind it in a few lines:
     client = create_agentmark(loader=FileLoader("."))
     serve(AgentMarkRunner(client, OpenAIExecutor()), "127.0.0.1:50051")
 
+To be connected to AgentMark as its own handlers are (datasets from its API,
+traces to its dashboard, with the dashboard's `AGENTMARK_API_KEY` and
+`AGENTMARK_APP_ID`; local files otherwise), wrap the loader:
+
+    client = create_agentmark(loader=connect_agentmark(FileLoader(".")))
+
 Or write a runner from scratch: subclass `Runner` and yield `events`.
 
 Never imports the gateway.
@@ -15,16 +21,19 @@ Never imports the gateway.
 
 from . import events
 from .agentmark_bridge import AgentMarkRunner
+from .agentmark_cloud import AgentMarkCloud, connect_agentmark
 from .openai_executor import OpenAIExecutor, Tool
 from .server import serve, serve_async, start
 from .service import AlertRequest, ExperimentRequest, PromptRequest, Runner, RunnerServicer
 
 __all__ = [
+    "AgentMarkCloud",
     "AgentMarkRunner",
     "AlertRequest",
     "OpenAIExecutor",
     "Tool",
     "ExperimentRequest",
+    "connect_agentmark",
     "PromptRequest",
     "Runner",
     "RunnerServicer",

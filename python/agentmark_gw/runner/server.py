@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..protocol import runner_pb2, runner_pb2_grpc
+from .agentmark_cloud import shutdown_tracing
 from .service import Runner, RunnerServicer
 
 log = logging.getLogger("agentmark_gw.runner")
@@ -53,7 +54,8 @@ async def start(runner: Runner, address: str = DEFAULT_ADDRESS) -> tuple[grpc.ai
 
 
 async def serve_async(runner: Runner, address: str = DEFAULT_ADDRESS, *, grace: float = 5.0) -> None:
-    """Serve until SIGINT or SIGTERM, then finish in-flight calls for `grace` seconds."""
+    """Serve until SIGINT or SIGTERM, then finish in-flight calls for `grace`
+    seconds, and send AgentMark the spans still pending (when connected)."""
     server, port = await start(runner, address)
     log.info("runner %s listening on %s", type(runner).__name__, address.rsplit(":", 1)[0] + f":{port}")
     stop = asyncio.Event()
@@ -63,6 +65,8 @@ async def serve_async(runner: Runner, address: str = DEFAULT_ADDRESS, *, grace: 
     waiter = asyncio.create_task(server.wait_for_termination())
     await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     await server.stop(grace)
+    # Spans of the calls that just finished are still in the batch processor.
+    await asyncio.to_thread(shutdown_tracing, grace)
 
 
 def serve(runner: Runner, address: str = DEFAULT_ADDRESS, *, grace: float = 5.0) -> None:
