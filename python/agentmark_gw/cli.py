@@ -201,6 +201,9 @@ async def _up(config: GatewayConfig, runner_address: str, data_dir: str) -> None
         await serve(config)
     finally:
         await runner_server.stop(2)
+        from .runner.agentmark_cloud import shutdown_tracing
+
+        await asyncio.to_thread(shutdown_tracing, 2)  # spans of the last runs, when connected to AgentMark
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
