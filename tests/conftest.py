@@ -31,6 +31,23 @@ from .servers.scripted_runner import ScriptedRunner
 # copied into the repository unchanged (tests/fixtures/agentmark/README.md).
 AGENTMARK = Path(__file__).resolve().parent / "fixtures" / "agentmark"
 SECRET = "test-secret"
+# The Rust example runner's own target directory (see `make test`).
+RUST_RUNNER_TARGET = Path(__file__).resolve().parent.parent / "target" / "rust-runner"
+
+
+def _uses_rust_runner(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return "rust_runner" in getattr(item, "fixturenames", ()) or "rust" in (params.get("any_runner"), params.get("any_gateway"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the Rust example runner go last, with time to wait for its
+    build, which `make test` runs in the background while the rest runs."""
+    rust = [item for item in items if _uses_rust_runner(item)]
+    for item in rust:
+        item.add_marker(pytest.mark.timeout(900))
+    items[:] = [item for item in items if not _uses_rust_runner(item)] + rust
 BODY_LIMIT = 256 * 1024
 
 
@@ -186,8 +203,10 @@ async def rust_runner(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPath
 
     from agentmark_gw import conformance
 
+    # The same command `make test` starts in the background: waits for that build, or does it.
     build = await asyncio.create_subprocess_exec(
-        "cargo", "build", "--quiet", "-p", "agentmark-runner-rust", cwd=ROOT, stderr=asyncio.subprocess.PIPE
+        "cargo", "build", "--quiet", "-p", "agentmark-runner-rust", "--target-dir", str(RUST_RUNNER_TARGET),
+        cwd=ROOT, stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(build.communicate(), 900)
     assert build.returncode == 0, err.decode()[-3000:]
@@ -198,7 +217,7 @@ async def rust_runner(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPath
     port = free_port()
     env = {**os.environ, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake_openai.url}  # type: ignore[attr-defined]
     process = await asyncio.create_subprocess_exec(
-        str(ROOT / "target" / "debug" / "agentmark-runner-rust"), "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
+        str(RUST_RUNNER_TARGET / "debug" / "agentmark-runner-rust"), "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
         env=env, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
