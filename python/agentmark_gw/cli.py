@@ -173,6 +173,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     if not args.runner:
         raise CommandError("--runner HOST:PORT is required")
     only = set(args.check) if args.check else None
+    unknown = conformance.unknown_checks(only or set())
+    if unknown:
+        raise CommandError(f"--check {', '.join(unknown)}: no such check (ids: {', '.join(conformance.CHECK_IDS)})")
     results = asyncio.run(conformance.run_kit(args.runner, args.dataset, args.timeout, only))
     print(conformance.report(results, args.json))
     return 0 if results and all(r.passed for r in results) else 1
@@ -400,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     kit.add_argument("--json", action="store_true", help="print the results as JSON (for CI)")
     kit.add_argument("--dataset", default="agentmark-gw-conformance.jsonl", metavar="PATH", help="dataset path the runner resolves for the dataset check")
     kit.add_argument("--write-dataset", metavar="DIR", help="write the kit's dataset into the runner's data directory DIR")
-    kit.add_argument("--check", action="append", metavar="NAME", help="run only this check (repeatable)")
+    kit.add_argument("--check", action="append", metavar="ID", help="run only this check, by the id the table shows (repeatable)")
     kit.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
     kit.set_defaults(handler=cmd_conformance)
 
