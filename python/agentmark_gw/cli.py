@@ -110,16 +110,18 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def reference_runner(data_dir: str) -> Any:
-    """AgentMark's runtime with the OpenAI executor; datasets resolve under `data_dir`."""
+    """AgentMark's runtime with the OpenAI executor and the built-in scorers
+    (`exact_match`, `exact_match_json`); datasets resolve under `data_dir`.
+    Other scorers need a runner of your own (`agentmark-gw init runner`)."""
     from agentmark.prompt_core import FileLoader, create_agentmark
 
-    from .runner import AgentMarkRunner, OpenAIExecutor
+    from .runner import BUILTIN_SCORERS, AgentMarkRunner, OpenAIExecutor
 
     if not Path(data_dir).is_dir():
         raise CommandError(f"--data-dir {data_dir}: no such directory")
     if not os.environ.get("OPENAI_API_KEY"):
         logging.getLogger("agentmark_gw").warning("OPENAI_API_KEY is not set: every run will answer with an error saying so")
-    return AgentMarkRunner(create_agentmark(loader=FileLoader(data_dir)), OpenAIExecutor())
+    return AgentMarkRunner(create_agentmark(loader=FileLoader(data_dir), scorers=dict(BUILTIN_SCORERS)), OpenAIExecutor())
 
 
 def cmd_runner(args: argparse.Namespace) -> int:

@@ -214,4 +214,8 @@ async def serve(config: GatewayConfig, shutdown_trigger: Callable[..., Awaitable
     (default: SIGINT/SIGTERM). Used by `up`, which runs a runner beside it."""
     from .app import create_app
 
-    await hypercorn_serve(create_app(config), hypercorn_config(config), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    hyper = hypercorn_config(config)
+    # In-process serving is one worker by definition; Hypercorn's serve()
+    # warns ("The config `workers` has no affect") about any other value.
+    hyper.workers = 1
+    await hypercorn_serve(create_app(config), hyper, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]

@@ -16,12 +16,14 @@ Never imports the gateway.
 from . import events
 from .agentmark_bridge import AgentMarkRunner
 from .openai_executor import OpenAIExecutor, Tool
+from .scorers import BUILTIN_SCORERS
 from .server import serve, serve_async, start
 from .service import AlertRequest, ExperimentRequest, PromptRequest, Runner, RunnerServicer
 
 __all__ = [
     "AgentMarkRunner",
     "AlertRequest",
+    "BUILTIN_SCORERS",
     "OpenAIExecutor",
     "Tool",
     "ExperimentRequest",
