@@ -206,6 +206,21 @@ def test_the_state_dir_setting_and_its_default(tmp_path: Path, monkeypatch: pyte
     assert (config.state_dir, config.alerts_db) == (str(tmp_path / "mine"), "/elsewhere.db")
 
 
+def test_an_outbox_from_before_per_instance_state_is_pointed_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from agentmark_gw.cli import log_state
+    from agentmark_gw.gateway.config import load_config
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    with caplog.at_level("INFO", logger="agentmark_gw"):
+        log_state(load_config(env={}))
+        assert "shared by all gateways" not in caplog.text
+        (tmp_path / "agentmark-gw").mkdir()
+        (tmp_path / "agentmark-gw" / "alerts.sqlite3").touch()
+        log_state(load_config(env={}))
+    assert f"state in {tmp_path / 'agentmark-gw' / 'gateway-8080'}" in caplog.text
+    assert f"before per-instance state is at {tmp_path / 'agentmark-gw' / 'alerts.sqlite3'}; set alerts_db to it" in caplog.text
+
+
 # --- send -----------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from .gateway.config import (
     GatewayConfig,
     default_state_dir,
     load_config,
+    state_home,
 )
 
 DEFAULT_URL = f"http://{DEFAULT_BIND}/"
@@ -150,8 +151,15 @@ def log_state(config: GatewayConfig) -> None:
     """Say at start where this instance keeps its state, so two gateways on
     one machine are visibly apart. A PostgreSQL URL is not logged: it may
     hold a password."""
+    log = logging.getLogger("agentmark_gw")
     outbox = "PostgreSQL (alerts_db)" if config.alerts_db.startswith(("postgresql://", "postgres://")) else config.alerts_db
-    logging.getLogger("agentmark_gw").info("state in %s (alert outbox: %s)", config.state_dir, outbox)
+    log.info("state in %s (alert outbox: %s)", config.state_dir, outbox)
+    # Before state_dir, every gateway shared this outbox; its pending and dead
+    # alerts would be silently left behind by an upgrade, so say where it is.
+    legacy = state_home() / "alerts.sqlite3"
+    if legacy.exists() and str(legacy) != config.alerts_db:
+        log.warning("an alert outbox shared by all gateways before per-instance state is at %s; "
+                    "set alerts_db to it to keep delivering what it holds", legacy)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
