@@ -12,9 +12,12 @@ $(STAMP): $(SOURCES) scripts/bootstrap.sh
 .PHONY: install
 install: $(STAMP) ## Create .venv (Python 3.12+) and install the project, Rust extension included
 
+# The example prompts' datasets, which `make up`'s runner resolves and scores; `make up DATA_DIR=...` for yours.
+DATA_DIR ?= examples/agentmark
+
 .PHONY: up
-up: $(STAMP) ## Install, then run the gateway with the OpenAI runner on embedded defaults
-	$(VENV)/agentmark-gw up
+up: $(STAMP) ## Install, then run the gateway with the OpenAI runner on embedded defaults (datasets: DATA_DIR=examples/agentmark)
+	$(VENV)/agentmark-gw up --data-dir $(DATA_DIR)
 
 .PHONY: test
 test: $(STAMP) ## Install, then run every test: Rust unit tests, the benchmarks once as tests, the pytest suite

@@ -26,6 +26,11 @@ if [ ! -x .venv/bin/python ]; then
     echo "creating .venv with $("$python" --version) ($python)"
     "$python" -m venv .venv
 fi
+# Quiet pip, but say what is happening: the whole install takes a minute or
+# two and would otherwise look stuck.
+step() { echo "==> $* ($(date +%H:%M:%S))"; }
+step "upgrading pip in .venv"
 .venv/bin/python -m pip install --quiet --upgrade pip
+step "installing agentmark-gw and its development tools; building the Rust extension (cargo, via maturin) takes a minute or two"
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 echo "installed: $(.venv/bin/python -c 'import agentmark_gw._core, sys; print("agentmark-gw with its Rust extension on Python", sys.version.split()[0])')"

@@ -43,7 +43,7 @@ def any_runner(request: pytest.FixtureRequest) -> str:
 
 async def test_both_reference_runners_pass_every_check(any_runner: str) -> None:
     results = await conformance.run_kit(any_runner, timeout=20)
-    assert [r.check for r in results] == [name for name, _ in conformance.Kit.CHECKS]
+    assert [(r.id, r.check) for r in results] == [(check_id, name) for check_id, name, _ in conformance.Kit.CHECKS]
     failures = [f"{r.check}: {r.reason}" for r in results if not r.passed]
     assert failures == []
 
@@ -127,3 +127,19 @@ async def test_an_unexpected_answer_is_a_failure_not_a_crash() -> None:
 
 def test_no_checks_is_said_plainly() -> None:
     assert conformance.report([], as_json=False).startswith("no checks ran: --check names one of health,")
+
+
+async def test_checks_are_chosen_by_short_ids_shown_in_the_table(reference_runner: str) -> None:
+    """Names such as "text prompt, streaming" hold commas; `--check` takes the id."""
+    assert all("," not in check_id and " " not in check_id for check_id in conformance.CHECK_IDS)
+    args = [sys.executable, "-m", "agentmark_gw.cli", "conformance", "--runner", reference_runner]
+    process = await asyncio.create_subprocess_exec(*args, "--check", "malformed-ast", "--check", "get-evals", "--check", "health",
+                                                   stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    rows = out.decode().splitlines()
+    assert process.returncode == 0
+    assert [row.split()[0] for row in rows[2:5]] == ["health", "get-evals", "malformed-ast"]
+    process = await asyncio.create_subprocess_exec(*args, "--check", "text prompt", stderr=asyncio.subprocess.PIPE)
+    _, err = await process.communicate()
+    assert process.returncode == 2
+    assert err.decode().startswith("error: --check text prompt: no such check (ids: health, text-stream,")

@@ -228,7 +228,7 @@ async def test_a_second_gateway_on_a_port_in_use_refuses_to_start(scripted: tupl
         )
         _, stderr = await asyncio.wait_for(second.communicate(), 30)
     assert second.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}: something is already listening there" in stderr.decode()
+    assert f"error: port {port} on 127.0.0.1 is in use (something else listens there; use --bind to choose another)" in stderr.decode()
 
 
 async def test_worker_metrics_start_clean_and_leave_nothing_behind(tmp_path: Path, scripted: tuple[ScriptedRunner, str]) -> None:

@@ -72,7 +72,7 @@ async def test_an_exception_in_the_runner_becomes_an_error_event() -> None:
 async def test_a_taken_port_is_a_clear_error() -> None:
     server, port = await start(Runner(), "127.0.0.1:0")
     try:
-        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(OSError, match=f"^port {port} on 127.0.0.1 is in use$"):
             await start(Runner(), f"127.0.0.1:{port}")
     finally:
         await server.stop(0)

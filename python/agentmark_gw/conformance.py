@@ -93,6 +93,7 @@ class Result:
     passed: bool
     reason: str
     seconds: float
+    id: str = ""  # the check's short id, as `--check` takes it
 
 
 class Failed(Exception):
@@ -339,30 +340,32 @@ class Kit:
         await self._serving()
         return "; ".join(outcomes)
 
-    CHECKS: tuple[tuple[str, str], ...] = (
-        ("health", "health_check"),
-        ("text prompt, streaming", "text_streaming"),
-        ("text prompt, not streaming", "text_not_streaming"),
-        ("object prompt", "object_prompt"),
-        ("image prompt", "image_prompt"),
-        ("speech prompt", "speech_prompt"),
-        ("dataset run", "dataset_run"),
-        ("get-evals", "get_evals"),
-        ("alert", "alert"),
-        ("cancelled stream", "cancelled_stream"),
-        ("deadlines", "deadlines"),
-        ("malformed AST", "malformed_ast"),
+    # (id, name, method). The id is short, stable and comma-free, for `--check`;
+    # the name is for people (and still accepted by `--check`).
+    CHECKS: tuple[tuple[str, str, str], ...] = (
+        ("health", "health", "health_check"),
+        ("text-stream", "text prompt, streaming", "text_streaming"),
+        ("text-envelope", "text prompt, not streaming", "text_not_streaming"),
+        ("object", "object prompt", "object_prompt"),
+        ("image", "image prompt", "image_prompt"),
+        ("speech", "speech prompt", "speech_prompt"),
+        ("dataset-run", "dataset run", "dataset_run"),
+        ("get-evals", "get-evals", "get_evals"),
+        ("alert", "alert", "alert"),
+        ("cancel", "cancelled stream", "cancelled_stream"),
+        ("deadlines", "deadlines", "deadlines"),
+        ("malformed-ast", "malformed AST", "malformed_ast"),
     )
 
     async def run(self, only: set[str] | None = None) -> list[Result]:
         results = []
-        for name, method in self.CHECKS:
-            if only and name not in only:
+        for check_id, name, method in self.CHECKS:
+            if only and check_id not in only and name not in only:
                 continue
-            results.append(await self._one(name, getattr(self, method)))
+            results.append(await self._one(check_id, name, getattr(self, method)))
         return results
 
-    async def _one(self, name: str, check: Callable[[], Awaitable[str]]) -> Result:
+    async def _one(self, check_id: str, name: str, check: Callable[[], Awaitable[str]]) -> Result:
         started = time.perf_counter()
         try:
             reason = await asyncio.wait_for(check(), self.timeout + 10)
@@ -375,17 +378,27 @@ class Kit:
             passed, reason = False, f"no answer within {self.timeout + 10:.0f} s"
         except Exception as error:  # noqa: BLE001 - an answer the kit cannot even read is a failure, not a crash
             passed, reason = False, f"unreadable answer: {type(error).__name__}: {error}"
-        return Result(name, passed, reason, round(time.perf_counter() - started, 3))
+        return Result(name, passed, reason, round(time.perf_counter() - started, 3), check_id)
+
+
+CHECK_IDS = tuple(check_id for check_id, _, _ in Kit.CHECKS)
+
+
+def unknown_checks(names: set[str]) -> list[str]:
+    """The `--check` values that name no check, by id or by name."""
+    known = {check_id for check_id, _, _ in Kit.CHECKS} | {name for _, name, _ in Kit.CHECKS}
+    return sorted(names - known)
 
 
 def report(results: list[Result], as_json: bool) -> str:
     if not results:
-        return "no checks ran: --check names one of " + ", ".join(name for name, _ in Kit.CHECKS)
+        return "no checks ran: --check names one of " + ", ".join(CHECK_IDS)
     if as_json:
         return json.dumps({"passed": all(r.passed for r in results), "checks": [asdict(r) for r in results]}, indent=2)
     width = max(len(r.check) for r in results)
-    lines = [f"{'check':<{width}}  result  reason", f"{'-' * width}  ------  ------"]
-    lines += [f"{r.check:<{width}}  {'PASS' if r.passed else 'FAIL':<6}  {r.reason}" for r in results]
+    id_width = max(len("id"), *(len(r.id) for r in results))
+    lines = [f"{'id':<{id_width}}  {'check':<{width}}  result  reason", f"{'-' * id_width}  {'-' * width}  ------  ------"]
+    lines += [f"{r.id:<{id_width}}  {r.check:<{width}}  {'PASS' if r.passed else 'FAIL':<6}  {r.reason}" for r in results]
     failed = sum(not r.passed for r in results)
     lines.append(f"\n{len(results) - failed} passed, {failed} failed")
     return "\n".join(lines)

@@ -54,6 +54,8 @@ class Renderer:
     # A dataset run: its summary is printed even when every row failed.
     dataset: bool = False
     failed: bool = False
+    # Set when the gateway refused the request (an HTTP error): nothing ran, so no summary.
+    refused: bool = False
     _in_text: bool = False
     _object: Any = None
     _live: Live | None = None
@@ -170,7 +172,11 @@ class Renderer:
         self._end_text()
         if self._object is not None or self._live is not None:
             self._finish_object()
-        if self._rows or self.dataset:
+        # A run refused before its first row (an HTTP error, or one error line
+        # and nothing else) has nothing to summarise: the error says it all,
+        # and an empty table beside it would only hide it.
+        refused = self.refused or (not self._rows and self._errors <= 1 and self.failed)
+        if self._rows or (self.dataset and not refused):
             self._summary()
 
     def _box(self) -> box.Box:

@@ -29,6 +29,24 @@ DEFAULT_BIND = "127.0.0.1:8080"
 # AGENTMARK_GW_* variables that are not settings: the config file's path,
 # the switch to the pure-Python core, and what `serve` hands its workers.
 NOT_SETTINGS = {"config", "pure_python"}
+# The file in `state_dir` where `up` keeps the secret it generated.
+SECRET_FILE_NAME = "webhook-secret"
+
+
+def state_home() -> Path:
+    """`$XDG_STATE_HOME/agentmark-gw` (default `~/.local/state/agentmark-gw`), read when asked, not at import."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "agentmark-gw"
+
+
+def default_state_dir(bind: str) -> str:
+    """The state directory of the gateway listening on `bind`: one per port.
+
+    Named by the port alone, so that `send --url http://localhost:8080/` finds
+    the instance bound to 127.0.0.1:8080 or 0.0.0.0:8080 (one machine has at
+    most one gateway per port), while gateways on other ports keep their
+    alerts and secrets apart."""
+    port = bind.rpartition(":")[2]
+    return str(state_home() / f"gateway-{port if port.isdigit() else 'default'}")
 
 
 class ConfigError(ValueError):
@@ -94,8 +112,13 @@ class GatewayConfig:
         0.0, "Refuse a byte-identical signed body seen again within this many seconds; 0 turns the guard off."
     )
     log_format: Literal["json", "text"] = setting("json", "`json`: one JSON object per log line; `text`: for people.")
+    state_dir: str = setting(
+        "",
+        "This gateway's own state: the alert outbox (unless `alerts_db` names another) and the webhook secret `up` generates. "
+        "One per instance by default, so gateways on one machine share neither.",
+    )
     alerts_db: str = setting(
-        str(Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "agentmark-gw" / "alerts.sqlite3"),
+        "",
         "The alert outbox: a SQLite file (WAL mode), created if missing; or a `postgresql://` URL, shared safely by several gateways.",
     )
     alert_sinks: tuple[Sink, ...] = setting(
@@ -107,6 +130,18 @@ class GatewayConfig:
         30.0, "Seconds a claimed delivery stays reserved for the process delivering it; after a crash, other processes take it over after this."
     )
     alert_cooldown: float = setting(0.0, "Seconds in which an alert id seen again under another status is stored as suppressed; 0: off.")
+
+    def __post_init__(self) -> None:
+        # Defaults that depend on other settings; an explicit value is kept.
+        if not self.state_dir:
+            object.__setattr__(self, "state_dir", default_state_dir(self.bind))
+        if not self.alerts_db:
+            object.__setattr__(self, "alerts_db", str(Path(self.state_dir) / "alerts.sqlite3"))
+
+    @property
+    def secret_file(self) -> Path:
+        """Where `up` saves the secret it generated, and `send`, `sign` and `config check` find it."""
+        return Path(self.state_dir) / SECRET_FILE_NAME
 
     def __repr__(self) -> str:
         return f"GatewayConfig({', '.join(f'{k}={v!r}' for k, v in self.masked().items())})"
@@ -160,8 +195,11 @@ def reference() -> str:
         if f.name == "alert_sinks":
             lines.append(f"| `alert_sinks` | `{ENV_PREFIX}ALERT_SINKS` (JSON) | a list of tables | runner | {f.metadata['help']} |")
             continue
+        if f.name == "state_dir":
+            lines.append(f"| `state_dir` | `{ENV_PREFIX}STATE_DIR` | a string | `$XDG_STATE_HOME/agentmark-gw/gateway-PORT` (PORT: `bind`'s) | {f.metadata['help']} |")
+            continue
         if f.name == "alerts_db":
-            lines.append(f"| `alerts_db` | `{ENV_PREFIX}ALERTS_DB` | a string | `$XDG_STATE_HOME/agentmark-gw/alerts.sqlite3` | {f.metadata['help']} |")
+            lines.append(f"| `alerts_db` | `{ENV_PREFIX}ALERTS_DB` | a string | `STATE_DIR/alerts.sqlite3` | {f.metadata['help']} |")
             continue
         env = SECRET_ENV if f.name == "secrets" else ENV_PREFIX + f.name.upper()
         hint = _HINTS[f.name]

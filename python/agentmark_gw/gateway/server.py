@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import math
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,6 +27,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.run import run as hypercorn_run
 
+from .._ports import ensure_free
 from .alerts import Sink
 from .config import ConfigError, Deadlines, GatewayConfig
 
@@ -130,17 +129,7 @@ def ensure_port_free(bind: str) -> None:
     With several workers the servers open their socket with SO_REUSEPORT,
     so a second gateway (or the orphaned workers of a killed one) would
     otherwise share the port silently and split the traffic."""
-    host, _, port = bind.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no conflict
-        try:
-            probe.bind((host, int(port)))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise OSError(exc.errno, f"cannot listen on {bind}: something is already listening there") from None
-            raise
+    ensure_free(bind)
 
 
 @contextlib.contextmanager
@@ -214,4 +203,8 @@ async def serve(config: GatewayConfig, shutdown_trigger: Callable[..., Awaitable
     (default: SIGINT/SIGTERM). Used by `up`, which runs a runner beside it."""
     from .app import create_app
 
-    await hypercorn_serve(create_app(config), hypercorn_config(config), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    hyper = hypercorn_config(config)
+    # In-process serving is one worker by definition; Hypercorn's serve()
+    # warns ("The config `workers` has no affect") about any other value.
+    hyper.workers = 1
+    await hypercorn_serve(create_app(config), hyper, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]

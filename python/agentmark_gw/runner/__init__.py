@@ -23,6 +23,7 @@ from . import events
 from .agentmark_bridge import AgentMarkRunner
 from .agentmark_cloud import AgentMarkCloud, connect_agentmark
 from .openai_executor import OpenAIExecutor, Tool
+from .scorers import BUILTIN_SCORERS
 from .server import serve, serve_async, start
 from .service import AlertRequest, ExperimentRequest, PromptRequest, Runner, RunnerServicer
 
@@ -30,6 +31,7 @@ __all__ = [
     "AgentMarkCloud",
     "AgentMarkRunner",
     "AlertRequest",
+    "BUILTIN_SCORERS",
     "OpenAIExecutor",
     "Tool",
     "ExperimentRequest",

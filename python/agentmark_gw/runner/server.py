@@ -9,6 +9,7 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .._ports import ensure_free
 from ..protocol import runner_pb2, runner_pb2_grpc
 from .agentmark_cloud import shutdown_tracing
 from .service import Runner, RunnerServicer
@@ -43,6 +44,8 @@ async def start(runner: Runner, address: str = DEFAULT_ADDRESS) -> tuple[grpc.ai
     runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(runner), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # gRPC says only "failed to bind"; the probe names the port in use.
+    ensure_free(address)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError:
