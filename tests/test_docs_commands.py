@@ -349,6 +349,8 @@ def test_the_tables_match_the_docs() -> None:
         assert written in texts, f"PLACEHOLDERS names {written!r}, which no doc has any more"
     for document in GIVEN:
         assert (ROOT / document).exists(), document
+    for written in EXPECTED_OUTPUT:
+        assert written in texts, f"EXPECTED_OUTPUT names {written!r}, which no doc has any more"
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -397,6 +399,8 @@ async def test_documented_commands_run(document: Path, tmp_path: Path, fake_open
 
 # What a command must print, beyond exiting 0: the docs promise these.
 EXPECTED_OUTPUT: dict[str, list[str]] = {
+    # README.md and the quick start show both forms of `send`'s output.
+    ".venv/bin/agentmark-gw send examples/prompt-run.json": ["finish: stop, "],
     ".venv/bin/agentmark-gw send examples/prompt-run.json --raw": ['{"type":"text","result":', '"finishReason":"stop"'],
     ".venv/bin/agentmark-gw event dataset-run --ast examples/agentmark/sentiment.prompt.json --dataset sentiment.jsonl"
     " | .venv/bin/agentmark-gw send - --json rows.json": [
