@@ -1,6 +1,9 @@
-//! AgentMark prompt ASTs to model inputs.
+//! AgentMark prompts to model inputs.
 //!
-//! An example, not AgentMark's renderer: it understands the YAML
+//! Prompt runs arrive rendered by the gateway with AgentMark's own engine
+//! (`from_rendered`): this runner asks for that in `Describe`. Dataset runs
+//! still render their prompt here, until the gateway sends dataset items
+//! rendered too. That renderer (`render`) is an example, not AgentMark's: it understands the YAML
 //! frontmatter, the role tags (`System`, `User`, `Assistant`), the
 //! `ImagePrompt` and `SpeechPrompt` tags, text, and `{props.path}`
 //! expressions. Anything else (conditionals, loops, attachments) is refused
@@ -8,6 +11,8 @@
 //! uses AgentMark's own renderer and supports everything.
 
 use serde_json::{json, Map, Value};
+
+use crate::pb;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -40,6 +45,55 @@ pub struct Prompt {
     /// The `System` text, which speech uses as instructions.
     pub instructions: Option<String>,
     pub test_settings: Map<String, Value>,
+}
+
+/// A prompt the gateway rendered with AgentMark's own engine (this runner
+/// asks for them in `Describe`): templates, conditionals, filters and
+/// attachments already applied, so nothing here interprets the AST.
+pub fn from_rendered(rendered: &pb::RenderedPrompt) -> Result<Prompt, String> {
+    let kind = match pb::PromptKind::try_from(rendered.kind) {
+        Ok(pb::PromptKind::Text) => Kind::Text,
+        Ok(pb::PromptKind::Object) => Kind::Object,
+        Ok(pb::PromptKind::Image) => Kind::Image,
+        Ok(pb::PromptKind::Speech) => Kind::Speech,
+        _ => return Err("the rendered prompt has no kind".into()),
+    };
+    let parse = |text: &str, field: &str| -> Result<Value, String> {
+        if text.is_empty() { Ok(Value::Null) } else { serde_json::from_str(text).map_err(|e| format!("{field} is not JSON: {e}")) }
+    };
+    let mut settings = match parse(&rendered.settings_json, "settings_json")? {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    settings.insert("model_name".into(), json!(rendered.model_name));
+    if !rendered.schema_json.is_empty() {
+        settings.insert("schema".into(), parse(&rendered.schema_json, "schema_json")?);
+    }
+    let messages = rendered.messages.iter().map(chat_message).collect::<Result<Vec<_>, _>>()?;
+    let instructions = match kind {
+        Kind::Speech if !rendered.instructions.is_empty() => Some(rendered.instructions.clone()),
+        _ => None,
+    };
+    let test_settings = Map::from_iter([("evals".to_string(), json!(rendered.eval_names))]);
+    Ok(Prompt { kind, settings, messages, media_text: rendered.text.clone(), instructions, test_settings })
+}
+
+/// One message in OpenAI's chat shape: plain text, or parts when it has images.
+fn chat_message(message: &pb::ChatMessage) -> Result<Value, String> {
+    use pb::content_part::Part;
+    let parts = message.content.iter().filter_map(|c| c.part.as_ref());
+    if parts.clone().all(|p| matches!(p, Part::Text(_))) {
+        let text: String = parts.map(|p| if let Part::Text(t) = p { t.as_str() } else { "" }).collect();
+        return Ok(json!({"role": message.role, "content": text}));
+    }
+    let content = parts
+        .map(|part| match part {
+            Part::Text(text) => Ok(json!({"type": "text", "text": text})),
+            Part::Image(image) => Ok(json!({"type": "image_url", "image_url": {"url": image.data}})),
+            Part::File(_) => Err("file attachments are not supported by this example runner".to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(json!({"role": message.role, "content": content}))
 }
 
 /// Render `ast` with `props` (the frontmatter's `test_settings.props` when `props` is empty).

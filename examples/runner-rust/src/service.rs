@@ -86,12 +86,17 @@ impl runner_server::Runner for RustRunner {
 
     async fn run_prompt(&self, request: Request<pb::RunPromptRequest>) -> Result<Response<Self::RunPromptStream>, Status> {
         let request = request.into_inner();
+        let rendered = match &request.rendered {
+            Some(rendered) => Some(prompt::from_rendered(rendered)),
+            None => None,
+        };
         let ast = parse_json(&request.ast_json, "ast_json")?;
         let props = parse_json(&request.custom_props_json, "custom_props_json")?;
         let client = self.client.clone();
         let (events, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
-            match prompt::render(&ast, &props) {
+            // A gateway that has not asked `Describe` (an older one) sends only the AST.
+            match rendered.unwrap_or_else(|| prompt::render(&ast, &props)) {
                 Ok(prompt) => run(&client, &prompt, &events).await,
                 Err(message) => {
                     let _ = events.send(error(format!("cannot render the prompt: {message}"))).await;
@@ -119,6 +124,15 @@ impl runner_server::Runner for RustRunner {
     async fn get_evals(&self, _request: Request<pb::GetEvalsRequest>) -> Result<Response<pb::GetEvalsResponse>, Status> {
         // This example scores no evals; dataset rows carry an empty list.
         Ok(Response::new(pb::GetEvalsResponse { names: Vec::new() }))
+    }
+
+    async fn describe(&self, _request: Request<pb::DescribeRequest>) -> Result<Response<pb::RunnerInfo>, Status> {
+        Ok(Response::new(pb::RunnerInfo {
+            rendered_prompts: true,
+            name: env!("CARGO_PKG_NAME").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            eval_names: Vec::new(),
+        }))
     }
 
     async fn handle_alert(&self, request: Request<pb::AlertRequest>) -> Result<Response<pb::AlertResponse>, Status> {

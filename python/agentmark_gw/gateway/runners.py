@@ -33,6 +33,7 @@ from grpc.aio import AioRpcError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..protocol import runner_pb2 as pb
+from . import rendering
 from .config import GatewayConfig
 from .errors import Refusal, RunnerUnavailable
 
@@ -105,6 +106,10 @@ def _channel_target(target: str) -> str:
     return target if "://" in target or target.startswith(("ipv4:", "ipv6:", "unix:")) else f"dns:///{target}"
 
 
+async def _forget(runner: Runner) -> None:
+    runner.forget()
+
+
 def describe(error: AioRpcError) -> str:
     """One line for a client: the status name and the runner's own details."""
     details = (error.details() or "").strip()
@@ -155,8 +160,37 @@ class Runner:
         self.run_experiment = self.channel.unary_stream(_METHOD + "RunExperiment")
         self.get_evals = self.channel.unary_unary(_METHOD + "GetEvals", response_deserializer=pb.GetEvalsResponse.FromString)
         self.handle_alert = self.channel.unary_unary(_METHOD + "HandleAlert", response_deserializer=pb.AlertResponse.FromString)
+        self.describe_call = self.channel.unary_unary(_METHOD + "Describe", response_deserializer=pb.RunnerInfo.FromString)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.healthy: bool | None = None  # None: not checked yet
+        # What `Describe` said, asked each time the runner becomes healthy (a
+        # restart may be a new version). None: not asked yet, or a runner
+        # written before `Describe` (UNIMPLEMENTED), which gets the v1 requests.
+        self.info: pb.RunnerInfo | None = None
+        self._described = False
+
+    @property
+    def wants_rendered(self) -> bool:
+        return self.info is not None and self.info.rendered_prompts
+
+    async def learn(self, timeout: float) -> None:
+        """Ask `Describe` once per healthy spell."""
+        if self._described:
+            return
+        try:
+            self.info = await self.describe_call(pb.DescribeRequest().SerializeToString(), timeout=timeout)
+        except AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                log.warning("runner %s did not describe itself (%s); asking again at the next health check", self.target, describe(error))
+                return
+            self.info = None
+        self._described = True
+        if self.info is not None:
+            log.info("runner %s is %s %s; rendered prompts: %s", self.target, self.info.name or "?", self.info.version or "?",
+                     "yes" if self.info.rendered_prompts else "no")
+
+    def forget(self) -> None:
+        self._described = False
 
     async def check_health(self, timeout: float) -> bool:
         """Ask `grpc.health.v1` about the Runner service (or, for runners that
@@ -213,6 +247,7 @@ class RunnerPool:
         for runner, healthy in zip(self.runners, results, strict=True):
             if self._on_health is not None:
                 self._on_health(runner.target, healthy)
+        await asyncio.gather(*(r.learn(self._config.health_timeout) if r.healthy else _forget(r) for r in self.runners))
 
     async def _poll_health(self) -> None:
         while True:
@@ -239,16 +274,27 @@ class RunnerPool:
     async def open_prompt_stream(self, run: Any, metadata: Metadata = ()) -> OpenStream:
         data = run.data
         ast_json = _json(data["ast"])
-        request = pb.RunPromptRequest(
-            kind=_KIND[run.kind],
-            ast_json=ast_json,
-            custom_props_json=_json(data.get("customProps") or {}),
-            should_stream=run.should_stream,
-            prompt_path=_str(data.get("promptPath")),
-            data_json=_data_json(data, ast_json),
-        ).SerializeToString()
+        fields = {
+            "kind": _KIND[run.kind],
+            "ast_json": ast_json,
+            "custom_props_json": _json(data.get("customProps") or {}),
+            "should_stream": run.should_stream,
+            "prompt_path": _str(data.get("promptPath")),
+        }
+        request = pb.RunPromptRequest(**fields, data_json=_data_json(data, ast_json)).SerializeToString()
+        for_rendering = request
+        if any(r.wants_rendered for r in self.runners):
+            # Rendered once, before any runner is called: a prompt AgentMark
+            # cannot render is a 400 whichever runner would have taken it.
+            rendered = await rendering.render(run.kind, data["ast"], data.get("customProps"))
+            rest = _json({k: v for k, v in data.items() if k != "ast"})  # the AST goes once, in ast_json
+            for_rendering = pb.RunPromptRequest(**fields, data_json=rest, rendered=rendered).SerializeToString()
+
+        def start(runner: Runner, **kw: Any) -> grpc.aio.UnaryStreamCall:
+            return runner.run_prompt(for_rendering if runner.wants_rendered else request, metadata=metadata, **kw)
+
         patience = self._config.heartbeat_interval if run.should_stream else None
-        return await self._open(lambda r, **kw: r.run_prompt(request, metadata=metadata, **kw), self._config.deadlines.prompt_run, patience)
+        return await self._open(start, self._config.deadlines.prompt_run, patience)
 
     async def open_experiment_stream(self, run: Any, metadata: Metadata = ()) -> OpenStream:
         data = run.data

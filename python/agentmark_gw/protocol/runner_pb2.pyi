@@ -20,21 +20,99 @@ PROMPT_KIND_OBJECT: PromptKind
 PROMPT_KIND_IMAGE: PromptKind
 PROMPT_KIND_SPEECH: PromptKind
 
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RunnerInfo(_message.Message):
+    __slots__ = ("rendered_prompts", "name", "version", "eval_names")
+    RENDERED_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EVAL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    rendered_prompts: bool
+    name: str
+    version: str
+    eval_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rendered_prompts: _Optional[bool] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., eval_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class RunPromptRequest(_message.Message):
-    __slots__ = ("kind", "ast_json", "custom_props_json", "should_stream", "prompt_path", "data_json")
+    __slots__ = ("kind", "ast_json", "custom_props_json", "should_stream", "prompt_path", "data_json", "rendered")
     KIND_FIELD_NUMBER: _ClassVar[int]
     AST_JSON_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_PROPS_JSON_FIELD_NUMBER: _ClassVar[int]
     SHOULD_STREAM_FIELD_NUMBER: _ClassVar[int]
     PROMPT_PATH_FIELD_NUMBER: _ClassVar[int]
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    RENDERED_FIELD_NUMBER: _ClassVar[int]
     kind: PromptKind
     ast_json: str
     custom_props_json: str
     should_stream: bool
     prompt_path: str
     data_json: str
-    def __init__(self, kind: _Optional[_Union[PromptKind, str]] = ..., ast_json: _Optional[str] = ..., custom_props_json: _Optional[str] = ..., should_stream: _Optional[bool] = ..., prompt_path: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
+    rendered: RenderedPrompt
+    def __init__(self, kind: _Optional[_Union[PromptKind, str]] = ..., ast_json: _Optional[str] = ..., custom_props_json: _Optional[str] = ..., should_stream: _Optional[bool] = ..., prompt_path: _Optional[str] = ..., data_json: _Optional[str] = ..., rendered: _Optional[_Union[RenderedPrompt, _Mapping]] = ...) -> None: ...
+
+class RenderedPrompt(_message.Message):
+    __slots__ = ("kind", "name", "model_name", "messages", "settings_json", "schema_json", "tools", "text", "instructions", "eval_names")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    kind: PromptKind
+    name: str
+    model_name: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    settings_json: str
+    schema_json: str
+    tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
+    text: str
+    instructions: str
+    eval_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[_Union[PromptKind, str]] = ..., name: _Optional[str] = ..., model_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., settings_json: _Optional[str] = ..., schema_json: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., text: _Optional[str] = ..., instructions: _Optional[str] = ..., eval_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: _containers.RepeatedCompositeFieldContainer[ContentPart]
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ...) -> None: ...
+
+class ContentPart(_message.Message):
+    __slots__ = ("text", "image", "file")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    image: Attachment
+    file: Attachment
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[Attachment, _Mapping]] = ..., file: _Optional[_Union[Attachment, _Mapping]] = ...) -> None: ...
+
+class Attachment(_message.Message):
+    __slots__ = ("data", "mime_type")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    data: str
+    mime_type: str
+    def __init__(self, data: _Optional[str] = ..., mime_type: _Optional[str] = ...) -> None: ...
+
+class ToolSpec(_message.Message):
+    __slots__ = ("name", "description", "parameters_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters_json: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_json: _Optional[str] = ...) -> None: ...
 
 class RunnerEvents(_message.Message):
     __slots__ = ("events",)

@@ -54,6 +54,11 @@ class RunnerStub:
                 request_serializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.AlertRequest.SerializeToString,
                 response_deserializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.AlertResponse.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/agentmark.runner.v1.Runner/Describe',
+                request_serializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.RunnerInfo.FromString,
+                _registered_method=True)
 
 
 class RunnerServicer:
@@ -89,6 +94,15 @@ class RunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """What this runner wants and is. Optional: the gateway asks when a runner
+        becomes healthy; a runner that answers UNIMPLEMENTED (any runner written
+        before this method) gets exactly the requests it always got.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.HandleAlert,
                     request_deserializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.AlertRequest.FromString,
                     response_serializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.AlertResponse.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.DescribeRequest.FromString,
+                    response_serializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.RunnerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +240,33 @@ class Runner:
             '/agentmark.runner.v1.Runner/HandleAlert',
             agentmark_dot_runner_dot_v1_dot_runner__pb2.AlertRequest.SerializeToString,
             agentmark_dot_runner_dot_v1_dot_runner__pb2.AlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmark.runner.v1.Runner/Describe',
+            agentmark_dot_runner_dot_v1_dot_runner__pb2.DescribeRequest.SerializeToString,
+            agentmark_dot_runner_dot_v1_dot_runner__pb2.RunnerInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,11 +49,14 @@ class PromptRequest:
     trace_context: dict[str, str] = field(default_factory=dict)
     # Seconds left before the gateway's deadline for this run (None: no deadline).
     time_remaining: float | None = None
+    # The prompt as AgentMark's runtime rendered it, for a runner whose
+    # `wants_rendered_prompts` is true (None otherwise).
+    rendered: pb.RenderedPrompt | None = None
 
     @cached_property
     def data(self) -> dict[str, Any]:
         """The whole event `data` object. Parsed on first use: it repeats the
-        AST, and most runners never look."""
+        AST (unless the runner asked for rendered prompts), and most runners never look."""
         return _object(self.data_json, "data_json")
 
 
@@ -85,7 +88,27 @@ class AlertRequest:
 
 
 class Runner:
-    """Base class for runners. Override what you support."""
+    """Base class for runners. Override what you support.
+
+    Set `wants_rendered_prompts` to have the gateway render each prompt with
+    AgentMark's own engine and send it as `request.rendered`; by default a
+    runner renders the AST itself (AgentMark's runtime does, in
+    `AgentMarkRunner`)."""
+
+    wants_rendered_prompts: bool = False
+
+    async def describe(self) -> pb.RunnerInfo:
+        """What the gateway learns of this runner when it becomes healthy."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            sdk_version = version("agentmark-gw")
+        except PackageNotFoundError:
+            sdk_version = ""
+        return pb.RunnerInfo(
+            rendered_prompts=self.wants_rendered_prompts, name=type(self).__name__, version=sdk_version,
+            eval_names=list(await self.get_evals()),
+        )
 
     async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
         yield events.error(f"{type(self).__name__} does not run prompts")
@@ -145,6 +168,7 @@ def prompt_request(message: pb.RunPromptRequest, context: grpc.aio.ServicerConte
         should_stream=message.should_stream,
         prompt_path=message.prompt_path,
         data_json=message.data_json,
+        rendered=message.rendered if message.HasField("rendered") else None,
         **_call_details(context),
     )
 
@@ -278,6 +302,14 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
             log.exception("get_evals failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"runner error: {normalize_error(exc)}")
             raise  # unreachable: abort raises
+
+    async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.RunnerInfo:  # noqa: N802
+        try:
+            return await self._runner.describe()
+        except Exception as exc:  # noqa: BLE001
+            log.exception("describe failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"runner error: {normalize_error(exc)}")
+            raise
 
     async def HandleAlert(self, request: pb.AlertRequest, context: grpc.aio.ServicerContext) -> pb.AlertResponse:  # noqa: N802
         try:
