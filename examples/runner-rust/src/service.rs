@@ -86,10 +86,7 @@ impl runner_server::Runner for RustRunner {
 
     async fn run_prompt(&self, request: Request<pb::RunPromptRequest>) -> Result<Response<Self::RunPromptStream>, Status> {
         let request = request.into_inner();
-        let rendered = match &request.rendered {
-            Some(rendered) => Some(prompt::from_rendered(rendered)),
-            None => None,
-        };
+        let rendered = request.rendered.as_ref().map(prompt::from_rendered);
         let ast = parse_json(&request.ast_json, "ast_json")?;
         let props = parse_json(&request.custom_props_json, "custom_props_json")?;
         let client = self.client.clone();

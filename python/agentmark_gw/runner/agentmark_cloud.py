@@ -22,11 +22,12 @@ server gives in-flight calls.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,15 +190,26 @@ def start_tracing(cloud: AgentMarkCloud) -> Tracing:
         # module names: for the call, they are AgentMark's own with the export
         # outcome reported and masking that works on read-only spans.
         # Everything else (sampler, grouping, batching, settings) is AgentMark's.
-        sdk_module.JsonOtlpSpanExporter = ReportingExporter
-        sdk_module.MaskingSpanProcessor = _masking_on_copies(base_masking)
-        try:
+        with _substituted(sdk_module, JsonOtlpSpanExporter=ReportingExporter, MaskingSpanProcessor=_masking_on_copies(base_masking)):
             provider = AgentMarkSDK(api_key=cloud.api_key, app_id=cloud.app_id, base_url=cloud.base_url).init_tracing()
-        finally:
-            sdk_module.JsonOtlpSpanExporter = base_exporter
-            sdk_module.MaskingSpanProcessor = base_masking
         _tracing = Tracing(provider, report)
         return _tracing
+
+
+@contextlib.contextmanager
+def _substituted(module: Any, **names: Any) -> Iterator[None]:
+    """Module-level names replaced for the length of one call."""
+    missing = [name for name in names if not hasattr(module, name)]
+    if missing:  # a newer agentmark-sdk: fail loudly rather than trace without reports or masking
+        raise RuntimeError(f"agentmark-sdk has no {', '.join(missing)} any more; agentmark_gw.runner.agentmark_cloud needs updating")
+    saved = {name: getattr(module, name) for name in names}
+    for name, value in names.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
 
 
 def _masking_on_copies(base: type) -> type:
