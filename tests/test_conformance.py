@@ -143,3 +143,24 @@ async def test_checks_are_chosen_by_short_ids_shown_in_the_table(reference_runne
     _, err = await process.communicate()
     assert process.returncode == 2
     assert err.decode().startswith("error: --check text prompt: no such check (ids: health, text-stream,")
+
+
+class InputlessRows(Runner):
+    """Rows whose `input_json` is empty: absent, by the proto's one rule."""
+
+    async def run_experiment(self, request):  # type: ignore[no-untyped-def]
+        for _ in conformance.DATASET_ROWS:
+            row = events.dataset_row(input={"q": 1}, actual_output="x", run_id="r", run_name=request.experiment_id)
+            row.row.input_json = ""
+            yield row
+
+
+async def test_an_empty_json_field_is_absent_for_the_kit_as_for_the_gateway() -> None:
+    """The kit reads an empty `input_json` as the gateway does (null), and
+    fails the run for the inputs it lacks, not for a JSON syntax error."""
+    server, port = await start(InputlessRows(), "127.0.0.1:0")
+    try:
+        (result,) = await conformance.run_kit(f"127.0.0.1:{port}", timeout=5, only={"dataset run"})
+    finally:
+        await server.stop(0)
+    assert not result.passed and result.reason == "row inputs are not the dataset's inputs"

@@ -271,7 +271,9 @@ class Kit:
         if errors:
             raise Failed(f"{len(errors)} error row(s): {errors[0]}")
         for row in rows:
-            _valid_json(row.input_json, "row.input_json")
+            # The proto's one rule, as the gateway applies it: an empty `_json`
+            # field is absent (a row's input is then null).
+            _valid_json(row.input_json or "null", "row.input_json")
             evals = _valid_json(row.evals_json or "[]", "row.evals_json")
             if not isinstance(evals, list) or not all(isinstance(e, dict) and "name" in e for e in evals):
                 raise Failed("row.evals_json must be an array of {name, ...} objects")
@@ -282,7 +284,7 @@ class Kit:
                 raise Failed(f"run_id must be set and run_name must be the experiment id (got {row.run_name!r})")
         if len({row.run_id for row in rows}) != 1:
             raise Failed("rows of one run carry different run ids")
-        inputs = sorted(json.dumps(json.loads(r.input_json), sort_keys=True) for r in rows)
+        inputs = sorted(json.dumps(json.loads(r.input_json or "null"), sort_keys=True) for r in rows)
         if self.dataset == DATASET_NAME and inputs != sorted(json.dumps(r["input"], sort_keys=True) for r in DATASET_ROWS):
             raise Failed("row inputs are not the dataset's inputs")
         return f"{len(rows)} rows, run id {rows[0].run_id[:8]}…"
