@@ -144,3 +144,20 @@ async def test_init_runner_scaffolds_a_project_whose_test_passes(tmp_path: Path)
     assert test.returncode == 0, output.decode()[-2000:]
     code, _, err = await run("init", "runner", str(target), env=environment(tmp_path))
     assert code == 2 and "will not overwrite" in err
+
+
+async def test_sign_loads_neither_quart_nor_grpc(tmp_path: Path) -> None:
+    """A command that only reads the settings stays light: the app (Quart,
+    gRPC, OpenTelemetry) loads only for the commands that serve."""
+    probe = (
+        "import sys; from agentmark_gw.cli import main; code = main(['sign', sys.argv[1]]); "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('quart', 'grpc', 'hypercorn')}); "
+        "print('HEAVY', heavy, file=sys.stderr); sys.exit(code)"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", probe, TEXT_EVENT, env=environment(tmp_path, AGENTMARK_WEBHOOK_SECRET="s3cret-for-sign-tests"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert "HEAVY []" in err.decode()

@@ -13,7 +13,23 @@ The gateway knows runners only through the protocol; it never imports the
 runner SDK.
 """
 
-from .app import create_app
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .config import GatewayConfig, load_config
 
+if TYPE_CHECKING:
+    from .app import create_app
+
 __all__ = ["GatewayConfig", "create_app", "load_config"]
+
+
+def __getattr__(name: str) -> Any:
+    # The app (Quart, gRPC, OpenTelemetry) loads only when asked for: CLI
+    # commands that read the settings, such as `sign`, stay light.
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
