@@ -263,3 +263,17 @@ async def test_worker_metrics_start_clean_and_leave_nothing_behind(tmp_path: Pat
         ours = set(Path(tempfile.gettempdir()).glob("agentmark-gw-metrics-*")) - before
         assert len(ours) == 1
     assert not any(path.exists() for path in ours)
+
+
+def test_the_hypercorn_patch_knows_the_installed_version() -> None:
+    """The connection fix patches a private Hypercorn method: a release it
+    was not checked against fails here, before it can switch the fix off."""
+    from hypercorn.asyncio import tcp_server
+
+    from agentmark_gw.gateway import server
+
+    assert server._HYPERCORN_VERSION.startswith(server.PATCHED_HYPERCORN), (
+        f"Hypercorn {server._HYPERCORN_VERSION}: check close_connections_at_eof against it, then add it to PATCHED_HYPERCORN"
+    )
+    server.close_connections_at_eof()
+    assert getattr(tcp_server.TCPServer, "_agentmark_gw_closes_at_eof", False)

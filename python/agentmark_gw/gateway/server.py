@@ -33,6 +33,10 @@ from .config import ConfigError, Deadlines, GatewayConfig
 
 EFFECTIVE_CONFIG_ENV = "AGENTMARK_GW__EFFECTIVE_CONFIG"
 _HYPERCORN_VERSION = version("hypercorn")
+# The Hypercorn releases `close_connections_at_eof` was checked against
+# (pyproject.toml bounds the dependency to them; tests/test_deployment.py
+# fails on any other, so a new release is checked before it is allowed).
+PATCHED_HYPERCORN = ("0.17.", "0.18.")
 APPLICATION_PATH = "agentmark_gw.gateway.asgi:app"
 
 
@@ -51,7 +55,13 @@ def close_connections_at_eof() -> None:
     from hypercorn.asyncio import tcp_server
 
     server_class: Any = tcp_server.TCPServer
-    if getattr(server_class, "_agentmark_gw_closes_at_eof", False) or not _HYPERCORN_VERSION.startswith(("0.17.", "0.18.")):
+    if getattr(server_class, "_agentmark_gw_closes_at_eof", False):
+        return
+    if not _HYPERCORN_VERSION.startswith(PATCHED_HYPERCORN) or not hasattr(server_class, "_read_data"):
+        logging.getLogger("agentmark_gw").warning(
+            "Hypercorn %s is not a version the gateway's connection fix was checked against; "
+            "connections closed by clients are held until keep_alive_timeout", _HYPERCORN_VERSION,
+        )
         return
     read_data = server_class._read_data
 
