@@ -1,13 +1,20 @@
 """The gateway: AgentMark webhook in, gRPC runner call, AgentMark wire format out.
 
-- `config`: what the gateway needs to know, from a TOML file and the environment.
-- `webhook`: a raw request body becomes a typed event, or a clear refusal.
+The request path, in order:
+- `server`: serving (Hypercorn or Granian, workers, TLS, signals); `asgi`: the app for workers.
+- `app`: the Quart app: operations routes (`/healthz`, `/readyz`, `/metrics`)
+  and the serving lifecycle, with the endpoint in front of it.
 - `endpoint`: the webhook endpoint (plain ASGI): a signed request is checked,
   parsed and dispatched; every refusal and its status is decided here.
-- `runners`: the one place an event becomes a gRPC call.
+- `webhook`: a raw request body becomes a typed event, or a clear refusal.
+- `replay`: the optional replay guard.
+- `runners`: the one place an event becomes a gRPC call (pool, failover, health, `Describe`).
+- `rendering`: prompts rendered by AgentMark's runtime, for runners that ask.
 - `responses`: the one place runner messages become the HTTP answer (via `_accel`).
-- `app`: the Quart app: operations routes and the serving lifecycle, with the
-  endpoint in front of it.
+
+Beside it: `config` (settings from TOML and the environment), `errors` (the
+refusals), `alerts` (the durable outbox and its delivery), `observability`
+(metrics and logs), `tracing` (OpenTelemetry).
 
 The gateway knows runners only through the protocol; it never imports the
 runner SDK.
