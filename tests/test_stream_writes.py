@@ -5,14 +5,24 @@ message costs no task (issue 15: a model streams one token per message)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Iterator
+from dataclasses import replace
 from typing import Any
 
+import httpx
+import pytest
+
 from agentmark_gw import _accel
-from agentmark_gw.gateway import responses
+from agentmark_gw.gateway import create_app, responses
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.runner import events
+
+from .conftest import HttpServer, agentmark_json, gateway_config
+from .test_gateway_e2e import stream_lines
+
+TEXT_EVENT = agentmark_json("events/prompt-run-text.json")
 
 
 def _message(text: str) -> bytes:
@@ -73,26 +83,32 @@ class _Client:
         return b"".join(m.get("body", b"") for m in self.sent)
 
 
+@contextlib.contextmanager
+def _counting_tasks() -> Iterator[list[int]]:
+    """Counts the tasks created on the running loop inside the block (in [0])."""
+    loop = asyncio.get_running_loop()
+    created = [0]
+    previous = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]:
+        created[0] += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)  # type: ignore[arg-type]
+    try:
+        yield created
+    finally:
+        loop.set_task_factory(previous)
+
+
 async def _stream(script: list[bytes | float], client: _Client, heartbeat: float) -> tuple[_Opened, int, list[int]]:
     """Run `responses.stream` over `script`; the tasks created meanwhile, and
     the sizes `on_chunk` saw."""
-    loop = asyncio.get_running_loop()
-    created = 0
-    previous = loop.get_task_factory()
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any], **kwargs: Any) -> asyncio.Task[Any]:
-        nonlocal created
-        created += 1
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
     opened = _Opened(script)
     sizes: list[int] = []
-    loop.set_task_factory(counting)  # type: ignore[arg-type]
-    try:
+    with _counting_tasks() as created:
         await responses.stream(responses.Reply(client.send), opened, _accel.PromptFramer("text"), sizes.append, heartbeat)  # type: ignore[arg-type]
-    finally:
-        loop.set_task_factory(previous)
-    return opened, created, sizes
+    return opened, created[0], sizes
 
 
 def _lines(body: bytes) -> list[dict[str, Any]]:
@@ -150,3 +166,30 @@ async def test_a_cancelled_stream_cancels_its_call_and_beats_no_more() -> None:
     await asyncio.sleep(0.15)
     assert len(client.sent) == beats  # nothing written after the end
     assert opened.call.cancelled
+
+
+@pytest.mark.e2e
+async def test_through_grpc_and_hypercorn_a_message_makes_no_task(scripted: tuple[Any, str], scripted_runner: Any, client: httpx.AsyncClient) -> None:
+    """The same, end to end in one loop (gateway, runner, client): a stream of
+    200 runner messages makes no more tasks than one of 2, heartbeats on."""
+    scripted_runner.pause = 0.002  # each delta its own message: the SDK sends what is queued
+    config = replace(gateway_config(scripted[1]), heartbeat_interval=5.0)
+
+    async def tasks_for(deltas: int) -> tuple[int, float]:
+        scripted_runner.script = [events.text_delta(str(i)) for i in range(deltas)] + [events.finish("stop")]
+        before_chunks = await chunks_written()
+        with _counting_tasks() as created:
+            response, lines = await stream_lines(client, server.url + "/", TEXT_EVENT)
+        assert response.status_code == 200 and len(lines) == deltas + 1
+        return created[0], await chunks_written() - before_chunks
+
+    async def chunks_written() -> float:
+        text = (await client.get(server.url + "/metrics")).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("agentmark_gw_stream_chunks_total{"))
+
+    async with HttpServer(create_app(config)) as server:
+        await tasks_for(2)  # connections and channels made once
+        few, few_writes = await tasks_for(2)
+        many, many_writes = await tasks_for(200)
+    assert many_writes >= 150  # most deltas came as messages of their own, each one write
+    assert many - few <= 2, (few, many)
