@@ -172,7 +172,7 @@ async def test_a_cancelled_stream_cancels_its_call_and_beats_no_more() -> None:
 async def test_through_grpc_and_hypercorn_a_message_makes_no_task(scripted: tuple[Any, str], scripted_runner: Any, client: httpx.AsyncClient) -> None:
     """The same, end to end in one loop (gateway, runner, client): a stream of
     200 runner messages makes no more tasks than one of 2, heartbeats on."""
-    scripted_runner.pause = 0.002  # each delta its own message: the SDK sends what is queued
+    scripted_runner.pause = 0.004  # each delta its own message: the SDK sends what is queued
     config = replace(gateway_config(scripted[1]), heartbeat_interval=5.0)
 
     async def tasks_for(deltas: int) -> tuple[int, float]:
@@ -191,5 +191,5 @@ async def test_through_grpc_and_hypercorn_a_message_makes_no_task(scripted: tupl
         await tasks_for(2)  # connections and channels made once
         few, few_writes = await tasks_for(2)
         many, many_writes = await tasks_for(200)
-    assert many_writes >= 150  # most deltas came as messages of their own, each one write
+    assert many_writes >= 120  # most deltas came as messages of their own, each one write (a busy machine may batch a few)
     assert many - few <= 2, (few, many)
