@@ -1,7 +1,9 @@
 """A small HTTP/1.1 client on raw asyncio streams, for `benchmarks/e2e.py`:
 the correctness check (one request, whole body), the time-to-first-chunk
 runs (N requests over C keep-alive connections back to back, bounded in
-count and time) and paced runs (open loop: requests due at a fixed rate).
+count and time), paced runs (open loop: requests due at a fixed rate) and
+waves of paced streams (`paced_streams`: many slow token streams at once,
+each token's arrival timed).
 
 Raw sockets rather than httpx so that the client spends as little CPU as
 possible on a 2-core machine it shares with the servers, and so that "first
