@@ -47,7 +47,7 @@ bench: $(STAMP) ## Micro-benchmarks: the Rust core against its Python twin
 	$(VENV)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider
 
 .PHONY: bench-e2e
-bench-e2e: $(STAMP) ## End to end: gateway (Hypercorn, Granian, asyncio loop) vs bare Quart vs AgentMark's server, with wrk; added latency, RSS (about 15 min, more on a busy machine)
+bench-e2e: $(STAMP) ## End to end: gateway (Hypercorn, Granian, asyncio loop) vs bare Quart vs AgentMark's server: paced token streams (100-1,000 at once), then wrk; added latency, RSS (about 20 min, more on a busy machine)
 	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
 	$(VENV)/python benchmarks/e2e.py --duration 10 --out benchmarks/results/e2e.json --markdown benchmarks/results/e2e.md
 

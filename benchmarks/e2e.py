@@ -24,9 +24,27 @@ Servers, each its own process(es) on 127.0.0.1, one worker each:
   own `WebhookRunner` over an executor answering from memory (AgentMark's
   prompt compilation and rendering still run: they are part of its runner).
 
-Three scenarios, AgentMark's event files as bodies, signed with
+Four scenarios, AgentMark's event files as bodies, signed with
 `x-agentmark-signature-256`: non-streaming prompt-run (one JSON envelope),
-streaming prompt-run (100 text chunks + finish), dataset-run (100 rows).
+streaming prompt-run (100 text chunks + finish), dataset-run (100 rows), each
+with its whole answer ready at once (batched: one gRPC message per call);
+and paced, how a model streams: the streaming prompt-run whose runner sends
+--paced-tokens text deltas, one message each, one every --paced-gap-ms on a
+fixed schedule, then finish (the ceiling writes each line when it is due, the
+peer's executor yields each delta when it is due). `--scenarios paced` runs
+it alone (no wrk needed).
+
+The paced scenario is not a wrk cell: for each wave size in --paced-streams
+(100, 500, 1,000) and server, a wave of that many streams, each on its own
+connection, started evenly over --paced-ramp seconds, read by our own client
+(`e2e_client.paced_streams`, an asyncio Protocol that times every token's
+arrival). Per server: CPU per token received (process tree, a gateway's
+runner apart), the inter-token gap p50/p99 the client saw, each stream's wall
+time against the schedule (tokens × gap), the largest worker RSS during the
+wave, and the client's own CPU per token (it shares the cores). The most
+streams held is the largest wave whose every token came with gap p99 ≤ 50 ms.
+`--baseline REV` adds gateway-baseline, the gateway's Python code as at REV,
+so a change is measured against its parent side by side.
 
 First, three requests per server and scenario check the status, the lines
 and their content (mismatches are reported, and make the exit status 1);
@@ -112,8 +130,12 @@ GATEWAY_VARIANTS = {
     "gateway": ((), "Hypercorn + uvloop, the defaults"),
     "gateway-granian": (("--server", "granian"), "Granian + uvloop"),
     "gateway-asyncio": (("--loop", "asyncio"), "Hypercorn + asyncio"),
+    # Only with --baseline REV: the defaults, the gateway's Python code as it
+    # was at REV, so a change is measured against its parent in one run.
+    "gateway-baseline": ((), "Hypercorn + uvloop, the gateway's Python code at --baseline"),
 }
 BASE_GATEWAY = "gateway"
+BASELINE = "gateway-baseline"
 SERVERS = ("ceiling", *GATEWAY_VARIANTS, "peer")
 RUNNER_IMPLS = ("raw", "sdk")
 SCENARIOS = {
@@ -121,8 +143,15 @@ SCENARIOS = {
     "prompt": ("prompt-run-text-nostream.json", "non-streaming prompt-run (one JSON envelope)"),
     "stream": ("prompt-run-text.json", f"streaming prompt-run ({payloads.N_CHUNKS} chunks + finish)"),
     "dataset": ("dataset-run.json", f"dataset-run ({payloads.N_ROWS} rows)"),
+    # Not a wrk cell: waves of concurrent streams, see measure_paced.
+    "paced": ("prompt-run-text.json", "paced streaming prompt-run (N text deltas, one message each, one every G ms, then finish)"),
 }
-CEILING_PATHS = {"prompt": "/prompt", "stream": "/stream", "dataset": "/dataset"}
+CEILING_PATHS = {"prompt": "/prompt", "stream": "/stream", "dataset": "/dataset", "paced": "/paced"}
+WRK_SCENARIOS = ("prompt", "stream", "dataset")
+# What the client counts as a token in a paced answer: the opening of each
+# chunk's text ("tok00042 "), in every server's JSON spacing.
+PACED_TOKEN = b'"tok'
+PACED_GAP_TARGET_MS = 50.0  # "streams held": inter-token gap p99 at most this
 
 
 def is_gateway(name: str) -> bool:
@@ -300,7 +329,20 @@ class Server:
         return f"http://{HOST}:{self.port}"
 
 
-def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = "raw") -> dict[str, Server]:
+def baseline_tree(rev: str, workdir: Path) -> Path:
+    """python/ as at `rev`, extracted under `workdir`, with this checkout's
+    built Rust extension copied in (the baseline compares Python code)."""
+    target = workdir / "baseline"
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "python"], cwd=ROOT, capture_output=True, check=True, timeout=60).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True, timeout=60)
+    package = ROOT / "python" / "agentmark_gw"
+    for built in package.glob("_core*.so"):
+        shutil.copy2(built, target / "python" / "agentmark_gw" / built.name)
+    return target / "python"
+
+
+def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = "raw", baseline: str | None = None) -> dict[str, Server]:
     python = sys.executable
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMARK_", "OTEL_", "PROMETHEUS_"))}
     base_env["PYTHONUNBUFFERED"] = "1"
@@ -319,13 +361,19 @@ def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = 
             continue
         port, runner_port = free_port(), free_port()
         runner_argv = [python, str(HERE / "e2e_servers" / "trivial_runner.py"), "--listen", f"{HOST}:{runner_port}", "--impl", runner_impl]
+        argv, env = gateway_argv, {**base_env, "AGENTMARK_WEBHOOK_SECRET": secret}
+        if variant == BASELINE:
+            assert baseline is not None
+            # The same interpreter and packages; the gateway's own code from the baseline tree.
+            argv = [python, "-m", "agentmark_gw.cli"]
+            env["PYTHONPATH"] = str(baseline_tree(baseline, logs))
         servers[variant] = Server(
             variant, port,
             {
                 "gateway": Proc(
                     variant,
-                    gateway_argv + ["serve", "--runner", f"{HOST}:{runner_port}", "--bind", f"{HOST}:{port}", *flags],
-                    logs / f"{variant}.log", {**base_env, "AGENTMARK_WEBHOOK_SECRET": secret},
+                    argv + ["serve", "--runner", f"{HOST}:{runner_port}", "--bind", f"{HOST}:{port}", *flags],
+                    logs / f"{variant}.log", env,
                 ),
                 "runner": Proc(f"{variant}-runner", runner_argv, logs / f"{variant}-runner.log", base_env),
             },
@@ -374,10 +422,20 @@ class Request:
         return {"Content-Type": "application/json", SIGNATURE_HEADER: self.signature}
 
 
-def build_requests(servers: dict[str, Server], scenarios: list[str], secret: str, workdir: Path) -> dict[tuple[str, str], Request]:
+def paced_event(tokens: int, gap_ms: int) -> bytes:
+    """The streaming prompt-run, its user message asking every server for a
+    paced answer (payloads.paced_params)."""
+    event = json.loads((EVENTS_DIR / SCENARIOS["paced"][0]).read_bytes())
+    event["event"]["data"]["customProps"]["userMessage"] = payloads.paced_marker(tokens, gap_ms)
+    return json.dumps(event, indent=2).encode() + b"\n"
+
+
+def build_requests(
+    servers: dict[str, Server], scenarios: list[str], secret: str, workdir: Path, paced: tuple[int, int] = (payloads.PACED_TOKENS, payloads.PACED_GAP_MS),
+) -> dict[tuple[str, str], Request]:
     requests: dict[tuple[str, str], Request] = {}
     for scenario in scenarios:
-        raw = (EVENTS_DIR / SCENARIOS[scenario][0]).read_bytes()
+        raw = paced_event(*paced) if scenario == "paced" else (EVENTS_DIR / SCENARIOS[scenario][0]).read_bytes()
         for name, server in servers.items():
             body = raw
             if server.unwrap:
@@ -390,7 +448,7 @@ def build_requests(servers: dict[str, Server], scenarios: list[str], secret: str
     return requests
 
 
-def check_reply(scenario: str, reply: e2e_client.Reply) -> tuple[int, list[str], dict[str, int]]:
+def check_reply(scenario: str, reply: e2e_client.Reply, paced_tokens: int = payloads.PACED_TOKENS) -> tuple[int, list[str], dict[str, int]]:
     """Lines in the body, the problems found, and a count of line kinds."""
     problems: list[str] = []
     kinds: dict[str, int] = {}
@@ -431,8 +489,8 @@ def check_reply(scenario: str, reply: e2e_client.Reply) -> tuple[int, list[str],
         else:
             kind = str(value.get("type"))
         kinds[kind] = kinds.get(kind, 0) + 1
-    if scenario == "stream":
-        expected = {"chunk": payloads.N_CHUNKS, "finish": 1}
+    if scenario in ("stream", "paced"):
+        expected = {"chunk": payloads.N_CHUNKS if scenario == "stream" else paced_tokens, "finish": 1}
         allowed = {"done"}  # last when the runner reported a trace id
     else:
         expected = {"dataset": payloads.N_ROWS}
@@ -446,7 +504,7 @@ def check_reply(scenario: str, reply: e2e_client.Reply) -> tuple[int, list[str],
     return len(lines), problems, kinds
 
 
-async def check(server: Server, scenario: str, request: Request, repeats: int = 3) -> dict[str, Any]:
+async def check(server: Server, scenario: str, request: Request, repeats: int = 3, paced_tokens: int = payloads.PACED_TOKENS) -> dict[str, Any]:
     """One request checked in full, then `repeats - 1` more, each checked the
     same way; their median time estimates how long one request takes alone."""
     times: list[float] = []
@@ -458,7 +516,7 @@ async def check(server: Server, scenario: str, request: Request, repeats: int = 
             result = {"server": server.name, "scenario": scenario, "ok": False, "status": None, "lines": None, "problems": [f"{type(exc).__name__}: {exc}"]}
             return first if first is not None and not first["ok"] else result
         times.append(reply.total_s)
-        lines, problems, kinds = check_reply(scenario, reply)
+        lines, problems, kinds = check_reply(scenario, reply, paced_tokens)
         result = {
             "server": server.name, "scenario": scenario, "ok": not problems, "status": reply.status,
             "lines": lines, "kinds": kinds, "bytes": len(reply.body),
@@ -499,7 +557,9 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[index]
 
 
-def start_profilers(server: Server, scenario: str, connections: int, args: argparse.Namespace) -> list[tuple[subprocess.Popen[bytes], Path]]:
+def start_profilers(
+    server: Server, scenario: str, connections: int, args: argparse.Namespace, seconds: float | None = None,
+) -> list[tuple[subprocess.Popen[bytes], Path]]:
     """py-spy on every process of `server` during the measured run (raw
     collapsed stacks, non-blocking sampling). Only with --py-spy: sampling
     costs the server some CPU, so profiled runs are not for the table."""
@@ -510,7 +570,8 @@ def start_profilers(server: Server, scenario: str, connections: int, args: argpa
     for role, proc in server.procs.items():
         output = args.py_spy / f"{server.name}-{role}-{scenario}-c{connections}.txt"
         # --subprocesses: Granian serves from a worker process under its supervisor.
-        argv = [py_spy, "record", "--pid", str(proc.pid), "--duration", str(max(1, args.duration - 1)), "--rate", "200",
+        duration = max(1, int(seconds if seconds is not None else args.duration - 1))
+        argv = [py_spy, "record", "--pid", str(proc.pid), "--duration", str(duration), "--rate", "200",
                 "--nonblocking", "--subprocesses", "--format", "raw", "--output", str(output)]
         started.append((subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True), output))
     return started
@@ -835,6 +896,96 @@ async def measure_rss_rounds(servers: dict[str, Server], server: Server, request
     return summary
 
 
+async def measure_paced(servers: dict[str, Server], server: Server, streams: int, request: Request, args: argparse.Namespace) -> dict[str, Any]:
+    """One wave of `streams` paced streams against `server`: the servers'
+    CPU per token received (a gateway and its runner apart), this client's
+    own CPU per token (it shares the cores), the inter-token gaps the client
+    saw, each stream's wall time against the schedule (tokens × gap), and the
+    largest worker RSS sampled during the wave."""
+    schedule = args.paced_tokens * args.paced_gap_ms / 1000
+    time_limit = args.paced_ramp + 3 * schedule + 30.0
+    settled = await settle(servers, args.settle_seconds, args.quiet_seconds)
+    profilers = start_profilers(server, "paced", streams, args, seconds=args.paced_ramp + schedule) if args.py_spy else []
+    everyone = all_pids(servers)
+    before = {role: cpu_seconds(proc.pid) for role, proc in server.procs.items()}
+    everyone_before = sum(cpu_seconds(pid) for pid in everyone)
+    self0 = sum(os.times()[:2])
+    busy0 = machine_busy()
+    rss_max: dict[str, float] = {}
+    stop = asyncio.Event()
+
+    async def sample_rss() -> None:
+        # Every 0.5 s until the wave ends (bounded by the wave's own limit).
+        for _ in range(int(time_limit / 0.5) + 1):
+            for role, proc in server.procs.items():
+                worker = _worker_rss(rss_mb(proc.pid))
+                if worker is not None:
+                    rss_max[role] = max(rss_max.get(role, 0.0), worker)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+                return
+            except asyncio.TimeoutError:
+                continue
+
+    sampler = asyncio.create_task(sample_rss())
+    try:
+        result = await e2e_client.paced_streams(
+            HOST, server.port, request.path, request.body, request.headers,
+            streams=streams, ramp=args.paced_ramp, time_limit=time_limit, token=PACED_TOKEN,
+        )
+    finally:
+        stop.set()
+        await sampler
+    busy1 = machine_busy()
+    self1 = sum(os.times()[:2])
+    after = {role: cpu_seconds(proc.pid) for role, proc in server.procs.items()}
+    everyone_after = sum(cpu_seconds(pid) for pid in everyone)
+    profiles = finish_profilers(profilers)
+    cpu = {role: after[role] - before[role] for role in after}
+    busy = (busy1[0] - busy0[0]) / CLK_TCK
+    capacity = (busy1[1] - busy0[1]) / CLK_TCK
+    ours = (everyone_after - everyone_before) + (self1 - self0)
+    tokens = result.tokens
+    expected = streams * args.paced_tokens
+    gaps = [1000 * g for g in result.gaps_s]
+    cell: dict[str, Any] = {
+        "server": server.name, "streams": streams, "tokens_per_stream": args.paced_tokens, "gap_due_ms": args.paced_gap_ms,
+        "ramp_s": args.paced_ramp, "schedule_s": schedule, "settle_s": settled,
+        "completed": result.completed, "tokens": tokens, "tokens_expected": expected,
+        "statuses": {str(k): v for k, v in result.statuses.items()},
+        "errors": len(result.errors), "error_samples": sorted(set(result.errors))[:3],
+        "seconds": round(result.elapsed_s, 2),
+        "cpu_s": {role: round(v, 3) for role, v in cpu.items()},
+        "cpu_us_per_token": {role: (round(1e6 * v / tokens, 1) if tokens else None) for role, v in cpu.items()},
+        "client_cpu_us_per_token": round(1e6 * (self1 - self0) / tokens, 1) if tokens else None,
+        "gap_ms": {"p50": _r(pct(gaps, 50), 2), "p90": _r(pct(gaps, 90), 2), "p99": _r(pct(gaps, 99), 2), "max": _r(max(gaps), 1) if gaps else None},
+        "first_token_ms": _percentiles(result.first_s),
+        "stream_wall_s": {q: _r(pct(result.total_s, n), 3) for q, n in (("p50", 50), ("p99", 99))},
+        "stream_wall_vs_schedule": {q: _ratio(pct(result.total_s, n), schedule) for q, n in (("p50", 50), ("p99", 99))},
+        "worker_rss_max_mb": {role: round(v, 1) for role, v in rss_max.items()},
+        "machine_cpu_busy": round(busy / capacity, 3) if capacity else None,
+        "machine_cpu_other": round(max(0.0, busy - ours) / capacity, 3) if capacity else None,
+        "load_average": os.getloadavg()[0],
+    }
+    cell["gap_p99_target_met"] = bool(gaps) and tokens == expected and not result.errors and cell["gap_ms"]["p99"] <= PACED_GAP_TARGET_MS
+    if len(cpu) > 1:
+        cell["cpu_us_per_token"]["total"] = round(1e6 * sum(cpu.values()) / tokens, 1) if tokens else None
+    if profiles:
+        cell["profiles"] = profiles
+    return cell
+
+
+def paced_held(cells: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Per server: the most streams of a wave whose every token came, with
+    the inter-token gap p99 at most PACED_GAP_TARGET_MS."""
+    held: dict[str, int | None] = {}
+    for cell in cells:
+        best = held.setdefault(cell["server"], None)
+        if cell.get("gap_p99_target_met") and (best is None or cell["streams"] > best):
+            held[cell["server"]] = cell["streams"]
+    return held
+
+
 def _r(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -935,6 +1086,11 @@ def markdown(report: dict[str, Any]) -> str:
         status = "ok" if c["ok"] else "; ".join(c["problems"])
         out.append(f"- {c['server']} {c['scenario']}: {c['status']}, {c['lines']} line(s), {c.get('framing', '?')}: {status}")
     out.append("")
+    out.extend(_markdown_paced(report))
+    if not report["cells"]:
+        return "\n".join(out) + "\n"
+    out.append("Batched: the runner's whole answer ready at once (one gRPC message per call); wrk, closed loop:")
+    out.append("")
     out.append("| scenario | conns | server | req/s | lines/s | p50 ms | p99 ms | CPU ms/req | machine busy (other work) | errors |")
     out.append("|---|---:|---|---:|---:|---:|---:|---|---:|---|")
     for c in report["cells"]:
@@ -1026,6 +1182,66 @@ def markdown(report: dict[str, Any]) -> str:
         out.append("")
         out.extend(f"- {note}" for note in report["notes"])
     return "\n".join(out) + "\n"
+
+
+def _markdown_paced(report: dict[str, Any]) -> list[str]:
+    cells = report.get("paced") or []
+    if not cells:
+        return []
+    first = cells[0]
+    out = [
+        f"Paced (how a model streams): each stream {first['tokens_per_stream']} text deltas, one gRPC message each, one every "
+        f"{first['gap_due_ms']} ms on the runner's schedule ({first['schedule_s']:g} s), then finish; a wave of concurrent streams "
+        f"started over {first['ramp_s']:g} s, one connection each. CPU µs per token received: the server's process tree (a gateway's "
+        "runner apart); gap: between consecutive tokens of a stream as our client read them (all streams pooled); wall: a stream's "
+        "request to its end ÷ the schedule:",
+        "",
+        "| streams | server | tokens | CPU µs/token | gap p50 / p99 / max ms | first token p50 ms | wall p50 / p99 ÷ schedule | worker RSS max MiB | client µs/token | machine busy (other), load | errors |",
+        "|---:|---|---:|---|---|---:|---|---:|---:|---|---:|",
+    ]
+    for c in cells:
+        cpu = c["cpu_us_per_token"]
+        cpu_text = " + ".join(f"{_fmt(v)} {k}" for k, v in cpu.items() if k != "total") if len(cpu) > 1 else _fmt(next(iter(cpu.values())))
+        gap = c["gap_ms"]
+        wall = c["stream_wall_vs_schedule"]
+        busy = "n/a" if c.get("machine_cpu_busy") is None else f"{c['machine_cpu_busy']:.0%} ({c['machine_cpu_other']:.0%}), {c['load_average']:.1f}"
+        rss = next(iter(c["worker_rss_max_mb"].values()), None)
+        out.append(
+            f"| {c['streams']} | {c['server']} | {c['tokens']:,}/{c['tokens_expected']:,} | {cpu_text} | "
+            f"{_fmt(gap['p50'], 1)} / {_fmt(gap['p99'], 1)} / {_fmt(gap['max'], 0)} | {_fmt(c['first_token_ms']['p50'], 1)} | "
+            f"{_x(wall['p50'])} / {_x(wall['p99'])} | {_fmt(rss)} | {_fmt(c['client_cpu_us_per_token'])} | {busy} | {c['errors']} |"
+        )
+    out.append("")
+    by = {(c["server"], c["streams"]): c for c in cells}
+    ratio_rows = []
+    for c in cells:
+        ceiling = by.get(("ceiling", c["streams"]))
+        if not is_gateway(c["server"]) or ceiling is None:
+            continue
+        own = c["cpu_us_per_token"].get("gateway")
+        baseline = by.get((BASELINE, c["streams"]))
+        vs_baseline = _ratio(own, baseline["cpu_us_per_token"].get("gateway")) if baseline and c["server"] != BASELINE else None
+        ratio_rows.append(
+            f"| {c['streams']} | {c['server']} | {_x(_ratio(own, ceiling['cpu_us_per_token'].get('ceiling')))} | "
+            f"{_x(_ratio(c['gap_ms']['p99'], ceiling['gap_ms']['p99']))} | {_x(_ratio(c['stream_wall_s']['p99'], ceiling['stream_wall_s']['p99']))} | "
+            f"{_x(vs_baseline) if vs_baseline is not None else '—'} |"
+        )
+    if ratio_rows:
+        out += [
+            f"Gateway ÷ ceiling, same wave size (below 1× is better; the gateway's CPU without its runner); last column: CPU per token ÷ {BASELINE}'s:",
+            "",
+            "| streams | server | CPU per token | gap p99 | stream wall p99 | CPU ÷ baseline |",
+            "|---:|---|---:|---:|---:|---:|",
+            *ratio_rows,
+            "",
+        ]
+    held = report.get("paced_held") or {}
+    if held:
+        out.append(f"Most streams held (every token, gap p99 ≤ {PACED_GAP_TARGET_MS:g} ms), of the wave sizes run: " + "; ".join(
+            f"{server} {_fmt(n) if n is not None else 'none'}" for server, n in held.items()
+        ) + ".")
+        out.append("")
+    return out
 
 
 def _by_cell(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, dict[str, Any]]]:
@@ -1130,7 +1346,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds of wrk per cell (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured wrk before each cell (default 2)")
     parser.add_argument("--connections", default="16,64", help="comma-separated wrk connection counts (default 16,64)")
-    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)}")
+    parser.add_argument("--servers", default=",".join(s for s in SERVERS if s != BASELINE),
+                        help=f"comma-separated subset of {','.join(SERVERS)} ({BASELINE} needs --baseline; with it, it is added)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help=f"also run {BASELINE}: the gateway with python/ as at git revision REV (this checkout's Rust extension), beside the working tree's")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--max-cell-seconds", type=int, default=60,
                         help="longest a cell may be stretched for a server slower than --duration allows (default 60)")
@@ -1154,6 +1373,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rss-rounds", type=int, default=5, help="memory: rounds of streaming per gateway variant, 0 to skip (default 5)")
     parser.add_argument("--rss-seconds", type=int, default=4, help="memory: seconds of wrk per round (default 4)")
     parser.add_argument("--rss-connections", type=int, default=64, help="memory: wrk connections per round (default 64)")
+    parser.add_argument("--paced-streams", default="100,500,1000", help="paced scenario: comma-separated concurrent stream counts (default 100,500,1000)")
+    parser.add_argument("--paced-tokens", type=int, default=payloads.PACED_TOKENS, help=f"paced scenario: text deltas per stream (default {payloads.PACED_TOKENS})")
+    parser.add_argument("--paced-gap-ms", type=int, default=payloads.PACED_GAP_MS, help=f"paced scenario: ms between deltas (default {payloads.PACED_GAP_MS})")
+    parser.add_argument("--paced-ramp", type=float, default=1.0, help="paced scenario: seconds over which a wave's streams start (default 1)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 s cells (12 s at most), 1 s warm-up, 64 TTFB and 64 paced requests, 3 memory rounds of 2 s, short waits, no re-measuring")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
@@ -1170,11 +1393,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.ttfb_requests, args.ttfb_seconds = min(args.ttfb_requests, 64), min(args.ttfb_seconds, 5.0)
         args.latency_requests = min(args.latency_requests, 64)
         args.rss_rounds, args.rss_seconds = min(args.rss_rounds, 3), min(args.rss_seconds, 2)
+        args.paced_tokens = min(args.paced_tokens, 50)
+    args.paced_stream_counts = [int(c) for c in args.paced_streams.split(",") if c]
+    if any(not 1 <= c <= 5000 for c in args.paced_stream_counts) or not 1 <= args.paced_tokens <= 10_000:
+        parser.error("--paced-streams must be 1..5000 each and --paced-tokens 1..10000")
+    if not 1 <= args.paced_gap_ms <= 10_000 or not 0 <= args.paced_ramp <= 60:
+        parser.error("--paced-gap-ms must be 1..10000 and --paced-ramp 0..60")
     args.profile_servers = [s for s in args.profile_servers.split(",") if s]
     if args.py_spy:
         args.py_spy.mkdir(parents=True, exist_ok=True)
     args.connection_counts = [int(c) for c in args.connections.split(",") if c]
     args.server_names = [s for s in args.servers.split(",") if s]
+    if args.baseline and BASELINE not in args.server_names:
+        args.server_names.insert(args.server_names.index(BASE_GATEWAY) + 1 if BASE_GATEWAY in args.server_names else 0, BASELINE)
+    if BASELINE in args.server_names and not args.baseline:
+        parser.error(f"{BASELINE} needs --baseline REV")
     args.scenario_names = [s for s in args.scenarios.split(",") if s]
     for name in args.server_names:
         if name not in SERVERS:
@@ -1203,11 +1436,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     secret = secrets.token_urlsafe(32)
-    servers = build_servers(args.server_names, secret, workdir, args.runner_impl)
+    servers = build_servers(args.server_names, secret, workdir, args.runner_impl, args.baseline)
     gateways = [server for name, server in servers.items() if is_gateway(name)]
     report: dict[str, Any] = {
-        "checks": [], "cells": [], "ttfb": [], "added_latency": [], "rss_rounds": [], "peak_rss_mb": {}, "peak_rss_mb_processes": {}, "notes": [],
+        "checks": [], "paced": [], "cells": [], "ttfb": [], "added_latency": [], "rss_rounds": [], "peak_rss_mb": {}, "peak_rss_mb_processes": {}, "notes": [],
     }
+    wrk_scenarios = [s for s in args.scenario_names if s in WRK_SCENARIOS]
+    # Only the paced scenario asked for: it runs alone, without the streaming
+    # prompt-run's latency and memory runs.
+    only_paced = not wrk_scenarios
     try:
         for server in servers.values():
             for proc in reversed(list(server.procs.values())):  # the runner before the gateway
@@ -1219,22 +1456,41 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             reply = await e2e_client.one(HOST, gateways[0].port, "GET", "/healthz")
             report["gateway_implementation"] = json.loads(reply.body).get("implementation")
         # The streaming body is also what the latency and memory runs send.
-        requests = build_requests(servers, list(dict.fromkeys([*args.scenario_names, "stream"])), secret, workdir)
+        requests = build_requests(
+            servers, list(dict.fromkeys([*args.scenario_names, "stream"])), secret, workdir, (args.paced_tokens, args.paced_gap_ms),
+        )
 
         lines: dict[tuple[str, str], int] = {}
         alone: dict[tuple[str, str], float | None] = {}
         for scenario in args.scenario_names:
             for name, server in servers.items():
-                result = await check(server, scenario, requests[(name, scenario)])
+                # A paced answer takes tokens × gap: checked once.
+                result = await check(server, scenario, requests[(name, scenario)], 1 if scenario == "paced" else 3, args.paced_tokens)
                 report["checks"].append(result)
-                expected = {"prompt": 1, "stream": payloads.N_CHUNKS + 1, "dataset": payloads.N_ROWS}[scenario]
+                expected = {"prompt": 1, "stream": payloads.N_CHUNKS + 1, "dataset": payloads.N_ROWS, "paced": args.paced_tokens + 1}[scenario]
                 lines[(name, scenario)] = result["lines"] if result["ok"] and result["lines"] else expected
                 alone[(name, scenario)] = result.get("alone_ms")
                 log(f"check {name} {scenario}: {'ok' if result['ok'] else result['problems']} ({result['lines']} lines)")
 
-        total_cells = len(args.scenario_names) * len(args.connection_counts) * len(servers)
+        if "paced" in args.scenario_names:
+            for streams in args.paced_stream_counts:
+                for name, server in servers.items():
+                    cell = await measure_paced(servers, server, streams, requests[(name, "paced")], args)
+                    report["paced"].append(cell)
+                    log(
+                        f"paced {streams} streams {name}: {cell['tokens']}/{cell['tokens_expected']} tokens, CPU/token {cell['cpu_us_per_token']} µs, "
+                        f"gap p50 {cell['gap_ms']['p50']} p99 {cell['gap_ms']['p99']} ms, stream wall p99 {cell['stream_wall_s']['p99']} s, "
+                        f"client {cell['client_cpu_us_per_token']} µs/token, {cell['errors']} errors, machine busy {cell['machine_cpu_busy']:.0%} "
+                        f"(other {cell['machine_cpu_other']:.0%}), load {cell['load_average']:.2f}"
+                    )
+                    for proc in server.procs.values():
+                        if not proc.alive():
+                            raise RuntimeError(f"{proc.name} died during paced {streams} ({proc.exit_text()}):\n{proc.log_tail()}")
+            report["paced_held"] = paced_held(report["paced"])
+
+        total_cells = len(wrk_scenarios) * len(args.connection_counts) * len(servers)
         done = 0
-        for scenario in args.scenario_names:
+        for scenario in wrk_scenarios:
             for connections in args.connection_counts:
                 for name, server in servers.items():
                     cell = await measure_cell(
@@ -1266,14 +1522,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             raise RuntimeError(f"{proc.name} died during {scenario} c={connections} ({proc.exit_text()}):\n{proc.log_tail()}")
 
         if args.ttfb_requests > 0:
-            for scenario in args.scenario_names:
+            for scenario in wrk_scenarios:
                 for name, server in servers.items():
                     await settle(servers, args.settle_seconds, args.quiet_seconds)
                     result = await measure_ttfb(server, scenario, requests[(name, scenario)], args)
                     report["ttfb"].append(result)
                     log(f"ttfb {scenario} {name}: p50 {result['ttfb_ms']['p50']} ms over {result['requests']} requests, {result['errors']} errors")
 
-        if args.latency_requests > 0 and gateways:
+        if args.latency_requests > 0 and gateways and not only_paced:
             runner_request = await gateway_prompt_request(requests[(gateways[0].name, "stream")].body)
             for server in gateways:
                 result = await measure_added_latency(servers, server, requests[(server.name, "stream")], runner_request, args)
@@ -1284,7 +1540,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     f"({result['gateway']['errors'] + result['runner']['errors']} errors)"
                 )
 
-        if args.rss_rounds > 0:
+        if args.rss_rounds > 0 and not only_paced:
             for server in gateways:
                 result = await measure_rss_rounds(servers, server, requests[(server.name, "stream")], args)
                 report["rss_rounds"].append(result)
@@ -1350,7 +1606,7 @@ def wrk_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and any(s in WRK_SCENARIOS for s in args.scenario_names):  # the paced scenario is our own client
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     if not EVENTS_DIR.is_dir():
@@ -1363,6 +1619,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
+    load_at_start = os.getloadavg()
     try:
         report = asyncio.run(run(args, workdir))
     except KeyboardInterrupt:
@@ -1395,6 +1652,9 @@ def main(argv: list[str] | None = None) -> int:
             "added_latency": {"connections": args.latency_connections, "rate_per_s": args.latency_rate, "requests": args.latency_requests,
                               "time_limit_s": args.latency_seconds, "scenario": "stream"},
             "rss_rounds": {"rounds": args.rss_rounds, "seconds": args.rss_seconds, "connections": args.rss_connections, "scenario": "stream"},
+            "paced": {"streams": args.paced_stream_counts, "tokens": args.paced_tokens, "gap_ms": args.paced_gap_ms, "ramp_s": args.paced_ramp,
+                      "gap_p99_target_ms": PACED_GAP_TARGET_MS},
+            "load_average_start": load_at_start,
             "runner_impl": args.runner_impl,
             "servers": {name: (GATEWAY_VARIANTS[name][1] if is_gateway(name) else name) for name in args.server_names},
             "scenarios": {name: SCENARIOS[name][1] for name in args.scenario_names},

@@ -1,7 +1,9 @@
 """A small HTTP/1.1 client on raw asyncio streams, for `benchmarks/e2e.py`:
 the correctness check (one request, whole body), the time-to-first-chunk
 runs (N requests over C keep-alive connections back to back, bounded in
-count and time) and paced runs (open loop: requests due at a fixed rate).
+count and time), paced runs (open loop: requests due at a fixed rate) and
+waves of paced streams (`paced_streams`: many slow token streams at once,
+each token's arrival timed).
 
 Raw sockets rather than httpx so that the client spends as little CPU as
 possible on a 2-core machine it shares with the servers, and so that "first
@@ -269,3 +271,131 @@ async def one(host: str, port: int, method: str, path: str, body: bytes = b"", h
         return await asyncio.wait_for(connection.request(method, path, body, headers), timeout)
     finally:
         await connection.close()
+
+
+# --- paced streams: many slow streams at once, each token's arrival timed -----
+
+
+@dataclass
+class PacedResult:
+    """What a wave of paced streams looked like from the client."""
+
+    streams: int = 0
+    completed: int = 0
+    tokens: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    # Between consecutive tokens of one stream, all streams pooled; tokens
+    # read off the socket together are 0 apart.
+    gaps_s: list[float] = field(default_factory=list)
+    first_s: list[float] = field(default_factory=list)  # request written -> first token
+    total_s: list[float] = field(default_factory=list)  # request written -> end of the body
+    elapsed_s: float = 0.0
+
+
+class _PacedProtocol(asyncio.Protocol):
+    """One request on its own connection, its answer timed token by token.
+
+    A protocol rather than a StreamReader, and no HTTP parsing beyond the
+    status: at 1,000 streams of 50 tokens/s the client takes tens of
+    thousands of segments a second on the cores the servers use, so it counts
+    `token` markers in the raw bytes (a marker split across two segments is
+    found through the kept tail) and knows the end by the chunked body's last
+    chunk, or the server closing (AgentMark's server ends bodies that way)."""
+
+    def __init__(self, request: bytes, token: bytes, result: PacedResult, done: asyncio.Future[None]) -> None:
+        self._request = request
+        self._token = token
+        self._result = result
+        self._done = done
+        self._tail = b""
+        self._status: int | None = None
+        self._sent = 0.0
+        self._last: float | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._sent = time.perf_counter()
+        transport.write(self._request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        seen = self._tail + data
+        if self._status is None:
+            if not seen.startswith(b"HTTP/"):
+                self._finish(f"ProtocolError: bad status line {seen[:40]!r}")
+                return
+            self._status = int(seen[9:12])
+            self._result.statuses[self._status] = self._result.statuses.get(self._status, 0) + 1
+        # Markers wholly inside the kept tail were counted with the last segment.
+        count = seen.count(self._token) - self._tail.count(self._token)
+        if count:
+            result = self._result
+            if self._last is None:
+                result.first_s.append(now - self._sent)
+            else:
+                result.gaps_s.append(now - self._last)
+            if count > 1:
+                result.gaps_s.extend([0.0] * (count - 1))
+            result.tokens += count
+            self._last = now
+        self._tail = seen[-max(len(self._token) - 1, len(_LAST_CHUNK)):]
+        if self._tail.endswith(_LAST_CHUNK):
+            self._finish(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(f"{type(exc).__name__}: {exc}" if exc else None)
+
+    def _finish(self, error: str | None) -> None:
+        if self._done.done():
+            return
+        if error is None and self._status is not None:
+            self._result.completed += 1
+            self._result.total_s.append(time.perf_counter() - self._sent)
+        else:
+            self._result.errors.append(error or "connection closed before a response")
+        self._done.set_result(None)
+        if self._transport is not None:
+            self._transport.close()
+
+
+_LAST_CHUNK = b"\r\n0\r\n\r\n"  # a chunked body's end; a data chunk ends "\n\r\n"
+
+
+async def paced_streams(
+    host: str, port: int, path: str, body: bytes, headers: dict[str, str], *,
+    streams: int, ramp: float, time_limit: float, token: bytes,
+) -> PacedResult:
+    """`streams` requests, each on a new connection, started evenly over
+    `ramp` seconds (so their tokens are not in phase), all held open until
+    their answers end, or `time_limit` seconds after the start."""
+    loop = asyncio.get_running_loop()
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}", "Connection: close"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+    result = PacedResult(streams=streams)
+    start = loop.time() + 0.05
+    deadline = start + time_limit
+
+    async def one(k: int) -> None:
+        await asyncio.sleep(max(0.0, start + k * ramp / streams - loop.time()))
+        done: asyncio.Future[None] = loop.create_future()
+        transport = None
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: _PacedProtocol(request, token, result, done), host, port), max(0.1, deadline - loop.time())
+            )
+            await asyncio.wait_for(asyncio.shield(done), max(0.1, deadline - loop.time()))
+        except (OSError, asyncio.TimeoutError) as exc:
+            if not done.done():
+                done.set_result(None)
+                result.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            if transport is not None:
+                transport.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(k) for k in range(streams)))
+    result.elapsed_s = time.perf_counter() - started
+    return result

@@ -8,6 +8,8 @@ Routes (every POST reads and parses the ~2 KB JSON body first):
   POST /prompt    one JSON envelope (what a non-streaming prompt-run answers)
   POST /stream    100 text lines and a finish line, one write per line
   POST /dataset   100 dataset rows, one write per line
+  POST /paced     N text lines, each written when due (one every G ms), and a
+                  finish line: N and G from the body (payloads.paced_params)
   GET  /health    ok
 """
 
@@ -52,6 +54,24 @@ async def stream() -> Response:
         for line in payloads.TEXT_LINES:
             yield line
         yield payloads.FINISH_LINE
+
+    response = Response(body(), status=200, headers=STREAM_HEADERS)
+    response.timeout = None
+    return response
+
+
+@app.post("/paced")
+async def paced() -> Response:
+    """A model's pace: each token's line written when it is due (the same
+    schedule as the trivial runner's), then the finish line."""
+    params = payloads.paced_params(await request.get_data(cache=False, as_text=False))
+    if params is None:
+        return Response(b'{"message":"no paced marker"}', status=400, content_type="application/json")
+    tokens, gap = params
+
+    async def body() -> AsyncIterator[bytes]:
+        async for i in payloads.paced_schedule(tokens, gap):
+            yield payloads.paced_line(i) if i < tokens else payloads.finish_line(tokens)
 
     response = Response(body(), status=200, headers=STREAM_HEADERS)
     response.timeout = None

@@ -5,7 +5,8 @@ server (`serve_webhook_runner` from agentmark-prompt-core) running its own
     python benchmarks/e2e_servers/peer.py --port PORT
 
 Equivalent to the gateway's trivial runner: text prompts stream 100 text
-deltas and a finish with usage; object prompts (dataset-run.json's prompt)
+deltas and a finish with usage (or, for the paced scenario, N deltas one
+every G ms on the same schedule, payloads.paced_schedule); object prompts (dataset-run.json's prompt)
 answer one final object and a finish. Dataset runs read 100 rows from an
 in-memory loader. What stays is AgentMark's own per-request work: compiling
 the prompt AST, rendering it (once per dataset row), its wire mapping and its
@@ -60,8 +61,18 @@ class MemoryExecutor:
         return ExecutorCapabilities(text=True, object=True)
 
     async def execute_text(self, formatted: Any, ctx: ExecCtx) -> AsyncIterator[Any]:
-        for event in TEXT_EVENTS:
-            yield event
+        # The paced scenario's marker is in the user message, so in the rendered prompt.
+        paced = payloads.paced_params(repr(formatted))
+        if paced is None:
+            for event in TEXT_EVENTS:
+                yield event
+            return
+        tokens, gap = paced
+        async for i in payloads.paced_schedule(tokens, gap):
+            if i < tokens:
+                yield TextDeltaEvent(payloads.paced_chunk(i))
+            else:
+                yield FinishEvent("stop", UsageData(payloads.INPUT_TOKENS, tokens, payloads.INPUT_TOKENS + tokens))
 
     async def execute_object(self, formatted: Any, ctx: ExecCtx) -> AsyncIterator[Any]:
         for event in OBJECT_EVENTS:

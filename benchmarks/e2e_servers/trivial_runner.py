@@ -5,7 +5,9 @@ so the runner is not what is measured.
 
 run_prompt: 100 text deltas, then finish with usage (the gateway streams
 them, or folds them into one envelope when the event says shouldStream:
-false). run_experiment: 100 dataset rows. Every event is built once, at
+false); or, when the request carries the paced marker (payloads.paced_params:
+the benchmark's paced scenario), N text deltas, one message each, one every
+G ms on a fixed schedule, then finish. run_experiment: 100 dataset rows. Every event is built once, at
 start-up, with the SDK's event constructors, so both implementations send
 the same bytes.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -84,7 +87,26 @@ ALERT_MESSAGE = pb.AlertResponse(message="logged").SerializeToString()
 
 
 async def _run_prompt(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-    yield PROMPT_MESSAGE
+    paced = payloads.paced_params(request)
+    if paced is None:
+        yield PROMPT_MESSAGE
+        return
+    # A model's pace: one text delta per message, each when it is due.
+    tokens, gap = paced
+    async for i in payloads.paced_schedule(tokens, gap):
+        yield _paced_message(i) if i < tokens else _paced_finish(tokens)
+
+
+@functools.cache
+def _paced_message(i: int) -> bytes:
+    # Encoded once per token index, so a paced runner costs little per token.
+    return pb.RunnerEvents(events=[events.text_delta(payloads.paced_chunk(i))]).SerializeToString()
+
+
+@functools.cache
+def _paced_finish(tokens: int) -> bytes:
+    usage = {"input_tokens": payloads.INPUT_TOKENS, "output_tokens": tokens, "total_tokens": payloads.INPUT_TOKENS + tokens}
+    return pb.RunnerEvents(events=[events.finish("stop", **usage)]).SerializeToString()
 
 
 async def _run_experiment(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:

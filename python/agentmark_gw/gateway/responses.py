@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol
 
 from grpc.aio import AioRpcError
@@ -67,66 +67,146 @@ class Reply:
         self.started = True
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
-    async def write(self, chunk: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-    async def end(self) -> None:
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+    def send_body(self, body: bytes, more: bool) -> Awaitable[None]:
+        """A part of the body (`more`), or its last. A plain function returning
+        the server's awaitable: no coroutine of its own on the per-token path."""
+        return self._send({"type": "http.response.body", "body": body, "more_body": more})
 
 
 async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Callable[[int], None], heartbeat: float = 0.0) -> None:
     """Stream a runner's answer as NDJSON: one write per runner message (a
     batch of lines), heartbeats in long silences, `on_chunk(size)` before
     each write. The runner call is cancelled however the stream ends: at its
-    end, on the client's going away (this task is cancelled), or on an error."""
+    end, on the client's going away (this task is cancelled), or on an error.
+
+    This task reads the runner and writes each message's lines itself, with
+    no helper task or timer per message (a model streams tokens one message
+    each, so the per-message cost is the per-token cost); heartbeats come
+    from `_Writes`' one per-stream deadline."""
+    out = _Writes(reply, on_chunk, heartbeat)
     try:
-        await reply.start(200, STREAM_HEADERS)
+        await out.start()
         try:
-            async for chunk in _chunks(opened, framer, heartbeat):
-                on_chunk(len(chunk))
-                await reply.write(chunk)
+            try:
+                # With the runner slow to start, the response began before its
+                # first message; `out`'s heartbeats cover the wait.
+                message = opened.first if opened.pending is None else await opened.next()
+                while message is not None:
+                    chunk = framer.feed(message)
+                    if chunk:
+                        await out.write(chunk)  # a whole batch of lines in one write
+                    if framer.terminated:
+                        break
+                    message = await opened.next()
+            except AioRpcError as error:
+                await out.write(framer.fail(refusal_for(error).message))
+            done = framer.close()
+            if done:
+                await out.write(done)
         except Exception as error:  # noqa: BLE001 - the stream ends with a line, never a traceback
             log.error("internal error while streaming", exc_info=error)
             if not framer.terminated:
-                await reply.write(framer.fail(INTERNAL_ERROR))
-        await reply.end()
+                await out.write(framer.fail(INTERNAL_ERROR))
+        await out.end()
     finally:
+        out.close()
         opened.call.cancel()
 
 
-async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float) -> AsyncIterator[bytes]:
-    try:
-        # With the runner slow to start, the response began before its first message.
-        waiting_for_first = opened.pending is not None
-        message = opened.first
-        while waiting_for_first or message is not None:
-            if not waiting_for_first:
-                chunk = framer.feed(message)  # type: ignore[arg-type]
-                if chunk:
-                    yield chunk  # a whole batch of lines in one write
-                if framer.terminated:
-                    break
-            waiting_for_first = False
-            if heartbeat <= 0:
-                message = await opened.next()
-                continue
-            # Load balancers close connections that stay silent (nginx after
-            # 60 s by default); a dataset item or a slow model can take longer.
-            # The read runs as its own task so waiting on it can time out
-            # without cancelling the call.
-            pending = asyncio.ensure_future(opened.next())
-            try:
-                while not (await asyncio.wait({pending}, timeout=heartbeat))[0]:
-                    yield HEARTBEAT
-            finally:
-                if not pending.done():
-                    pending.cancel()
-            message = pending.result()
-    except AioRpcError as error:
-        yield framer.fail(refusal_for(error).message)
-    done = framer.close()
-    if done:
-        yield done
+class _Writes:
+    """A stream's body writes, in order: chunks from the stream's task, and a
+    bare newline after `interval` seconds without a write (0: never).
+
+    Load balancers close connections that stay silent (nginx after 60 s by
+    default); a dataset item or a slow model can take longer. The heartbeat
+    is one deadline per stream, `last + interval`, and a chunk only moves
+    `last`: one timer is armed per stream and re-armed only when it fires, so
+    a message costs no timer and no task. When a heartbeat is due, a task
+    writes it (only in a silence); a chunk ready meanwhile waits for that
+    write, and no heartbeat starts while a chunk is being written, so the two
+    never interleave."""
+
+    __slots__ = ("_reply", "_send", "_on_chunk", "_interval", "_loop", "_last", "_timer", "_beat", "_writing", "_closed", "_error")
+
+    def __init__(self, reply: Reply, on_chunk: Callable[[int], None], interval: float) -> None:
+        self._reply = reply
+        self._send = reply.send_body
+        self._on_chunk = on_chunk
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._beat: asyncio.Task[None] | None = None
+        self._writing = False
+        self._closed = False
+        self._error: Exception | None = None
+
+    async def start(self) -> None:
+        """The headers; the silence is counted from them."""
+        await self._reply.start(200, STREAM_HEADERS)
+        self._last = self._loop.time()
+        if self._interval > 0 and not self._closed:
+            self._timer = self._loop.call_at(self._last + self._interval, self._due)
+
+    async def write(self, chunk: bytes) -> None:
+        if self._beat is not None:
+            await self._beat  # a heartbeat is going out: the chunk goes after it
+        if self._error is not None:
+            raise self._error  # a heartbeat's write failed: the connection is no good
+        self._on_chunk(len(chunk))
+        self._writing = True
+        try:
+            await self._send(chunk, True)
+        finally:
+            self._writing = False
+        self._last = self._loop.time()
+
+    async def end(self) -> None:
+        """The body's end, after a heartbeat being written; none after it."""
+        self._stop_timer()
+        if self._beat is not None:
+            await self._beat
+        await self._send(b"", False)
+
+    def close(self) -> None:
+        """However the stream ended: no heartbeat from now on."""
+        self._stop_timer()
+        if self._beat is not None:
+            self._beat.cancel()
+
+    def _stop_timer(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self._loop.time()
+        if self._writing:
+            # A chunk is going out (to a slow client): not a silence.
+            self._timer = self._loop.call_at(now + self._interval, self._due)
+            return
+        due = self._last + self._interval
+        if due > now:  # a chunk went out since: the deadline moved
+            self._timer = self._loop.call_at(due, self._due)
+            return
+        self._beat = self._loop.create_task(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        try:
+            self._on_chunk(len(HEARTBEAT))
+            await self._send(HEARTBEAT, True)
+        except Exception as error:  # noqa: BLE001 - raised by the stream's next write
+            self._error = error
+            return
+        finally:
+            self._beat = None
+        self._last = self._loop.time()
+        if not self._closed:
+            self._timer = self._loop.call_at(self._last + self._interval, self._due)
 
 
 async def fold(opened: OpenStream, kind: str) -> tuple[bytes, str | None]:
