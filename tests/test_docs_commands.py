@@ -27,6 +27,7 @@ import secrets
 import shlex
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,6 +371,10 @@ RUNNABLE = [d for d in DOCUMENTS if any(c.skip_reason is None for c in shell_blo
 async def test_documented_commands_run(document: Path, tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     if not (ROOT / ".venv" / "bin" / "agentmark-gw").exists():
         pytest.skip("the docs assume `make install` has made .venv")
+    # `make up` installs first when .venv is older than the sources; here that
+    # would reinstall the project from the reader's folder into the real .venv.
+    stale = subprocess.run(["make", "-q", ".venv/.installed"], cwd=ROOT, capture_output=True, check=False)
+    assert stale.returncode == 0, "`.venv` is older than pyproject.toml or the Rust sources: run `make install` (as `make test` does) first"
     busy = [port for port in MAKE_UP_PORTS if _listening(port)]
     assert not busy, f"ports {busy} are taken by something else; the docs' commands need them"
     relative = str(document.relative_to(ROOT))
