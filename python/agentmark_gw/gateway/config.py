@@ -72,9 +72,22 @@ class GatewayConfig:
         "uvloop", "Event loop of each worker: `uvloop` (libuv; less CPU per request, see benchmarks/README.md) or Python's own `asyncio`."
     )
     max_body_bytes: int = setting(10 * 1024 * 1024, "Bodies larger than this are refused with 413, unread.")
+    max_unverified_body_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Request-body bytes one worker holds, across all requests, before their signature is checked; "
+        "a request arriving past it gets 503 (retry). At least `max_body_bytes`.",
+    )
     deadlines: Deadlines = setting(None, "Per event type; see `[deadlines]` below.", factory=Deadlines)
     max_runner_message_bytes: int = setting(
         64 * 1024 * 1024, "Largest gRPC message accepted from a runner (messages can carry whole images)."
+    )
+    max_answer_bytes: int = setting(
+        256 * 1024 * 1024,
+        "Largest answer collected for a non-streaming run (and every image or speech run); past it the run is "
+        "cancelled and the request gets 502.",
+    )
+    max_dataset_concurrency: int = setting(
+        32, "A dataset run's `concurrency` is lowered to this before it reaches the runner (which may start that many workers at once)."
     )
     health_interval: float = setting(5.0, "Seconds between `grpc.health.v1` checks of each runner.")
     health_timeout: float = setting(2.0, "Seconds one health check may take.")
@@ -336,6 +349,13 @@ def _validated(config: GatewayConfig) -> GatewayConfig:
         raise ConfigError("no runner: give at least one --runner HOST:PORT (or `runners` in the config file)")
     if config.max_body_bytes <= 0:
         raise ConfigError("max_body_bytes must be positive")
+    if config.max_dataset_concurrency < 1:
+        raise ConfigError("max_dataset_concurrency must be at least 1")
+    if config.max_answer_bytes <= 0:
+        raise ConfigError("max_answer_bytes must be positive")
+    if config.max_unverified_body_bytes < config.max_body_bytes:
+        # Otherwise a body of the largest allowed size could never be read.
+        raise ConfigError("max_unverified_body_bytes must be at least max_body_bytes")
     if config.alert_max_attempts < 1:
         raise ConfigError("alert_max_attempts must be at least 1")
     if config.workers < 1:

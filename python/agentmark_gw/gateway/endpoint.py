@@ -76,6 +76,10 @@ class WebhookEndpoint:
         self.serving: Serving | None = None  # set when serving starts
         self._secrets = list(config.secrets)
         self._replay = ReplayGuard(config.replay_window) if config.replay_window > 0 else None
+        # Body bytes read but not yet signature-checked, across every request
+        # in flight in this process: anyone can send them, so their total is
+        # bounded (`max_unverified_body_bytes`), not just each body's size.
+        self._unverified = 0
 
     def in_front_of(self, app: ASGIApp) -> ASGIApp:
         """An ASGI app that serves the webhook paths here and the rest with `app`."""
@@ -115,9 +119,13 @@ class WebhookEndpoint:
             if not _is_json(headers.get("content-type")):
                 raise Refusal("Content-Type must be application/json", 415)
             body = await self._read_body(receive, headers.get("content-length"))
+            try:
+                verified = _accel.verify(self._secrets, headers.get(SIGNATURE_HEADER), body)
+            finally:
+                self._unverified -= len(body)
             watcher = asyncio.ensure_future(receive())
             watcher.add_done_callback(on_message)
-            if not _accel.verify(self._secrets, headers.get(SIGNATURE_HEADER), body):
+            if not verified:
                 self.metrics.signature_failures.inc()
                 raise Unauthorized("Invalid signature")
             if self._replay is not None:
@@ -150,10 +158,14 @@ class WebhookEndpoint:
             record.finish(self.metrics, request_log)
 
     async def _read_body(self, receive: Receive, content_length: str | None) -> bytes:
+        """The whole body. Its bytes count against the unverified budget from
+        the moment they arrive; on success the caller releases them (after the
+        signature check), on failure this does."""
         limit = self.config.max_body_bytes
         too_large = Refusal(f"Request body is larger than the limit of {limit} bytes", 413)
         if content_length is not None and content_length.isdigit() and int(content_length) > limit:
             raise too_large  # refused unread
+        budget = self.config.max_unverified_body_bytes
         chunks: list[bytes] = []
         size = 0
         try:
@@ -164,14 +176,23 @@ class WebhookEndpoint:
                     if message["type"] == "http.disconnect":
                         raise _ClientGone
                     chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
+                    if size + len(chunk) > limit:
                         raise too_large
+                    if self._unverified + len(chunk) > budget:
+                        raise Refusal(
+                            "The gateway is busy: unverified request bodies in flight are over max_unverified_body_bytes; retry shortly", 503
+                        )
+                    size += len(chunk)
+                    self._unverified += len(chunk)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
+            self._unverified -= size
             raise Refusal(f"Request body not received within body_timeout ({self.config.body_timeout:g} s)", 408) from None
+        except BaseException:
+            self._unverified -= size
+            raise
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _refuse(self, reply: responses.Reply, record: RequestRecord, status: int, message: str) -> None:
@@ -196,7 +217,7 @@ class WebhookEndpoint:
             if event.should_stream:
                 await self._stream(reply, opened, _accel.PromptFramer(event.kind), record)
                 return
-            body, trace_id = await responses.fold(opened, event.kind)
+            body, trace_id = await responses.fold(opened, event.kind, self.config.max_answer_bytes)
             record.trace_id = trace_id
             record.status = 200
             await reply.body(200, body)

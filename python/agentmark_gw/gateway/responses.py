@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from grpc.aio import AioRpcError
 
 from .. import _accel
-from .errors import ExecutionFailed
+from .errors import ExecutionFailed, Refusal
 from .runners import OpenStream, refusal_for
 
 __all__ = ["JSON", "STREAM_HEADERS", "Framer", "OpenStream", "Reply", "fold", "stream"]
@@ -129,13 +129,22 @@ async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float) -> Async
         yield done
 
 
-async def fold(opened: OpenStream, kind: str) -> tuple[bytes, str | None]:
+async def fold(opened: OpenStream, kind: str, limit: int) -> tuple[bytes, str | None]:
     """Collect a whole run into its one JSON envelope (non-streaming answers).
-    Returns the envelope and the run's trace id, if it had one."""
+    Returns the envelope and the run's trace id, if it had one.
+
+    Unlike a stream, the whole answer is held here, so a runner that never
+    finishes would grow the gateway without end: past `limit` bytes of
+    runner messages (what the envelope is made of) the run is cancelled and
+    the request fails with 502."""
     folder = _accel.EnvelopeFolder(kind)
+    received = 0
     try:
         message = opened.first if opened.pending is None else await opened.next()
         while message is not None:
+            received += len(message)
+            if received > limit:
+                raise Refusal(f"Runner answer is larger than max_answer_bytes ({limit} bytes); ask for a stream instead", 502)
             folder.feed(message)
             if folder.terminated:
                 break

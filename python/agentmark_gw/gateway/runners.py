@@ -260,7 +260,8 @@ class RunnerPool:
             ast_json=ast_json,
             experiment_id=_str(data.get("experimentId")) or "experiment",
             dataset_path=_str(data.get("datasetPath")),
-            concurrency=concurrency if isinstance(concurrency, int) and 0 < concurrency < 2**32 else 0,
+            # Checked by `webhook`; bounded here, since a runner may start that many workers at once.
+            concurrency=min(concurrency, self._config.max_dataset_concurrency) if isinstance(concurrency, int) else 0,
             prompt_path=_str(data.get("promptPath")),
             commit_sha=_str(data.get("commitSha")),
             sampling_json=_json(sampling) if sampling is not None else "",

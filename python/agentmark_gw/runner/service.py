@@ -122,6 +122,10 @@ def _object(text: str, field_name: str) -> dict[str, Any]:
 
 
 TRACE_CONTEXT_KEYS = ("traceparent", "tracestate")
+# The most workers one dataset run gets, whatever the request asks: runners
+# (AgentMark's pool among them) start that many at once, and a caller could
+# ask for 2^32 - 1. The gateway lowers it further (`max_dataset_concurrency`).
+MAX_CONCURRENCY = 256
 
 
 def _call_details(context: grpc.aio.ServicerContext | None) -> dict[str, Any]:
@@ -157,7 +161,7 @@ def experiment_request(message: pb.RunExperimentRequest, context: grpc.aio.Servi
         ast=_object(message.ast_json, "ast_json"),
         experiment_id=message.experiment_id or "experiment",
         dataset_path=message.dataset_path,
-        concurrency=message.concurrency,
+        concurrency=min(message.concurrency, MAX_CONCURRENCY),
         prompt_path=message.prompt_path,
         commit_sha=message.commit_sha,
         sampling=_parse(message.sampling_json, "sampling_json", None),

@@ -1,0 +1,121 @@
+"""Issue 17's findings, each with a test that failed before its fix: real
+gateways and runners on loopback, as the other end-to-end tests use."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from agentmark_gw.gateway import create_app
+from agentmark_gw.runner import events
+
+from .conftest import BODY_LIMIT, HttpServer, agentmark_json, gateway_config, signed
+from .servers.scripted_runner import ScriptedRunner
+from .test_gateway_e2e import stream_lines
+
+pytestmark = pytest.mark.e2e
+TEXT_EVENT = agentmark_json("events/prompt-run-text.json")
+
+
+async def _stalled_body(port: int, declared: int, sent: int) -> asyncio.StreamWriter:
+    """A connection that declares a body of `declared` bytes, sends `sent` of them, and stops."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST / HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n\r\n"
+    writer.write(head.encode() + b" " * sent)
+    await writer.drain()
+    return writer
+
+
+async def _statuses_until(client: httpx.AsyncClient, url: str, wanted: int, tries: int = 100) -> httpx.Response:
+    """POST an unsigned body until the answer has status `wanted` (bounded)."""
+    response = None
+    for _ in range(tries):
+        response = await client.post(url, content=b"{" + b" " * 20_000 + b"}", headers={"content-type": "application/json"})
+        if response.status_code == wanted:
+            return response
+        await asyncio.sleep(0.05)
+    assert response is not None
+    return response
+
+
+# --- M1: unverified body bytes in flight are bounded ---------------------------
+
+
+async def test_unverified_bodies_in_flight_are_bounded_with_503(scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient) -> None:
+    config = replace(gateway_config(scripted[1]), max_unverified_body_bytes=2 * BODY_LIMIT)
+    async with HttpServer(create_app(config)) as server:
+        stalled = [await _stalled_body(server.port, BODY_LIMIT, BODY_LIMIT - 1000) for _ in range(2)]
+        busy = await _statuses_until(client, server.url + "/", 503)
+        assert busy.status_code == 503
+        assert busy.json() == {
+            "message": "The gateway is busy: unverified request bodies in flight are over max_unverified_body_bytes; retry shortly"
+        }
+        for writer in stalled:
+            writer.close()
+        # The stalled bodies' bytes are given back when their clients leave.
+        assert (await _statuses_until(client, server.url + "/", 401)).status_code == 401
+
+
+def test_the_unverified_budget_must_hold_one_whole_body() -> None:
+    from agentmark_gw.gateway.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="max_unverified_body_bytes must be at least max_body_bytes"):
+        load_config(env={"AGENTMARK_WEBHOOK_SECRET": "s" * 32, "AGENTMARK_GW_MAX_UNVERIFIED_BODY_BYTES": "1000"})
+
+
+# --- M2: a non-streaming answer is capped ---------------------------------------
+
+
+async def test_a_folded_answer_past_max_answer_bytes_fails_with_502(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    scripted_runner.script = [events.text_delta("x" * 1000) for _ in range(300)] + [events.finish("stop")]
+    config = replace(gateway_config(scripted[1]), max_answer_bytes=64 * 1024)
+    async with HttpServer(create_app(config)) as server:
+        raw, headers = signed(agentmark_json("events/prompt-run-text-nostream.json"))
+        response = await client.post(server.url + "/", content=raw, headers=headers)
+        # Within the cap, the same run still folds.
+        scripted_runner.script = [events.text_delta("x" * 1000) for _ in range(10)] + [events.finish("stop")]
+        small = await client.post(server.url + "/", content=raw, headers=headers)
+    assert response.status_code == 502
+    assert response.json() == {"message": "Runner answer is larger than max_answer_bytes (65536 bytes); ask for a stream instead"}
+    assert small.status_code == 200 and small.json()["result"] == "x" * 10_000
+
+
+# --- M3: a dataset run's concurrency is bounded, in the gateway and the SDK ------
+
+
+def _dataset_event(**data: object) -> dict:
+    event = agentmark_json("events/dataset-run.json")
+    event["event"]["data"].update(data)
+    return event
+
+
+async def test_dataset_concurrency_is_lowered_to_max_dataset_concurrency(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    config = replace(gateway_config(scripted[1]), max_dataset_concurrency=8)
+    async with HttpServer(create_app(config)) as server:
+        for asked, given in ((1_500_000, 8), (2**32 - 1, 8), (3, 3)):
+            response, _ = await stream_lines(client, server.url + "/", _dataset_event(concurrency=asked))
+            assert response.status_code == 200
+            assert scripted_runner.seen[-1].concurrency == given
+
+
+async def test_the_runner_sdk_bounds_concurrency_whatever_it_is_sent(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner) -> None:
+    import grpc
+
+    from agentmark_gw.protocol import runner_pb2 as pb
+    from agentmark_gw.protocol import runner_pb2_grpc
+    from agentmark_gw.runner.service import MAX_CONCURRENCY
+
+    ast = agentmark_json("events/dataset-run.json")["event"]["data"]["ast"]
+    async with grpc.aio.insecure_channel(scripted[1]) as channel:
+        call = runner_pb2_grpc.RunnerStub(channel).RunExperiment(
+            pb.RunExperimentRequest(kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(ast), concurrency=2**32 - 1), timeout=10
+        )
+        async for _ in call:
+            pass
+    assert scripted_runner.seen[-1].concurrency == MAX_CONCURRENCY
+
+
