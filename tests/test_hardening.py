@@ -119,3 +119,69 @@ async def test_the_runner_sdk_bounds_concurrency_whatever_it_is_sent(scripted: t
     assert scripted_runner.seen[-1].concurrency == MAX_CONCURRENCY
 
 
+# --- L5: valid signed input is a 400 or accepted, never a 500 --------------------
+
+
+@pytest.mark.parametrize("field", ["promptPath", "experimentId", "datasetPath", "commitSha"])
+async def test_a_lone_surrogate_in_a_run_field_is_400(field: str, scripted_gateway: str, client: httpx.AsyncClient) -> None:
+    raw = json.dumps(_dataset_event(**{field: "x"})).replace('"x"', '"\\ud800"', 1).encode()
+    assert b"\\ud800" in raw
+    raw, headers = signed(raw)
+    response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
+    assert response.status_code == 400
+    assert response.json() == {"message": f"Lone surrogate escape in {field}: it must be text (UTF-8 cannot carry it)"}
+
+
+async def test_a_lone_surrogate_in_an_alert_id_is_400(scripted_gateway: str, client: httpx.AsyncClient) -> None:
+    event = agentmark_json("events/alert-triggered-cost.json")
+    event["event"]["data"]["alert"]["id"] = "x-surrogate"
+    raw = json.dumps(event).replace('"x-surrogate"', '"\\udfff"').encode()
+    raw, headers = signed(raw)
+    response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
+    assert response.status_code == 400
+    assert response.json() == {"message": "Lone surrogate escape in alert.id: it must be text (UTF-8 cannot carry it)"}
+
+
+@pytest.mark.parametrize("value", [True, False, -1, 2.5, "4"])
+async def test_a_concurrency_that_is_not_a_count_is_400(value: object, scripted_gateway: str, client: httpx.AsyncClient) -> None:
+    raw, headers = signed(_dataset_event(concurrency=value))
+    response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
+    assert response.status_code == 400
+    assert response.json() == {"message": "dataset-run `concurrency` must be a non-negative integer (0: the runner's default)"}
+
+
+async def _raw_post(port: int, body: bytes, headers: dict[str, str], extra: bytes = b"") -> tuple[int, bytes]:
+    """One HTTP/1.1 request written byte for byte (httpx refuses some of these headers); status and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    writer.write(f"POST / HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-length: {len(body)}\r\n{head}".encode() + extra + b"\r\n" + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(-1), 20)
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0\xe9\r\n",
+        b"traceparent: " + TRACEPARENT.encode() + b"\x7f\r\n",
+        b"traceparent: " + TRACEPARENT.encode() + b"\r\ntracestate: a=\xff\r\n",
+        b"traceparent: " + TRACEPARENT.encode() + b"\r\ntracestate: a=b\x7f\r\n",
+        b"traceparent: " + TRACEPARENT.encode() + b"\r\ntracestate: " + b",".join(b"k%d=%s" % (i, b"v" * 240) for i in range(50)) + b"\r\n",
+    ],
+    ids=["non-ascii-traceparent", "del-traceparent", "non-ascii-tracestate", "del-tracestate", "12kb-tracestate"],
+)
+async def test_a_trace_context_grpc_cannot_carry_is_dropped_not_a_500(extra: bytes, scripted_gateway: str, scripted_runner: ScriptedRunner) -> None:
+    scripted_runner.script = [events.text_delta("ok"), events.finish("stop")]
+    raw, headers = signed(agentmark_json("events/prompt-run-text-nostream.json"))
+    status, body = await _raw_post(int(scripted_gateway.rsplit(":", 1)[1]), raw, headers, extra)
+    assert status == 200, body
+    sent = scripted_runner.seen[-1].trace_context
+    assert all(value.isascii() and value.isprintable() and len(value) <= 512 for value in sent.values())
+    if b"tracestate" in extra:
+        assert sent.get("traceparent") == TRACEPARENT  # a valid traceparent still goes through

@@ -34,7 +34,7 @@ from .errors import Refusal, Unauthorized
 from .observability import Metrics, RequestRecord
 from .replay import ReplayGuard
 from .runners import RunnerPool
-from .tracing import Tracing
+from .tracing import Tracing, usable_context
 from .webhook import Alert, DatasetRun, Event, GetEvals, PromptRun, parse_event
 
 log = logging.getLogger("agentmark_gw.gateway")
@@ -95,6 +95,8 @@ class WebhookEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = RequestRecord(scope["method"], scope["path"])
         headers = _read_headers(scope["headers"])
+        if "traceparent" in headers or "tracestate" in headers:
+            usable_context(headers)
         span = self.tracing.start(record.method, record.path, headers) if record.method == "POST" else None
         if span is not None:
             record.otel_trace_id = format(span.get_span_context().trace_id, "032x")

@@ -78,6 +78,8 @@ def parse_event(body: bytes) -> Event:
     if not isinstance(data, dict):
         raise BadRequest("`data` must be a JSON object")
 
+    if event_type in ("prompt-run", "dataset-run"):
+        _require_text(data, _RUN_TEXT_FIELDS, "")
     if event_type == "prompt-run":
         kind = prompt_kind(data)
         options = data.get("options")
@@ -89,6 +91,10 @@ def parse_event(body: bytes) -> Event:
         kind = prompt_kind(data)
         if kind not in STREAMABLE_KINDS:
             raise BadRequest(f"dataset-run supports text and object prompts, not {kind}")
+        concurrency = data.get("concurrency")
+        # bool is an int in Python, and `true` reached the protobuf encoder as one (a 500).
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0):
+            raise BadRequest("dataset-run `concurrency` must be a non-negative integer (0: the runner's default)")
         return DatasetRun(kind, data)
     if event_type == "get-evals":
         return GetEvals(data)
@@ -121,6 +127,21 @@ def _finite(text: str) -> float:
 
 def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")  # Python accepts NaN and Infinity; JSON does not
+
+
+# Fields sent to the runner as protobuf strings, which must be UTF-8: a lone
+# surrogate escape (`"\ud800"`, valid JSON) cannot be encoded, and was a 500.
+_RUN_TEXT_FIELDS = ("promptPath", "experimentId", "datasetPath", "commitSha")
+
+
+def _require_text(data: dict[str, Any], names: tuple[str, ...], prefix: str) -> None:
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise BadRequest(f"Lone surrogate escape in {prefix}{name}: it must be text (UTF-8 cannot carry it)") from None
 
 
 def _shown(value: Any) -> str:
@@ -179,6 +200,7 @@ def _alert(data: dict[str, Any]) -> Alert:
         if not isinstance(value, str) or not value:
             raise BadRequest(f"alert.{name} must be a non-empty string")
         fields[name] = value
+    _require_text(fields, ("id",), "alert.")  # the outbox stores it as text
     if fields["type"] not in ALERT_TYPES:
         raise BadRequest(f"alert.type must be one of {', '.join(ALERT_TYPES)}")
     if fields["status"] not in ALERT_STATUSES:
