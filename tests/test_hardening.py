@@ -185,3 +185,44 @@ async def test_a_trace_context_grpc_cannot_carry_is_dropped_not_a_500(extra: byt
     assert all(value.isascii() and value.isprintable() and len(value) <= 512 for value in sent.values())
     if b"tracestate" in extra:
         assert sent.get("traceparent") == TRACEPARENT  # a valid traceparent still goes through
+
+
+# --- L8: the replay guard forgets every outcome that did not complete -----------
+
+
+async def test_a_retry_after_a_stream_ending_in_an_error_line_is_not_a_replay(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    config = replace(gateway_config(scripted[1]), replay_window=60)
+    async with HttpServer(create_app(config)) as server:
+        scripted_runner.script = [events.text_delta("half"), events.error("model API error 429: slow down")]
+        failed, lines = await stream_lines(client, server.url + "/", TEXT_EVENT)
+        scripted_runner.script = [events.text_delta("whole"), events.finish("stop")]
+        retried, _ = await stream_lines(client, server.url + "/", TEXT_EVENT)
+        replayed, _ = await stream_lines(client, server.url + "/", TEXT_EVENT)
+    assert failed.status_code == 200 and lines[-1]["type"] == "error"
+    assert retried.status_code == 200
+    assert replayed.status_code == 409  # a run that completed is still guarded
+
+
+async def test_a_retry_after_the_client_left_is_not_a_replay(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    config = replace(gateway_config(scripted[1]), replay_window=60)
+    scripted_runner.pause = 0.05
+    scripted_runner.script = [events.text_delta(str(i)) for i in range(40)] + [events.finish("stop")]
+    async with HttpServer(create_app(config)) as server:
+        raw, headers = signed(TEXT_EVENT)
+        async with client.stream("POST", server.url + "/", content=raw, headers=headers) as response:
+            async for _ in response.aiter_lines():
+                break  # the client leaves after the first line (499)
+        await asyncio.wait_for(scripted_runner.cancelled.wait(), 10)
+        scripted_runner.pause = 0.0
+        retried, _ = await stream_lines(client, server.url + "/", TEXT_EVENT)
+    assert retried.status_code == 200
+
+
+async def test_a_retry_after_a_failed_dataset_row_is_not_a_replay(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    config = replace(gateway_config(scripted[1]), replay_window=60)
+    async with HttpServer(create_app(config)) as server:
+        scripted_runner.experiment_script = [events.row_error("item 1 failed")]
+        failed, _ = await stream_lines(client, server.url + "/", _dataset_event())
+        scripted_runner.experiment_script = [events.dataset_row(input={"i": 1}, actual_output="ok", run_id="r", run_name="n")]
+        retried, _ = await stream_lines(client, server.url + "/", _dataset_event())
+    assert failed.status_code == 200 and retried.status_code == 200

@@ -107,6 +107,7 @@ class WebhookEndpoint:
         assert task is not None
         watcher: asyncio.Future[Any] | None = None
         client_gone = False
+        completed = False  # the whole answer went out, and it was not a failure
 
         def on_message(message: asyncio.Future[Any]) -> None:
             # The body is in; what the server sends next is the client leaving.
@@ -137,7 +138,7 @@ class WebhookEndpoint:
                     raise Refusal("Replayed request: this exact signed body was already received within the replay window", 409)
             event = parse_event(body)
             record.event_type = EVENT_TYPES[type(event)]
-            await self._dispatch(event, record, reply, self.tracing.runner_metadata(span, headers))
+            completed = await self._dispatch(event, record, reply, self.tracing.runner_metadata(span, headers))
         except Refusal as refusal:
             await self._refuse(reply, record, refusal.status, refusal.message)
         except _ClientGone:
@@ -155,8 +156,10 @@ class WebhookEndpoint:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            if digest is not None and record.status >= 500:
-                self._replay.forget(digest)  # type: ignore[union-attr]  # a failed request may be retried
+            if digest is not None and not completed:
+                # Anything short of a complete answer (a 429, a client that
+                # left, a stream ending in an error line) may be retried.
+                self._replay.forget(digest)  # type: ignore[union-attr]
             record.finish(self.metrics, request_log)
 
     async def _read_body(self, receive: Receive, content_length: str | None) -> bytes:
@@ -208,8 +211,9 @@ class WebhookEndpoint:
 
     # -- events -------------------------------------------------------------------
 
-    async def _dispatch(self, event: Event, record: RequestRecord, reply: responses.Reply, metadata: tuple[tuple[str, str], ...]) -> None:
-        """The one place an event is sent on: to a runner, or (alerts) to the outbox."""
+    async def _dispatch(self, event: Event, record: RequestRecord, reply: responses.Reply, metadata: tuple[tuple[str, str], ...]) -> bool:
+        """The one place an event is sent on: to a runner, or (alerts) to the
+        outbox. True when the answer went out whole and was not a failure."""
         serving = self.serving
         if serving is None:
             raise Refusal("The gateway is still starting", 503)
@@ -217,8 +221,7 @@ class WebhookEndpoint:
             opened = await serving.pool.open_prompt_stream(event, metadata)
             record.runner = opened.runner
             if event.should_stream:
-                await self._stream(reply, opened, _accel.PromptFramer(event.kind), record)
-                return
+                return await self._stream(reply, opened, _accel.PromptFramer(event.kind), record)
             body, trace_id = await responses.fold(opened, event.kind, self.config.max_answer_bytes)
             record.trace_id = trace_id
             record.status = 200
@@ -226,15 +229,16 @@ class WebhookEndpoint:
         elif isinstance(event, DatasetRun):
             opened = await serving.pool.open_experiment_stream(event, metadata)
             record.runner = opened.runner
-            await self._stream(reply, opened, _accel.ExperimentFramer(), record)
+            return await self._stream(reply, opened, _accel.ExperimentFramer(), record)
         elif isinstance(event, GetEvals):
             names = await serving.pool.get_evals(metadata)
             record.status = 200
             await reply.body(200, _accel.evals_payload(names))
         else:
             await self._acknowledge(event, serving, reply, record)
+        return True
 
-    async def _stream(self, reply: responses.Reply, opened: responses.OpenStream, framer: responses.Framer, record: RequestRecord) -> None:
+    async def _stream(self, reply: responses.Reply, opened: responses.OpenStream, framer: responses.Framer, record: RequestRecord) -> bool:
         metrics = self.metrics
         record.streaming = True
         record.status = 200
@@ -251,7 +255,7 @@ class WebhookEndpoint:
             sent.inc(size)
 
         try:
-            await responses.stream(reply, opened, framer, on_chunk, self.config.heartbeat_interval)
+            return await responses.stream(reply, opened, framer, on_chunk, self.config.heartbeat_interval)
         finally:
             metrics.inflight_streams.dec()
             record.trace_id = framer.trace_id or None

@@ -74,27 +74,41 @@ class Reply:
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Callable[[int], None], heartbeat: float = 0.0) -> None:
+# How every error line starts. Inside a JSON string its quotes are escaped,
+# so these bytes are an error line wherever they appear in framed output.
+ERROR_LINE_START = b'{"type":"error"'
+
+
+async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Callable[[int], None], heartbeat: float = 0.0) -> bool:
     """Stream a runner's answer as NDJSON: one write per runner message (a
     batch of lines), heartbeats in long silences, `on_chunk(size)` before
     each write. The runner call is cancelled however the stream ends: at its
-    end, on the client's going away (this task is cancelled), or on an error."""
+    end, on the client's going away (this task is cancelled), or on an error.
+    True when the run completed: no error line was sent."""
+    ended = _Ending()
     try:
         await reply.start(200, STREAM_HEADERS)
         try:
-            async for chunk in _chunks(opened, framer, heartbeat):
+            async for chunk in _chunks(opened, framer, heartbeat, ended):
                 on_chunk(len(chunk))
                 await reply.write(chunk)
         except Exception as error:  # noqa: BLE001 - the stream ends with a line, never a traceback
             log.error("internal error while streaming", exc_info=error)
+            ended.failed = True
             if not framer.terminated:
                 await reply.write(framer.fail(INTERNAL_ERROR))
         await reply.end()
     finally:
         opened.call.cancel()
+    # Dataset runs go on past a failed row; their framer counts error lines.
+    return not ended.failed and not getattr(framer, "errors", 0)
 
 
-async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float) -> AsyncIterator[bytes]:
+class _Ending:
+    failed = False
+
+
+async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float, ended: _Ending) -> AsyncIterator[bytes]:
     try:
         # With the runner slow to start, the response began before its first message.
         waiting_for_first = opened.pending is not None
@@ -105,6 +119,8 @@ async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float) -> Async
                 if chunk:
                     yield chunk  # a whole batch of lines in one write
                 if framer.terminated:
+                    # Searched once per stream: only the last batch can end in an error.
+                    ended.failed = ERROR_LINE_START in chunk
                     break
             waiting_for_first = False
             if heartbeat <= 0:
@@ -123,9 +139,11 @@ async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float) -> Async
                     pending.cancel()
             message = pending.result()
     except AioRpcError as error:
+        ended.failed = True
         yield framer.fail(refusal_for(error).message)
     done = framer.close()
     if done:
+        ended.failed = ended.failed or ERROR_LINE_START in done  # "runner ended the stream without finishing"
         yield done
 
 
