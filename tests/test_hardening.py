@@ -226,3 +226,21 @@ async def test_a_retry_after_a_failed_dataset_row_is_not_a_replay(scripted: tupl
         scripted_runner.experiment_script = [events.dataset_row(input={"i": 1}, actual_output="ok", run_id="r", run_name="n")]
         retried, _ = await stream_lines(client, server.url + "/", _dataset_event())
     assert failed.status_code == 200 and retried.status_code == 200
+
+
+# --- L9: a runner message over the size limit says so, and is no 429 -----------
+
+
+async def test_a_runner_message_over_the_limit_is_502_not_429(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+    config = replace(gateway_config(scripted[1]), max_runner_message_bytes=64 * 1024)
+    message = "Runner sent a message larger than max_runner_message_bytes"
+    async with HttpServer(create_app(config)) as server:
+        scripted_runner.script = [events.text_delta("x" * 100_000), events.finish("stop")]
+        raw, headers = signed(agentmark_json("events/prompt-run-text-nostream.json"))
+        folded = await client.post(server.url + "/", content=raw, headers=headers)
+        scripted_runner.pause = 0.05  # one gRPC message per event
+        scripted_runner.script = [events.text_delta("small"), events.text_delta("x" * 100_000), events.finish("stop")]
+        streamed, lines = await stream_lines(client, server.url + "/", TEXT_EVENT)
+    assert folded.status_code == 502 and folded.json() == {"message": message}
+    assert streamed.status_code == 200
+    assert lines == [{"type": "text", "result": "small"}, {"type": "error", "error": message}]

@@ -116,6 +116,10 @@ def refusal_for(error: AioRpcError) -> Refusal:
     code = error.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return Refusal("Runner did not answer before the deadline", 504)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Received message larger than max" in (error.details() or ""):
+        # gRPC's own check on this side, not the runner saying it is
+        # overloaded: a 429 would invite retries that fail the same way.
+        return Refusal("Runner sent a message larger than max_runner_message_bytes", 502)
     return Refusal(f"Runner failed: {describe(error)}", HTTP_STATUS.get(code, 502))
 
 
