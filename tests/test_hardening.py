@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events
 
-from .conftest import BODY_LIMIT, HttpServer, agentmark_json, gateway_config, signed
+from .conftest import BODY_LIMIT, HttpServer, agentmark_json, free_port, gateway_config, signed
 from .servers.scripted_runner import ScriptedRunner
 from .test_gateway_e2e import stream_lines
 
@@ -244,3 +245,34 @@ async def test_a_runner_message_over_the_limit_is_502_not_429(scripted: tuple[Sc
     assert folded.status_code == 502 and folded.json() == {"message": message}
     assert streamed.status_code == 200
     assert lines == [{"type": "text", "result": "small"}, {"type": "error", "error": message}]
+
+
+# --- L12: `serve` refuses the public fallback key and short secrets --------------
+
+
+@pytest.mark.parametrize(
+    ("secret", "expected"),
+    [
+        ("DEFAULT", "error: webhook secret `DEFAULT` is AgentMark's public fallback key, which anyone can sign with: "
+                    "set AGENTMARK_WEBHOOK_SECRET to the secret shown in the AgentMark dashboard"),
+        ("x", "error: a webhook secret is shorter than 16 characters: set AGENTMARK_WEBHOOK_SECRET"),
+        ("a-long-enough-secret-value,tiny", "error: a webhook secret is shorter than 16 characters"),
+    ],
+)
+async def test_serve_refuses_a_public_or_short_secret(secret: str, expected: str, tmp_path: Path) -> None:
+    from .test_cli import EXE, environment
+
+    env = environment(tmp_path, AGENTMARK_WEBHOOK_SECRET=secret)
+    process = await asyncio.create_subprocess_exec(
+        *EXE, "serve", "--bind", f"127.0.0.1:{free_port()}", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        _, raw_err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:  # it started serving: the refusal is missing
+            process.kill()
+            await process.wait()
+    err = raw_err.decode()
+    assert process.returncode == 2
+    assert err.strip().startswith(expected) and "Traceback" not in err
+    assert secret.split(",")[-1] not in err.replace("DEFAULT`", "")  # never echoes the secret itself (except the public key)

@@ -21,6 +21,10 @@ _server = multiprocessing.parent_process()
 if _dumped and _server is not None and _server.pid is not None:
     exit_with_parent(_server.pid)  # a worker process of `serve`: never outlive it
     close_connections_at_eof()  # Hypercorn's workers serve in this process (a no-op under Granian)
-config = load_dumped_config(_dumped) if _dumped else load_config(os.environ.get("AGENTMARK_GW_CONFIG"))
+if _dumped:
+    config = load_dumped_config(_dumped)  # `serve` checked it
+else:
+    config = load_config(os.environ.get("AGENTMARK_GW_CONFIG"))
+    config.require_strong_secret()  # served directly (`hypercorn agentmark_gw.gateway.asgi:app`): as `serve` would
 configure_logging(config.log_format)
 app = create_app(config)

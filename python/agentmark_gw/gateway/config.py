@@ -26,6 +26,10 @@ SECRET_ENV = "AGENTMARK_WEBHOOK_SECRET"
 ENV_PREFIX = "AGENTMARK_GW_"
 DEFAULT_RUNNER = "127.0.0.1:50051"
 DEFAULT_BIND = "127.0.0.1:8080"
+# What `serve` accepts as a webhook secret. `DEFAULT` is the key AgentMark's
+# own SDKs sign with when none is configured: public, so it proves nothing.
+PUBLIC_FALLBACK_SECRET = "DEFAULT"
+MIN_SECRET_LENGTH = 16
 # AGENTMARK_GW_* variables that are not settings: the config file's path,
 # the switch to the pure-Python core, and what `serve` hands its workers.
 NOT_SETTINGS = {"config", "pure_python"}
@@ -141,6 +145,24 @@ class GatewayConfig:
                 "dashboard (or list `secrets` in the config file). The gateway will not fall "
                 "back to a default key."
             )
+
+
+    def require_strong_secret(self) -> None:
+        """For serving in production (`serve`, or the ASGI app run directly):
+        refuse secrets anyone could sign with or guess. In-process apps
+        (`create_app`, tests, `up` with its generated secret) skip this."""
+        self.require_secret()
+        for secret in self.secrets:
+            if secret == PUBLIC_FALLBACK_SECRET:
+                raise ConfigError(
+                    f"webhook secret `{PUBLIC_FALLBACK_SECRET}` is AgentMark's public fallback key, which anyone can sign with: "
+                    f"set {SECRET_ENV} to the secret shown in the AgentMark dashboard"
+                )
+            if len(secret) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"a webhook secret is shorter than {MIN_SECRET_LENGTH} characters: set {SECRET_ENV} to the secret shown "
+                    "in the AgentMark dashboard (for a private test, `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
 
 
 def reference() -> str:

@@ -115,7 +115,7 @@ def load_dumped_config(text: str) -> GatewayConfig:
 
 def run(config: GatewayConfig) -> int:
     """Blocking entry point for `agentmark-gw serve`."""
-    config.require_secret()
+    config.require_strong_secret()
     ensure_port_free(config.bind)
     os.environ[EFFECTIVE_CONFIG_ENV] = dump_config(config)
     with worker_metrics(config.workers):
