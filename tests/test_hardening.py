@@ -276,3 +276,40 @@ async def test_serve_refuses_a_public_or_short_secret(secret: str, expected: str
     assert process.returncode == 2
     assert err.strip().startswith(expected) and "Traceback" not in err
     assert secret.split(",")[-1] not in err.replace("DEFAULT`", "")  # never echoes the secret itself (except the public key)
+
+
+# --- M6: alert dedupe is within a window, and the answer says so -----------------
+
+
+async def test_an_alert_triggered_again_after_resolving_is_delivered_again(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient, alerts_db: str
+) -> None:
+    from .test_alerts import alert_event, post, until
+
+    scripted_runner.alerts.clear()
+    answers = []
+    async with HttpServer(create_app(gateway_config(scripted[1], alerts_db=alerts_db))) as gateway:
+        for n, status in enumerate(("triggered", "resolved", "triggered"), start=1):
+            answers.append((await post(client, gateway.url, alert_event("again", status=status))).json())
+            await until(lambda n=n: len(scripted_runner.alerts) == n)
+        retried = (await post(client, gateway.url, alert_event("again", status="triggered"))).json()
+        await asyncio.sleep(0.3)
+    assert [a.status for a in scripted_runner.alerts] == ["triggered", "resolved", "triggered"]
+    assert all("duplicate" not in answer for answer in answers)
+    assert retried == {"message": "Alert processed", "alertId": "again", "status": "triggered", "duplicate": True}
+
+
+async def test_the_same_alert_after_the_dedupe_window_is_delivered_again(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient, alerts_db: str
+) -> None:
+    from .test_alerts import alert_event, post, until
+
+    scripted_runner.alerts.clear()
+    config = gateway_config(scripted[1], alerts_db=alerts_db, alert_dedupe_window=0.5)
+    async with HttpServer(create_app(config)) as gateway:
+        await post(client, gateway.url, alert_event("later"))
+        await until(lambda: len(scripted_runner.alerts) == 1)
+        assert (await post(client, gateway.url, alert_event("later"))).json().get("duplicate") is True
+        await asyncio.sleep(0.6)
+        assert "duplicate" not in (await post(client, gateway.url, alert_event("later"))).json()
+        await until(lambda: len(scripted_runner.alerts) == 2)

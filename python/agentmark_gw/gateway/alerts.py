@@ -10,7 +10,13 @@ exponential backoff and jitter; or, after the last attempt, dead (kept, for
 killed after a sink accepted an alert but before the row was marked will
 deliver it again.
 
-Dedupe: the same alert id and status is stored once per sink. Cooldown: an
+Dedupe: an alert id seen again with the status it last had, within
+`alert_dedupe_window` seconds, is a duplicate (a webhook retry): answered,
+not stored or delivered again. Anything else is a new occurrence and is
+delivered: the id under another status than last time (triggered, resolved,
+triggered again), or the same status after the window. The row of an
+earlier occurrence with that status is reused (the schema keeps one row per
+alert id, status and sink), so `alerts show` holds the latest. Cooldown: an
 alert id seen within `alert_cooldown` seconds under another status is stored
 as suppressed (visible, not delivered), so a flapping alert does not page
 twice.
@@ -202,26 +208,54 @@ class Outbox:
 
     # -- writing ------------------------------------------------------------------
 
-    def accept(self, alert_id: str, alert_type: str, status: str, payload: str, sinks: Sequence[Sink], cooldown: float) -> dict[str, str]:
-        """Store an alert for each sink; returns {sink: state} for new rows."""
+    def accept(
+        self, alert_id: str, alert_type: str, status: str, payload: str, sinks: Sequence[Sink], cooldown: float, dedupe_window: float = 3600.0
+    ) -> dict[str, str]:
+        """Store an alert for each sink; returns {sink: state} for the sinks it
+        was stored for (none: a duplicate everywhere)."""
         now = time.time()
 
         def work(db: Any) -> dict[str, str]:
             stored = {}
             with self._transaction(db):
                 for sink in sinks:
+                    latest = self._execute(
+                        db, "SELECT id, status, state, received_at FROM alert_deliveries WHERE alert_id = ? AND sink = ?"
+                        " ORDER BY received_at DESC, id DESC LIMIT 1", (alert_id, sink.name),
+                    ).fetchone()
+                    latest = dict(latest) if latest is not None else None
+                    if latest is not None and latest["status"] == status and (
+                        now - latest["received_at"] < dedupe_window or latest["state"] == "pending"
+                    ):
+                        continue  # a retry of the last one (or that one is still on its way)
                     state = "pending"
                     if cooldown > 0 and self._execute(
                         db, "SELECT 1 FROM alert_deliveries WHERE alert_id = ? AND sink = ? AND status != ? AND received_at > ?",
                         (alert_id, sink.name, status, now - cooldown),
                     ).fetchone():
                         state = "suppressed"
-                    cursor = self._execute(
-                        db,
-                        "INSERT INTO alert_deliveries (alert_id, status, type, sink, payload, state, next_attempt_at, received_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        (alert_id, status, alert_type, sink.name, payload, state, now, now),
-                    )
+                    # A new occurrence: reuse the row of an earlier one with this
+                    # status (`received_at` in the condition: if another process
+                    # reused it first, this matches nothing), else insert.
+                    earlier = self._execute(
+                        db, "SELECT id, received_at FROM alert_deliveries WHERE alert_id = ? AND status = ? AND sink = ?",
+                        (alert_id, status, sink.name),
+                    ).fetchone()
+                    if earlier is not None:
+                        earlier = dict(earlier)
+                        cursor = self._execute(
+                            db,
+                            "UPDATE alert_deliveries SET type = ?, payload = ?, state = ?, attempts = 0, next_attempt_at = ?, lease_until = 0,"
+                            " last_error = NULL, received_at = ?, delivered_at = NULL WHERE id = ? AND received_at = ?",
+                            (alert_type, payload, state, now, now, earlier["id"], earlier["received_at"]),
+                        )
+                    else:
+                        cursor = self._execute(
+                            db,
+                            "INSERT INTO alert_deliveries (alert_id, status, type, sink, payload, state, next_attempt_at, received_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (alert_id, status, alert_type, sink.name, payload, state, now, now),
+                        )
                     if cursor.rowcount:
                         stored[sink.name] = state
             return stored

@@ -123,6 +123,11 @@ class GatewayConfig:
     alert_lease: float = setting(
         30.0, "Seconds a claimed delivery stays reserved for the process delivering it; after a crash, other processes take it over after this."
     )
+    alert_dedupe_window: float = setting(
+        3600.0,
+        "Seconds in which an alert id received again with the status it last had is a duplicate (a retry): answered "
+        "with `\"duplicate\": true` and not delivered again. After it, or under another status, it is a new occurrence.",
+    )
     alert_cooldown: float = setting(0.0, "Seconds in which an alert id seen again under another status is stored as suppressed; 0: off.")
 
     def __repr__(self) -> str:
@@ -385,8 +390,8 @@ def _validated(config: GatewayConfig) -> GatewayConfig:
     for name in ("health_interval", "health_timeout", "alert_lease", "alert_backoff", "keep_alive_timeout", "body_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")
-    if config.shutdown_grace < 0 or config.replay_window < 0 or config.heartbeat_interval < 0:
-        raise ConfigError("shutdown_grace, replay_window and heartbeat_interval cannot be negative")
+    if config.shutdown_grace < 0 or config.replay_window < 0 or config.heartbeat_interval < 0 or config.alert_dedupe_window < 0:
+        raise ConfigError("shutdown_grace, replay_window, heartbeat_interval and alert_dedupe_window cannot be negative")
     for name, seconds in asdict(config.deadlines).items():
         if seconds <= 0:
             raise ConfigError(f"deadlines.{name} must be positive")

@@ -266,14 +266,21 @@ class WebhookEndpoint:
         config = self.config
         sinks = [sink for sink in config.alert_sinks if sink.wants(alert.type, alert.status)]
         payload = json.dumps(alert.data, separators=(",", ":"))
-        stored = await asyncio.to_thread(serving.outbox.accept, alert.id, alert.type, alert.status, payload, sinks, config.alert_cooldown)
+        stored = await asyncio.to_thread(
+            serving.outbox.accept, alert.id, alert.type, alert.status, payload, sinks, config.alert_cooldown, config.alert_dedupe_window
+        )
         for state in stored.values():
             self.metrics.alerts.labels("received" if state == "pending" else state).inc()
         serving.delivery.wake()
         log.info("alert %s (%s %s) stored for %s", alert.id, alert.type, alert.status,
                  ", ".join(f"{name}: {state}" for name, state in stored.items()) or "no new delivery (a repeat)")
         record.status = 200
-        await reply.json(200, {"message": "Alert processed", "alertId": alert.id, "status": alert.status})
+        answer: dict[str, object] = {"message": "Alert processed", "alertId": alert.id, "status": alert.status}
+        if sinks and not stored:
+            # Only then, so other answers stay as they were: tells a person (or
+            # a retrying sender) that nothing new was stored or will be delivered.
+            answer["duplicate"] = True
+        await reply.json(200, answer)
 
 
 def _read_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
