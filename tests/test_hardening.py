@@ -313,3 +313,41 @@ async def test_the_same_alert_after_the_dedupe_window_is_delivered_again(
         await asyncio.sleep(0.6)
         assert "duplicate" not in (await post(client, gateway.url, alert_event("later"))).json()
         await until(lambda: len(scripted_runner.alerts) == 2)
+
+
+# --- M5: each alert sink is delivered independently -----------------------------
+
+
+async def test_a_hanging_sink_does_not_delay_the_others(scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient, tmp_path: Path) -> None:
+    from quart import Quart, Response
+
+    from agentmark_gw.gateway.alerts import Sink
+
+    from .test_alerts import alert_event, post, until
+
+    app, received = Quart("sinks"), []
+
+    @app.post("/fast")
+    async def fast() -> Response:
+        received.append(asyncio.get_running_loop().time())
+        return Response("ok")
+
+    @app.post("/hanging")
+    async def hanging() -> Response:
+        await asyncio.sleep(30)  # past the sink client's timeout (5 s with alert_lease = 10)
+        return Response("late")
+
+    async with HttpServer(app) as sinks:
+        config = gateway_config(
+            scripted[1], alerts_db=str(tmp_path / "alerts.sqlite3"), alert_lease=10, alert_backoff=30,
+            alert_sinks=(Sink("hanging", "http", sinks.url + "/hanging", "s"), Sink("fast", "http", sinks.url + "/fast", "s")),
+        )
+        async with HttpServer(create_app(config)) as gateway:
+            started = asyncio.get_running_loop().time()
+            for i in range(40):
+                assert (await post(client, gateway.url, alert_event(f"a{i}"))).status_code == 200
+            await until(lambda: len(received) == 40, seconds=30)
+    # With one loop for all sinks, each batch of rows waited for the hanging
+    # sink's 5 s timeout before the next was claimed: the fast sink got the
+    # last of 40 alerts 5 s or more after the first was sent.
+    assert received[-1] - started < 4.0

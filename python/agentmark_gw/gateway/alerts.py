@@ -262,19 +262,25 @@ class Outbox:
 
         return self.call(work)
 
-    def claim(self, limit: int, lease: float) -> list[dict[str, Any]]:
-        """Due rows, leased to this process so no other delivers them meanwhile."""
+    def claim(self, limit: int, lease: float, sink: str | None = None, other_than: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Due rows, leased to this process so no other delivers them meanwhile:
+        of one `sink`, or of any sink but those in `other_than`."""
         now = time.time()
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        which, args = "", []
+        if sink is not None:
+            which, args = " AND sink = ?", [sink]
+        elif other_than:
+            which, args = f" AND sink NOT IN ({', '.join('?' * len(other_than))})", list(other_than)
 
         def work(db: Any) -> list[dict[str, Any]]:
             with self._transaction(db):
                 rows = self._execute(
                     db,
                     "UPDATE alert_deliveries SET lease_until = ? WHERE id IN ("
-                    " SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ? AND lease_until <= ?"
+                    f" SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ? AND lease_until <= ?{which}"
                     f" ORDER BY next_attempt_at LIMIT ?{skip_locked}) RETURNING *",
-                    (now + lease, now, now, limit),
+                    (now + lease, now, now, *args, limit),
                 ).fetchall()
             return [dict(row) for row in rows]
 
@@ -337,7 +343,11 @@ class Outbox:
 
 
 class Delivery:
-    """The delivery worker: claims due rows and hands each to its sink."""
+    """The delivery worker: claims due rows and hands each to its sink.
+
+    One loop per sink (and one for rows of sinks no longer configured), so a
+    slow or hanging sink holds back only its own deliveries: with one loop,
+    each batch of 32 waited for its slowest row, whatever its sink."""
 
     def __init__(
         self,
@@ -359,44 +369,51 @@ class Delivery:
         self._on_outcome = on_outcome
         self._poll = poll
         self._lease = lease
-        self._wake = asyncio.Event()
+        # One wake-up event per loop: a new alert may be for any sink.
+        self._wakes: list[asyncio.Event] = []
         # A delivery must end well inside its lease, or another process could take it meanwhile.
         self._http = httpx.AsyncClient(timeout=max(0.5, min(10.0, lease * 0.5)))
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        names = tuple(self.sinks)
+        claims = [{"sink": name} for name in names] + [{"other_than": names}]
+        for claim in claims:
+            wake = asyncio.Event()
+            self._wakes.append(wake)
+            self._tasks.append(asyncio.create_task(self._loop(wake, **claim)))
 
     def wake(self) -> None:
-        self._wake.set()
+        for wake in self._wakes:
+            wake.set()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Let deliveries under way finish for `grace` seconds; what is left
         stays in the outbox for the next start."""
-        if self._task is not None:
+        if self._tasks:
             self._stopping = True
-            self._wake.set()
+            self.wake()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*self._tasks)), grace)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._http.aclose()
 
     _stopping = False
 
-    async def _loop(self) -> None:
+    async def _loop(self, wake: asyncio.Event, **which: Any) -> None:
         while not self._stopping:
             try:
-                rows = await asyncio.to_thread(self.outbox.claim, 32, self._lease)
+                rows = await asyncio.to_thread(self.outbox.claim, 32, self._lease, **which)
                 if rows:
                     await asyncio.gather(*(self._deliver(row) for row in rows))
                     continue  # there may be more due
             except Exception:  # noqa: BLE001 - the worker outlives any one failure
                 log.exception("alert delivery loop failed; retrying")
-            self._wake.clear()
+            wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+                await asyncio.wait_for(wake.wait(), self._poll)
 
     async def _deliver(self, row: dict[str, Any]) -> None:
         sink = self.sinks.get(row["sink"])
