@@ -351,3 +351,42 @@ async def test_a_hanging_sink_does_not_delay_the_others(scripted: tuple[Scripted
     # sink's 5 s timeout before the next was claimed: the fast sink got the
     # last of 40 alerts 5 s or more after the first was sent.
     assert received[-1] - started < 4.0
+
+
+# --- M4: YAML alias expansion in the frontmatter is bounded ----------------------
+
+
+def _alias_bomb_ast(levels: int) -> dict:
+    """The text prompt's AST, its frontmatter grown by `levels` of nine-fold aliases (9**levels nodes)."""
+    ast = json.loads(json.dumps(agentmark_json("events/prompt-run-text.json")["event"]["data"]["ast"]))
+    node = next(child for child in ast["children"] if child["type"] == "yaml")
+    names = [f"l{i}" for i in range(levels + 1)]
+    bomb = f"{names[0]}: &{names[0]} [x, x, x, x, x, x, x, x, x]\n"
+    bomb += "".join(f"{name}: &{name} [{', '.join([f'*{below}'] * 9)}]\n" for below, name in zip(names, names[1:]))
+    node["value"] = bomb + node["value"]
+    return ast
+
+
+async def test_the_gateway_refuses_an_alias_bomb_in_the_frontmatter(scripted_gateway: str, client: httpx.AsyncClient) -> None:
+    event = agentmark_json("events/prompt-run-text.json")
+    event["event"]["data"]["ast"] = _alias_bomb_ast(8)
+    raw, headers = signed(event)
+    assert len(raw) < 3000
+    response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
+    assert response.status_code == 400
+    assert response.json() == {"message": "AST frontmatter is too large: more than 100000 YAML nodes once its aliases are expanded"}
+
+
+async def test_the_reference_runner_refuses_an_alias_bomb_in_the_frontmatter(openai_runner: str) -> None:
+    import grpc
+
+    from agentmark_gw.protocol import runner_pb2 as pb
+    from agentmark_gw.protocol import runner_pb2_grpc
+
+    request = pb.RunPromptRequest(kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(_alias_bomb_ast(6)), should_stream=True)
+    async with grpc.aio.insecure_channel(openai_runner) as channel:
+        batches = [batch async for batch in runner_pb2_grpc.RunnerStub(channel).RunPrompt(request, timeout=20)]
+    received = [event for batch in batches for event in batch.events]
+    assert [event.error.message for event in received if event.WhichOneof("event") == "error"] == [
+        "cannot render the prompt: the frontmatter has more than 100000 YAML nodes once its aliases are expanded"
+    ]

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ..frontmatter import TooManyNodes, check_expansion
 from .alerts import ALERT_STATUSES, ALERT_TYPES
 from .errors import BadRequest
 
@@ -175,7 +176,10 @@ def prompt_kind(data: dict[str, Any]) -> str:
 def _kind_of_frontmatter(frontmatter: str) -> str | None:
     """Cached: the dashboard runs the same few prompts again and again."""
     try:
+        check_expansion(frontmatter)
         parsed = yaml.load(frontmatter, Loader=_YamlLoader)
+    except TooManyNodes as exc:
+        raise BadRequest(f"AST frontmatter is too large: {exc}") from None
     except (yaml.YAMLError, UnicodeError):  # lone surrogates are valid JSON but not YAML
         raise BadRequest("AST frontmatter is not valid YAML") from None
     if not isinstance(parsed, dict):

@@ -26,6 +26,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import yaml
 from agentmark.prompt_core import AgentMark
 from agentmark.prompt_core.executor import (
     ErrorEvent,
@@ -44,6 +45,7 @@ from agentmark.prompt_core.webhook_runner import ExperimentItemParams, PromptSpa
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ..frontmatter import TooManyNodes, check_expansion
 from ..protocol import runner_pb2 as pb
 from . import events
 from .helpers import normalize_error
@@ -196,6 +198,10 @@ class AgentMarkRunner(Runner):
     # -- prompt runs --------------------------------------------------------------
 
     async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+        refused = _frontmatter_refused(request.ast)
+        if refused:
+            yield events.error(refused)
+            return
         frontmatter = get_front_matter(request.ast)
         name = frontmatter.get("name") if isinstance(frontmatter, dict) else None
         capabilities = self.executor.capabilities()
@@ -272,6 +278,10 @@ class AgentMarkRunner(Runner):
     # -- dataset runs ------------------------------------------------------------
 
     async def run_experiment(self, request: ExperimentRequest) -> AsyncIterator[pb.ExperimentEvent]:
+        refused = _frontmatter_refused(request.ast)
+        if refused:
+            yield events.row_error(refused)
+            return
         frontmatter = get_front_matter(request.ast)
         name = frontmatter.get("name") if isinstance(frontmatter, dict) else None
         run_id = str(uuid.uuid4())
@@ -386,6 +396,21 @@ def _accumulate(event: Any, text: str, value: Any, usage: Any) -> tuple[str, Any
     elif isinstance(event, FinishEvent):
         usage = event.usage
     return text, value, usage
+
+
+def _frontmatter_refused(ast: dict[str, Any]) -> str | None:
+    """Why the AST's frontmatter must not reach AgentMark's parser (an alias
+    bomb), or None. Its syntax errors are left for AgentMark to report."""
+    for child in ast.get("children") or ():
+        if isinstance(child, dict) and child.get("type") == "yaml" and isinstance(child.get("value"), str):
+            try:
+                check_expansion(child["value"])
+            except TooManyNodes as exc:
+                return f"cannot render the prompt: the frontmatter has {exc}"
+            except yaml.YAMLError:
+                return None
+            return None
+    return None
 
 
 def _commit_sha(frontmatter: Any) -> str | None:
