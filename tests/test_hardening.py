@@ -390,3 +390,27 @@ async def test_the_reference_runner_refuses_an_alias_bomb_in_the_frontmatter(ope
     assert [event.error.message for event in received if event.WhichOneof("event") == "error"] == [
         "cannot render the prompt: the frontmatter has more than 100000 YAML nodes once its aliases are expanded"
     ]
+
+
+# --- L6: the frontmatter cache is bounded by bytes --------------------------------
+
+
+def test_the_frontmatter_cache_holds_a_bounded_number_of_bytes() -> None:
+    import gc
+    import tracemalloc
+
+    from agentmark_gw.gateway.webhook import prompt_kind
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(40):
+            # Each frontmatter is distinct and 1 MiB; only the cache could keep it.
+            frontmatter = f"text_config:\n  model_name: m{i}\npad: '{'x' * (1024 * 1024)}'\n"
+            assert prompt_kind({"ast": {"type": "root", "children": [{"type": "yaml", "value": frontmatter}]}}) == "text"
+            del frontmatter
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 8 * 1024 * 1024, f"{held / 2**20:.0f} MiB held after 40 distinct 1 MiB frontmatters"

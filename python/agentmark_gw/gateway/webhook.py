@@ -16,7 +16,7 @@ import re
 
 import orjson
 from dataclasses import dataclass
-from functools import lru_cache
+from collections import OrderedDict
 from typing import Any
 
 import yaml
@@ -166,15 +166,50 @@ def prompt_kind(data: dict[str, Any]) -> str:
         )
     if not isinstance(frontmatter, str):
         raise BadRequest("AST has no YAML frontmatter")
-    kind = _kind_of_frontmatter(frontmatter)
+    kind = _KINDS.get(frontmatter)
+    if kind is _MISSING:
+        kind = _kind_of_frontmatter(frontmatter)
+        _KINDS.put(frontmatter, kind)
     if kind is None:
         raise BadRequest("AST frontmatter has no text_config, object_config, image_config or speech_config")
     return kind
 
 
-@lru_cache(maxsize=512)
+_MISSING: Any = object()
+
+
+class _KindCache:
+    """Frontmatter -> kind, for the dashboard's few prompts run again and
+    again. Bounded by the characters its keys hold, not only their number
+    (512 entries of 8 MiB each held about 350 MB): the oldest go first, and
+    a frontmatter over a tenth of the budget is never kept."""
+
+    def __init__(self, max_chars: int = 4 * 1024 * 1024, max_entries: int = 512) -> None:
+        self.max_chars = max_chars
+        self.max_entries = max_entries
+        self.chars = 0
+        self._kinds: OrderedDict[str, str | None] = OrderedDict()
+
+    def get(self, frontmatter: str) -> Any:
+        kind = self._kinds.get(frontmatter, _MISSING)
+        if kind is not _MISSING:
+            self._kinds.move_to_end(frontmatter)
+        return kind
+
+    def put(self, frontmatter: str, kind: str | None) -> None:
+        if len(frontmatter) > self.max_chars // 10 or frontmatter in self._kinds:
+            return
+        self._kinds[frontmatter] = kind
+        self.chars += len(frontmatter)
+        while self.chars > self.max_chars or len(self._kinds) > self.max_entries:
+            oldest, _ = self._kinds.popitem(last=False)
+            self.chars -= len(oldest)
+
+
+_KINDS = _KindCache()
+
+
 def _kind_of_frontmatter(frontmatter: str) -> str | None:
-    """Cached: the dashboard runs the same few prompts again and again."""
     try:
         check_expansion(frontmatter)
         parsed = yaml.load(frontmatter, Loader=_YamlLoader)
