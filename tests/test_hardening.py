@@ -414,3 +414,38 @@ def test_the_frontmatter_cache_holds_a_bounded_number_of_bytes() -> None:
     finally:
         tracemalloc.stop()
     assert held < 8 * 1024 * 1024, f"{held / 2**20:.0f} MiB held after 40 distinct 1 MiB frontmatters"
+
+
+# --- L3, L4: text logs escape control characters; alert ids are cut -------------
+
+
+async def test_text_logs_escape_control_characters_and_cut_alert_ids(scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient, tmp_path: Path) -> None:
+    import io
+    import logging
+
+    from agentmark_gw.gateway.observability import configure_logging
+
+    from .test_alerts import alert_event, post
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    configure_logging("text")
+    stream = io.StringIO()
+    root.handlers[0].stream = stream  # type: ignore[attr-defined]
+    long_id = "id\n" + "z" * 100_000
+    try:
+        config = gateway_config(scripted[1], alerts_db=str(tmp_path / "alerts.sqlite3"))
+        async with HttpServer(create_app(config)) as gateway:
+            await client.get(gateway.url + "/x%0a2026-01-01 00:00:00 INFO forged: line%1b[31m")
+            await client.get(gateway.url + "/y%E2%80%A8z")
+            assert (await post(client, gateway.url, alert_event(long_id))).status_code == 200
+            await asyncio.sleep(0.3)
+    finally:
+        root.handlers[:], root.level = saved_handlers, saved_level
+    lines = stream.getvalue().splitlines()
+    assert not any(line.startswith("2026-01-01 00:00:00 INFO forged") for line in lines)
+    assert any("/x\\x0a2026-01-01 00:00:00 INFO forged: line\\x1b[31m" in line for line in lines)
+    assert any("/y\\u2028z" in line for line in lines)
+    assert "\x1b" not in stream.getvalue() and "\u2028" not in stream.getvalue()
+    alert_lines = [line for line in lines if "alert id\\x0azzz" in line]
+    assert alert_lines and all(len(line) < 500 and "(100003 chars)" in line for line in alert_lines)

@@ -50,6 +50,8 @@ from typing import Any
 
 import httpx
 
+from .observability import logged_id
+
 log = logging.getLogger("agentmark_gw.alerts")
 
 ALERT_TYPES = ("cost", "latency", "error_rate")
@@ -417,7 +419,7 @@ class Delivery:
 
     async def _deliver(self, row: dict[str, Any]) -> None:
         sink = self.sinks.get(row["sink"])
-        described = f"alert {row['alert_id']} ({row['type']} {row['status']}) to {row['sink']}"
+        described = f"alert {logged_id(row['alert_id'])} ({row['type']} {row['status']}) to {row['sink']}"
         try:
             if sink is None:
                 raise RuntimeError(f"no sink named {row['sink']} is configured any more")

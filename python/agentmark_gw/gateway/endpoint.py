@@ -31,7 +31,7 @@ from . import responses
 from .alerts import Delivery, Outbox
 from .config import GatewayConfig
 from .errors import Refusal, Unauthorized
-from .observability import Metrics, RequestRecord
+from .observability import Metrics, RequestRecord, logged_id
 from .replay import ReplayGuard
 from .runners import RunnerPool
 from .tracing import Tracing, usable_context
@@ -272,7 +272,7 @@ class WebhookEndpoint:
         for state in stored.values():
             self.metrics.alerts.labels("received" if state == "pending" else state).inc()
         serving.delivery.wake()
-        log.info("alert %s (%s %s) stored for %s", alert.id, alert.type, alert.status,
+        log.info("alert %s (%s %s) stored for %s", logged_id(alert.id), alert.type, alert.status,
                  ", ".join(f"{name}: {state}" for name, state in stored.items()) or "no new delivery (a repeat)")
         record.status = 200
         answer: dict[str, object] = {"message": "Alert processed", "alertId": alert.id, "status": alert.status}

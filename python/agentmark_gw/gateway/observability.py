@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -152,13 +153,39 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# What must not reach a text log raw: C0 and C1 controls (a newline forges
+# a line, ESC drives the terminal) and Unicode's line separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Request-supplied identifiers (alert ids) are logged this long at most.
+LOGGED_ID_CHARS = 64
+
+
+def logged_id(value: str) -> str:
+    """An identifier a request supplied, cut for the log: the docs promise no
+    request content there, and a 1 MiB alert id made two 1 MiB log lines."""
+    return value if len(value) <= LOGGED_ID_CHARS else f"{value[:LOGGED_ID_CHARS]}...({len(value)} chars)"
+
+
+class TextFormatter(logging.Formatter):
+    """The human-readable format, with control characters in the message
+    shown as escapes (`\\x0a`), so a URL-encoded newline or ESC in a path or
+    alert id cannot forge log lines. Tracebacks keep their own lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", record.message)
+        return super().formatMessage(record)
+
+
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     """Route every logger (ours, Hypercorn's, gRPC's) to stderr in one format."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
