@@ -449,3 +449,122 @@ async def test_text_logs_escape_control_characters_and_cut_alert_ids(scripted: t
     assert "\x1b" not in stream.getvalue() and "\u2028" not in stream.getvalue()
     alert_lines = [line for line in lines if "alert id\\x0azzz" in line]
     assert alert_lines and all(len(line) < 500 and "(100003 chars)" in line for line in alert_lines)
+
+
+# --- L11: internals stay internal by default --------------------------------------
+
+
+class _Leaky(ScriptedRunner):
+    """Raises with text that must not reach an HTTP client."""
+
+    async def run_prompt(self, request):  # type: ignore[no-untyped-def,override]
+        raise RuntimeError("key sk-private at /srv/secret/path")
+        yield  # pragma: no cover - makes this an async generator
+
+    async def get_evals(self):  # type: ignore[no-untyped-def,override]
+        raise RuntimeError("key sk-private at /srv/secret/path")
+
+
+async def test_runner_exception_text_and_addresses_stay_out_of_answers(client: httpx.AsyncClient) -> None:
+    from agentmark_gw.runner import start
+
+    server, port = await start(_Leaky(), "127.0.0.1:0")
+    target = f"127.0.0.1:{port}"
+    try:
+        async with HttpServer(create_app(gateway_config(target))) as gateway:
+            _, lines = await stream_lines(client, gateway.url + "/", TEXT_EVENT)
+            raw, headers = signed(agentmark_json("events/get-evals.json"))
+            evals = await client.post(gateway.url + "/", content=raw, headers=headers)
+            ready = await client.get(gateway.url + "/readyz")
+            metrics = (await client.get(gateway.url + "/metrics")).text
+    finally:
+        await server.stop(0)
+    assert lines[-1] == {"type": "error", "error": "runner error: RuntimeError (the runner's log has the details)"}
+    assert evals.status_code == 502
+    assert evals.json() == {"message": "Runner failed: INTERNAL (the gateway's log has the details)"}
+    assert ready.json() == {"status": "ready", "runners": {"healthy": 1, "total": 1}}
+    assert 'agentmark_gw_runner_healthy{runner="runner-0"} 1.0' in metrics
+    for answer in (json.dumps(lines), evals.text, ready.text, metrics):
+        assert "sk-private" not in answer and target not in answer
+
+
+async def test_expose_internals_and_expose_errors_show_them_again(client: httpx.AsyncClient) -> None:
+    from agentmark_gw.runner import start
+
+    runner = _Leaky()
+    runner.expose_errors = True
+    server, port = await start(runner, "127.0.0.1:0")
+    try:
+        config = replace(gateway_config(f"127.0.0.1:{port}"), expose_internals=True)
+        async with HttpServer(create_app(config)) as gateway:
+            _, lines = await stream_lines(client, gateway.url + "/", TEXT_EVENT)
+            raw, headers = signed(agentmark_json("events/get-evals.json"))
+            evals = await client.post(gateway.url + "/", content=raw, headers=headers)
+            ready = await client.get(gateway.url + "/readyz")
+    finally:
+        await server.stop(0)
+    assert lines[-1]["error"] == "runner error: key sk-private at /srv/secret/path"
+    assert evals.json() == {"message": "Runner failed: INTERNAL: runner error: key sk-private at /srv/secret/path"}
+    assert ready.json()["runners"] == {f"127.0.0.1:{port}": True}
+
+
+async def test_dataset_error_rows_do_not_show_the_runner_data_directory(fake_openai: object, client: httpx.AsyncClient, tmp_path: Path) -> None:
+    import openai
+    from agentmark.prompt_core import FileLoader, create_agentmark
+
+    from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, start
+
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "broken.jsonl").write_text('{"input": {"userMessage": "hi"}}\n{not json\n')
+    model = openai.AsyncOpenAI(api_key="k", base_url=fake_openai.url, max_retries=0)  # type: ignore[attr-defined]
+    server, port = await start(AgentMarkRunner(create_agentmark(loader=FileLoader(str(tmp_path))), OpenAIExecutor(model)), "127.0.0.1:0")
+    errors = []
+    try:
+        async with HttpServer(create_app(gateway_config(f"127.0.0.1:{port}"))) as gateway:
+            for name in ("empty.jsonl", "broken.jsonl"):
+                event = {"type": "dataset-run", "data": {"ast": agentmark_json("ast/text.json"), "datasetPath": name}}
+                _, lines = await stream_lines(client, gateway.url + "/", event)
+                errors += [line["error"] for line in lines if line["type"] == "error"]
+    finally:
+        await server.stop(0)
+        await model.close()
+    assert len(errors) == 2 and any("empty.jsonl" in e for e in errors) and any("broken.jsonl" in e for e in errors)
+    assert not any(str(tmp_path) in error for error in errors), errors
+
+
+async def test_the_documented_nginx_config_keeps_operations_routes_private(scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient, tmp_path: Path) -> None:
+    import re
+    import shutil
+    import subprocess
+
+    from .conftest import wait_for_port
+
+    if shutil.which("nginx") is None:
+        pytest.skip("needs Debian's nginx (apt-get install nginx)")
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
+    block = re.search(r"## nginx in front\n\n```nginx\n(.*?)```", documented, re.S)
+    assert block is not None
+    async with HttpServer(create_app(gateway_config(scripted[1]))) as gateway:
+        port = free_port()
+        site = re.sub(r"server 10\.0\.0\.\d+:8080[^;]*;", f"server 127.0.0.1:{gateway.port};", block.group(1), count=1)
+        site = re.sub(r"\n    server 10\.0\.0\.\d+:8080[^\n]*", "", site)
+        site = site.replace("server {", f"server {{\n    listen 127.0.0.1:{port};", 1)
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(
+            f"daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{ worker_connections 64; }}\n"
+            f"http {{\naccess_log off;\nclient_body_temp_path {tmp_path}/body;\nproxy_temp_path {tmp_path}/proxy;\n{site}\n}}\n"
+        )
+        process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
+        try:
+            await wait_for_port(port, timeout=10)
+            hidden = {path: await client.get(f"http://127.0.0.1:{port}{path}") for path in ("/readyz", "/metrics", "/healthz")}
+            webhook = await client.post(f"http://127.0.0.1:{port}/", content=b"{}", headers={"content-type": "application/json"})
+            direct = await client.get(gateway.url + "/readyz")
+        finally:
+            process.terminate()
+            process.communicate(timeout=10)
+    for response in hidden.values():
+        assert response.status_code == 404
+        assert response.json() == {"message": "Not found: AgentMark webhooks are POSTed to / or /api/agentmark"}
+    assert webhook.status_code == 401  # webhooks still pass through
+    assert direct.status_code == 200

@@ -110,6 +110,11 @@ class GatewayConfig:
     replay_window: float = setting(
         0.0, "Refuse a byte-identical signed body seen again within this many seconds; 0 turns the guard off."
     )
+    expose_internals: bool = setting(
+        False,
+        "Show HTTP clients what is otherwise only logged: runner addresses (in `/readyz`, `/metrics` labels and 503 "
+        "messages) and a crashed runner's error details (gRPC INTERNAL, UNKNOWN, DATA_LOSS).",
+    )
     log_format: Literal["json", "text"] = setting("json", "`json`: one JSON object per log line; `text`: for people.")
     alerts_db: str = setting(
         str(Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "agentmark-gw" / "alerts.sqlite3"),

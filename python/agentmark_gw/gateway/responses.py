@@ -140,7 +140,7 @@ async def _chunks(opened: OpenStream, framer: Framer, heartbeat: float, ended: _
             message = pending.result()
     except AioRpcError as error:
         ended.failed = True
-        yield framer.fail(refusal_for(error).message)
+        yield framer.fail(refusal_for(error, opened.expose_internals).message)
     done = framer.close()
     if done:
         ended.failed = ended.failed or ERROR_LINE_START in done  # "runner ended the stream without finishing"
@@ -168,7 +168,7 @@ async def fold(opened: OpenStream, kind: str, limit: int) -> tuple[bytes, str | 
                 break
             message = await opened.next()
     except AioRpcError as error:
-        raise refusal_for(error) from None
+        raise refusal_for(error, opened.expose_internals) from None
     finally:
         opened.call.cancel()
     body = folder.close()

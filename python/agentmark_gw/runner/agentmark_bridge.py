@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -175,6 +176,16 @@ class AgentMarkRunner(Runner):
         self._prompt_span = prompt_span_hook or _no_span
         self._item_span = item_span_hook or _no_span
         self._default_concurrency = default_concurrency
+        # AgentMark's FileLoader names dataset files by absolute path in its
+        # errors (a bad line, an empty file); callers see them relative to it.
+        data_dir = getattr(getattr(client, "_loader", None), "_build_dir", None)
+        self._data_dir = str(data_dir) if data_dir else None
+
+    def _public(self, message: str) -> str:
+        """`message` without the runner's data directory in it."""
+        if self._data_dir:
+            message = message.replace(self._data_dir + os.sep, "").replace(self._data_dir, "<data-dir>")
+        return message
 
     async def get_evals(self) -> Sequence[str]:
         return self.client.get_eval_names()
@@ -297,7 +308,7 @@ class AgentMarkRunner(Runner):
                 options["sampling"] = request.sampling
             dataset = await prompt.format_with_dataset(**options)
         except Exception as exc:  # noqa: BLE001 - a missing or refused dataset is one clear error row
-            yield events.row_error(f"cannot load the dataset: {normalize_error(exc)}")
+            yield events.row_error(f"cannot load the dataset: {self._public(normalize_error(exc))}")
             return
         dataset_path = request.dataset_path or (frontmatter.get("test_settings") or {}).get("dataset")
         registry = self.client.get_eval_registry() or {}
@@ -305,17 +316,20 @@ class AgentMarkRunner(Runner):
 
         async def process(item: dict[str, Any], index: int) -> pb.ExperimentEvent:
             if item.get("type") == "error" or "formatted" not in item:
-                return events.row_error(str(item.get("error") or "the dataset item could not be formatted"))
+                return events.row_error(self._public(str(item.get("error") or "the dataset item could not be formatted")))
             try:
                 return await self._run_item(item, index, execute, registry, run_id, run_name, name, dataset_path, commit_sha, request)
             except Exception as exc:  # noqa: BLE001 - the pool's policy: an error row, and the run goes on
-                return events.row_error(normalize_error(exc))
+                return events.row_error(self._public(normalize_error(exc)))
 
         with _parent_trace(request.trace_context):
             concurrency = request.concurrency or self._default_concurrency
             # The pool is typed for NDJSON strings but passes on whatever `process` returns.
-            async for row in run_dataset_pool(dataset.get_reader(), process, concurrency):  # type: ignore[arg-type]
-                yield row  # type: ignore[misc]
+            try:
+                async for row in run_dataset_pool(dataset.get_reader(), process, concurrency):  # type: ignore[arg-type]
+                    yield row  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - the reader failed mid-way (a bad line, an empty file)
+                yield events.row_error(f"cannot read the dataset: {self._public(normalize_error(exc))}")
 
     async def _run_item(
         self,

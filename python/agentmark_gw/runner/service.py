@@ -87,6 +87,12 @@ class AlertRequest:
 class Runner:
     """Base class for runners. Override what you support."""
 
+    # An exception from the runner's own code reaches the gateway, and from
+    # there HTTP clients, as its type only ("runner error: KeyError (the
+    # runner's log has the details)"); its text, which can hold paths, keys
+    # or data, is logged. True sends the text too (handy while developing).
+    expose_errors: bool = False
+
     async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
         yield events.error(f"{type(self).__name__} does not run prompts")
 
@@ -250,6 +256,12 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
 
+    def _failure(self, exc: Exception) -> str:
+        """What a caller is told of an exception raised by the runner's code."""
+        if getattr(self._runner, "expose_errors", False):
+            return f"runner error: {normalize_error(exc)}"
+        return f"runner error: {type(exc).__name__} (the runner's log has the details)"
+
     async def RunPrompt(self, request: pb.RunPromptRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RunnerEvents]:  # noqa: N802
         try:
             parsed = prompt_request(request, context)
@@ -258,7 +270,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
         async for batch in batched(
             self._runner.run_prompt(parsed),
             lambda items: pb.RunnerEvents(events=items),
-            lambda exc: events.error(f"runner error: {normalize_error(exc)}"),
+            lambda exc: events.error(self._failure(exc)),
             terminal=_prompt_terminal,
         ):
             yield batch
@@ -271,7 +283,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
         async for batch in batched(
             self._runner.run_experiment(parsed),
             lambda items: pb.ExperimentEvents(events=items),
-            lambda exc: events.row_error(f"runner error: {normalize_error(exc)}"),
+            lambda exc: events.row_error(self._failure(exc)),
         ):
             yield batch
 
@@ -280,7 +292,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
             return pb.GetEvalsResponse(names=list(await self._runner.get_evals()))
         except Exception as exc:  # noqa: BLE001 - a clear status, not gRPC's "Unexpected <class>"
             log.exception("get_evals failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"runner error: {normalize_error(exc)}")
+            await context.abort(grpc.StatusCode.INTERNAL, self._failure(exc))
             raise  # unreachable: abort raises
 
     async def HandleAlert(self, request: pb.AlertRequest, context: grpc.aio.ServicerContext) -> pb.AlertResponse:  # noqa: N802
@@ -292,5 +304,5 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
             return pb.AlertResponse(message=await self._runner.handle_alert(alert))
         except Exception as exc:  # noqa: BLE001
             log.exception("handle_alert failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"runner error: {normalize_error(exc)}")
+            await context.abort(grpc.StatusCode.INTERNAL, self._failure(exc))
             raise
