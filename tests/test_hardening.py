@@ -568,3 +568,144 @@ async def test_the_documented_nginx_config_keeps_operations_routes_private(scrip
         assert response.json() == {"message": "Not found: AgentMark webhooks are POSTed to / or /api/agentmark"}
     assert webhook.status_code == 401  # webhooks still pass through
     assert direct.status_code == 200
+
+
+# --- H1: cleartext HTTP/2 refused by default; h2 idle and reset floods bounded ---
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class _Served:
+    """The gateway as `serve` runs it in one process (`server.serve`: its
+    Hypercorn settings and corrections), on a loopback port."""
+
+    def __init__(self, config: object) -> None:
+        self.config = config
+        self._stop = asyncio.Event()
+
+    async def __aenter__(self) -> _Served:
+        from agentmark_gw.gateway.server import serve
+
+        from .conftest import wait_for_port
+
+        self.port = int(self.config.bind.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+        self._task = asyncio.create_task(serve(self.config, shutdown_trigger=self._stop.wait))  # type: ignore[arg-type]
+        await wait_for_port(self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.wait_for(self._task, 15)
+
+
+def _served_config(runner: str, **settings: object) -> object:
+    return replace(gateway_config(runner), bind=f"127.0.0.1:{free_port()}", shutdown_grace=1, **settings)
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """True if the server closes the connection within `seconds` (what it sends before is read and dropped)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while await reader.read(65536):
+                pass
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.filterwarnings("ignore:The config `workers` has no affect")  # `serve` runs Hypercorn's one worker in-process
+async def test_cleartext_http2_is_refused_by_default(scripted: tuple[ScriptedRunner, str]) -> None:
+    async with _Served(_served_config(scripted[1])) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # the preface and an empty SETTINGS frame
+        await writer.drain()
+        prior_knowledge_closed = await _closed_within(reader, 5)
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(
+            b"GET /healthz HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+            b"http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        await writer.drain()
+        upgrade_answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+    assert prior_knowledge_closed
+    assert upgrade_answer.startswith(b"HTTP/1.1 200"), upgrade_answer[:40]
+
+
+@pytest.mark.filterwarnings("ignore:The config `workers` has no affect")  # `serve` runs Hypercorn's one worker in-process
+async def test_allowed_h2c_connections_that_idle_are_closed(scripted: tuple[ScriptedRunner, str]) -> None:
+    async with _Served(_served_config(scripted[1], allow_h2c=True, keep_alive_timeout=1.0)) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        await writer.drain()
+        closed = await _closed_within(reader, 6)
+        writer.close()
+    assert closed, "an HTTP/2 connection that sent only its preface outlived keep_alive_timeout"
+
+
+@pytest.mark.filterwarnings("ignore:The config `workers` has no affect")  # `serve` runs Hypercorn's one worker in-process
+async def test_an_http2_reset_flood_ends_the_connection_and_others_are_served(scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient) -> None:
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+
+    async with _Served(_served_config(scripted[1], allow_h2c=True)) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        connection.initiate_connection()
+        headers = [(":method", "GET"), (":path", "/healthz"), (":scheme", "http"), (":authority", "gw")]
+        goaway = None
+        for _ in range(12):  # 1,200 open-then-cancel pairs, 100 per write
+            if goaway is not None:
+                break
+            for _ in range(100):
+                stream_id = connection.get_next_available_stream_id()
+                connection.send_headers(stream_id, headers, end_stream=True)
+                connection.reset_stream(stream_id)
+            try:
+                writer.write(connection.data_to_send())
+                await writer.drain()
+                data = await asyncio.wait_for(reader.read(65536), 0.5)
+            except (ConnectionError, TimeoutError):
+                continue
+            if not data:
+                break
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    goaway = event
+        writer.close()
+        after = await client.get(f"http://127.0.0.1:{served.port}/healthz")
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert after.status_code == 200
+
+
+def test_server_log_records_never_hold_connection_bytes() -> None:
+    import io
+    import logging
+
+    from agentmark_gw.gateway.observability import configure_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    outputs = []
+    try:
+        for log_format in ("json", "text"):
+            configure_logging(log_format)
+            stream = io.StringIO()
+            root.handlers[0].stream = stream  # type: ignore[attr-defined]
+            received = b"\x00\x00\x04\x01 connection-bytes " * 50
+            try:
+                raise KeyError(received)
+            except KeyError:
+                logging.getLogger("hypercorn.error").exception("Error in ASGI Framework %r", b"more connection-bytes")
+                logging.getLogger("asyncio").error("Task exception was never retrieved\nfuture: <Task exception=%r>", b"connection-bytes")
+            outputs.append(stream.getvalue())
+    finally:
+        root.handlers[:], root.level = saved_handlers, saved_level
+    for output in outputs:
+        assert "connection-bytes" not in output
+        assert "KeyError (its text is not logged)" in output and "Task exception was never retrieved" in output

@@ -14,13 +14,13 @@ import os
 from .app import create_app
 from .config import load_config
 from .observability import configure_logging
-from .server import EFFECTIVE_CONFIG_ENV, close_connections_at_eof, exit_with_parent, load_dumped_config
+from .server import EFFECTIVE_CONFIG_ENV, exit_with_parent, load_dumped_config, patch_hypercorn
 
 _dumped = os.environ.get(EFFECTIVE_CONFIG_ENV)
 _server = multiprocessing.parent_process()
 if _dumped and _server is not None and _server.pid is not None:
     exit_with_parent(_server.pid)  # a worker process of `serve`: never outlive it
-    close_connections_at_eof()  # Hypercorn's workers serve in this process (a no-op under Granian)
+    patch_hypercorn()  # Hypercorn's workers serve in this process (a no-op under Granian)
 if _dumped:
     config = load_dumped_config(_dumped)  # `serve` checked it
 else:

@@ -107,6 +107,11 @@ class GatewayConfig:
     shutdown_grace: float = setting(30.0, "On SIGTERM: seconds in-flight requests get to finish before they are cancelled.")
     tls_certfile: str | None = setting(None, "PEM certificate chain; with `tls_keyfile`, TLS (HTTP/1.1 and HTTP/2) is served directly.")
     tls_keyfile: str | None = setting(None, "PEM private key for `tls_certfile`.")
+    allow_h2c: bool = setting(
+        False,
+        "Accept cleartext HTTP/2 (prior knowledge or `Upgrade: h2c`) on a port without TLS. Off: such connections are "
+        "answered in HTTP/1.1 or closed; over TLS, HTTP/2 is always offered.",
+    )
     replay_window: float = setting(
         0.0, "Refuse a byte-identical signed body seen again within this many seconds; 0 turns the guard off."
     )

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,6 +151,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -179,6 +182,33 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+# Loggers of the HTTP server and the event loop, whose error records can hold
+# a connection's raw bytes (an exception repr, a task's repr).
+_SERVER_LOGGERS = ("hypercorn", "asyncio", "granian")
+_BYTES_LITERAL = re.compile(r"""b(['"]).*""", re.S)
+
+
+class WithoutConnectionBytes(logging.Filter):
+    """Keeps raw connection bytes out of the log. A record from the server or
+    the event loop keeps the first line of its message, cut at any bytes
+    literal and to 200 characters, and of its exception the type and the
+    traceback's frames, not its text (1,100 HTTP/2 stream resets once logged
+    about 230 KB of a connection's bytes this way)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(_SERVER_LOGGERS):
+            return True
+        message = record.getMessage()
+        first = _BYTES_LITERAL.sub("b... (bytes not logged)", message.split("\n", 1)[0])[:200]
+        record.msg, record.args = first, None
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            frames = "".join(traceback.format_tb(error.__traceback__))
+            record.exc_text = f"Traceback (most recent call last):\n{frames}{type(error).__name__} (its text is not logged)"
+            record.exc_info = None
+        return True
+
+
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     """Route every logger (ours, Hypercorn's, gRPC's) to stderr in one format."""
     handler = logging.StreamHandler(sys.stderr)
@@ -186,6 +216,7 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter())
+    handler.addFilter(WithoutConnectionBytes())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
