@@ -14,7 +14,7 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events
 
-from .conftest import BODY_LIMIT, HttpServer, agentmark_json, free_port, gateway_config, signed
+from .conftest import BODY_LIMIT, SECRET, HttpServer, agentmark_json, free_port, gateway_config, signed
 from .servers.scripted_runner import ScriptedRunner
 from .test_gateway_e2e import stream_lines
 
@@ -709,3 +709,39 @@ def test_server_log_records_never_hold_connection_bytes() -> None:
     for output in outputs:
         assert "connection-bytes" not in output
         assert "KeyError (its text is not logged)" in output and "Task exception was never retrieved" in output
+
+
+# --- L10: secrets are not copied into the workers' environments ------------------
+
+
+# Hypercorn only: Granian forks its workers, and a forked process's
+# /proc/PID/environ still shows the environment its parent started with (see
+# docs/operations.md). Starting them with `spawn` instead left workers alive
+# after SIGKILL of the parent in one run of test_deployment, so it is not done.
+@pytest.mark.parametrize("server", ["hypercorn"])
+async def test_workers_get_secrets_from_a_private_file_not_their_environment(server: str, scripted: tuple[ScriptedRunner, str]) -> None:
+    from .test_deployment import _children, serve
+
+    sink_secret = "http-sink-secret-0123456789"
+    sinks = json.dumps([{"kind": "http", "name": "hook", "url": "http://127.0.0.1:9/x", "secret": sink_secret}])
+    async with serve("--runner", scripted[1], "--workers", "2", "--server", server, env={"AGENTMARK_GW_ALERT_SINKS": sinks}) as (process, port):
+        async with httpx.AsyncClient() as http:
+            for _ in range(100):  # bounded: until a worker answers
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        workers = _children(process.pid)
+        environments = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in workers}
+        files = {
+            value.split(b"=", 1)[1].decode()
+            for environ in environments.values() for value in environ.split(b"\0") if value.startswith(b"AGENTMARK_GW__EFFECTIVE_CONFIG_FILE=")
+        }
+        modes = {path: Path(path).stat().st_mode & 0o777 for path in files}
+    assert len(workers) >= 2
+    for pid, environ in environments.items():
+        assert SECRET.encode() not in environ and sink_secret.encode() not in environ, f"a secret in worker {pid}'s environment"
+    assert len(files) == 1 and set(modes.values()) == {0o600}
+    assert not any(Path(path).exists() for path in files), "the configuration file outlived the server"

@@ -2,7 +2,7 @@
 process or several workers, on uvloop or asyncio.
 
 Workers are separate processes started by the server; each builds its app
-from the effective configuration the parent hands down in the environment
+from the effective configuration the parent hands down in a 0600 file
 (`asgi.py`), so what `serve` validated is exactly what every worker runs.
 """
 
@@ -31,9 +31,15 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.run import run as hypercorn_run
 
 from .alerts import Sink
-from .config import ConfigError, Deadlines, GatewayConfig
+from .config import SECRET_ENV, ConfigError, Deadlines, GatewayConfig
 
-EFFECTIVE_CONFIG_ENV = "AGENTMARK_GW__EFFECTIVE_CONFIG"
+# The path of a 0600 file holding the effective configuration, secrets
+# included, for `serve`'s workers; the environment itself holds no secret.
+EFFECTIVE_CONFIG_ENV = "AGENTMARK_GW__EFFECTIVE_CONFIG_FILE"
+# Variables that can hold secrets: read by `serve`, then removed from its
+# environment before any worker starts (a process's environment is readable
+# by its user, and passed on to whatever it runs).
+SECRET_VARIABLES = (SECRET_ENV, "AGENTMARK_GW_ALERT_SINKS")
 _HYPERCORN_VERSION = version("hypercorn")
 APPLICATION_PATH = "agentmark_gw.gateway.asgi:app"
 
@@ -206,11 +212,29 @@ def run(config: GatewayConfig) -> int:
     """Blocking entry point for `agentmark-gw serve`."""
     config.require_strong_secret()
     ensure_port_free(config.bind)
-    os.environ[EFFECTIVE_CONFIG_ENV] = dump_config(config)
-    with worker_metrics(config.workers):
+    with effective_config_file(config), worker_metrics(config.workers):
         if config.server == "granian":
             return run_granian(config)
         return hypercorn_run(hypercorn_config(config))
+
+
+@contextlib.contextmanager
+def effective_config_file(config: GatewayConfig) -> Iterator[None]:
+    """Hand the workers the configuration in a file only this user can read,
+    removed when serving ends, rather than copying every secret (webhook,
+    HTTP sink, SMTP) into each worker's environment."""
+    fd, path = tempfile.mkstemp(prefix="agentmark-gw-config-", suffix=".json")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(dump_config(config))
+        os.environ[EFFECTIVE_CONFIG_ENV] = path
+        for name in SECRET_VARIABLES:
+            os.environ.pop(name, None)
+        yield
+    finally:
+        os.environ.pop(EFFECTIVE_CONFIG_ENV, None)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def ensure_port_free(bind: str) -> None:
