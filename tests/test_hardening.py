@@ -720,19 +720,12 @@ def test_server_log_records_never_hold_connection_bytes() -> None:
 # after SIGKILL of the parent in one run of test_deployment, so it is not done.
 @pytest.mark.parametrize("server", ["hypercorn"])
 async def test_workers_get_secrets_from_a_private_file_not_their_environment(server: str, scripted: tuple[ScriptedRunner, str]) -> None:
-    from .test_deployment import _children, serve
+    from .test_deployment import _children, serve, until_a_worker_answers
 
     sink_secret = "http-sink-secret-0123456789"
     sinks = json.dumps([{"kind": "http", "name": "hook", "url": "http://127.0.0.1:9/x", "secret": sink_secret}])
     async with serve("--runner", scripted[1], "--workers", "2", "--server", server, env={"AGENTMARK_GW_ALERT_SINKS": sinks}) as (process, port):
-        async with httpx.AsyncClient() as http:
-            for _ in range(100):  # bounded: until a worker answers
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
+        await until_a_worker_answers(port)
         workers = _children(process.pid)
         environments = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in workers}
         files = {
