@@ -738,3 +738,17 @@ async def test_workers_get_secrets_from_a_private_file_not_their_environment(ser
         assert SECRET.encode() not in environ and sink_secret.encode() not in environ, f"a secret in worker {pid}'s environment"
     assert len(files) == 1 and set(modes.values()) == {0o600}
     assert not any(Path(path).exists() for path in files), "the configuration file outlived the server"
+
+
+# --- L7: a template expression cannot allocate without bound ----------------------
+
+
+@pytest.mark.parametrize("expression", ['"ab" * 100000000', "props.userMessage * 50000000", '("x" * 1000000) + ("y" * 100000)'])
+async def test_a_template_expression_over_the_size_limit_fails_the_render(expression: str, gateway: str, client: httpx.AsyncClient) -> None:
+    event = agentmark_json("events/prompt-run-text.json")
+    text = json.dumps(event).replace('"value": "props.userMessage"', json.dumps({"value": expression})[1:-1], 1)
+    assert expression.replace('"', '\\"') in text
+    _, lines = await stream_lines(client, gateway + "/", json.loads(text))
+    errors = [line["error"] for line in lines if line["type"] == "error"]
+    assert len(errors) == 1 and errors[0].startswith("cannot render the prompt: ")
+    assert "a template expression would make a value of " in errors[0] and errors[0].endswith("(the limit is 1048576)")

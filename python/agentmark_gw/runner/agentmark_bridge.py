@@ -53,6 +53,45 @@ from .helpers import normalize_error
 from .service import AlertRequest, ExperimentRequest, PromptRequest, Runner
 
 DEFAULT_CONCURRENCY = 4
+# The longest string or list one template expression may make: `"ab" * N`
+# allocates what N asks (an 872-byte request allocated about 100 MB), and
+# `+` can double a value per step.
+MAX_TEMPLATE_VALUE = 1024 * 1024
+
+
+def _bound_template_values() -> None:
+    """Make templatedx's `*` and `+` refuse, before allocating, a string or
+    list longer than MAX_TEMPLATE_VALUE; the render then fails with a clear
+    error ("cannot render the prompt: ..."). Applied once, when a runner is made."""
+    from templatedx.expression import EvaluationError, ExpressionEvaluator
+
+    evaluator: Any = ExpressionEvaluator
+    if getattr(evaluator, "_agentmark_gw_bounded", False):
+        return
+    evaluate_binary = evaluator._evaluate_binary
+
+    def _evaluate_binary(self: Any, node: Any) -> Any:
+        if node.operator in ("*", "+"):
+            left, right = self._evaluate_node(node.left), self._evaluate_node(node.right)
+            length = _result_length(node.operator, left, right)
+            if length > MAX_TEMPLATE_VALUE:
+                raise EvaluationError(f"a template expression would make a value of {length} items (the limit is {MAX_TEMPLATE_VALUE})")
+            return left * right if node.operator == "*" else left + right
+        return evaluate_binary(self, node)
+
+    evaluator._evaluate_binary = _evaluate_binary
+    evaluator._agentmark_gw_bounded = True
+
+
+def _result_length(operator: str, left: Any, right: Any) -> int:
+    """How long `left OP right` would be, for strings and lists; 0 otherwise."""
+    sequences = (str, list, tuple)
+    if operator == "+":
+        return len(left) + len(right) if isinstance(left, sequences) and isinstance(right, sequences) else 0
+    for sequence, count in ((left, right), (right, left)):
+        if isinstance(sequence, sequences) and isinstance(count, int) and not isinstance(count, bool):
+            return len(sequence) * max(count, 0)
+    return 0
 
 
 class _RunFailed(Exception):
@@ -169,6 +208,7 @@ class AgentMarkRunner(Runner):
         item_span_hook: Any = None,
         default_concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
+        _bound_template_values()
         if prompt_span_hook is None and item_span_hook is None:
             prompt_span_hook, item_span_hook = _agentmark_sdk_hooks()
         self.client = client
