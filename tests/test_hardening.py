@@ -752,3 +752,39 @@ async def test_a_template_expression_over_the_size_limit_fails_the_render(expres
     errors = [line["error"] for line in lines if line["type"] == "error"]
     assert len(errors) == 1 and errors[0].startswith("cannot render the prompt: ")
     assert "a template expression would make a value of " in errors[0] and errors[0].endswith("(the limit is 1048576)")
+
+
+# --- Also seen: non-UTF-8 JSON bodies; a world-readable alert database ----------
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+async def test_a_body_that_is_not_utf8_json_is_400(encoding: str, scripted_gateway: str, client: httpx.AsyncClient) -> None:
+    raw, headers = signed(json.dumps(agentmark_json("events/get-evals.json")).encode(encoding))
+    response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
+    assert response.status_code == 400
+    assert response.json() == {"message": "Request body is not valid JSON"}
+
+
+def test_the_sqlite_alert_outbox_is_created_private(tmp_path: Path) -> None:
+    import os
+
+    from agentmark_gw.gateway.alerts import Outbox
+
+    previous = os.umask(0o022)
+    try:
+        with Outbox(tmp_path / "state" / "alerts.sqlite3") as outbox:
+            outbox.accept("a", "cost", "triggered", "{}", (), 0.0)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    for path in (tmp_path / "state").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path.name
+
+
+async def test_webhook_headers_over_16_kib_are_431(scripted_gateway: str) -> None:
+    raw, headers = signed(agentmark_json("events/get-evals.json"))
+    status, body = await _raw_post(int(scripted_gateway.rsplit(":", 1)[1]), raw, {**headers, "x-padding": "p" * 40_000})
+    assert status == 431
+    assert json.loads(body) == {"message": "Request headers are larger than the limit of 16384 bytes"}
+    status, _ = await _raw_post(int(scripted_gateway.rsplit(":", 1)[1]), raw, {**headers, "x-padding": "p" * 8_000})
+    assert status == 200

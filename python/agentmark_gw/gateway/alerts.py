@@ -35,6 +35,7 @@ import hmac
 import html
 import json
 import logging
+import os
 import random
 import smtplib
 import sqlite3
@@ -166,7 +167,15 @@ class Outbox:
                     self._db.execute(statement)
         else:
             path = Path(self.location)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Alerts and their payloads are the operator's business: the file
+            # is created readable by its owner only (SQLite gives its -wal and
+            # -shm files the same mode), whatever the umask. Only when it does
+            # not exist yet: closing any descriptor of an open database drops
+            # this process's SQLite locks on it.
+            if not path.exists():
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
             self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")

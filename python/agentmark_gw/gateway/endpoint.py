@@ -47,6 +47,9 @@ EVENT_TYPES = {PromptRun: "prompt-run", DatasetRun: "dataset-run", GetEvals: "ge
 _WANTED_HEADERS = frozenset({b"content-type", b"content-length", SIGNATURE_HEADER.encode(), b"traceparent", b"tracestate"})
 # nginx's code for "the client closed the connection before the answer".
 CLIENT_CLOSED = 499
+# What the docs promise for request headers. Hypercorn's own limit applies to
+# headers still incomplete; ones that arrive in one read (up to 64 KiB) passed.
+MAX_HEADER_BYTES = 16 * 1024
 
 # ASGI, loosely typed: the server (Hypercorn) checks the messages' shapes.
 Scope = Any
@@ -117,6 +120,8 @@ class WebhookEndpoint:
                 task.cancel()
 
         try:
+            if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+                raise Refusal(f"Request headers are larger than the limit of {MAX_HEADER_BYTES} bytes", 431)
             if record.method != "POST":
                 raise Refusal("Method not allowed", 405)
             if not _is_json(headers.get("content-type")):

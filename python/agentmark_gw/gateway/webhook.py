@@ -116,7 +116,10 @@ def _parse(body: bytes) -> Any:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(body, parse_constant=_not_json, parse_float=_finite)
+    # Decoded here, strictly, because `json.loads(bytes)` guesses UTF-16 and
+    # UTF-32 (and skips a BOM), which JSON on the wire (RFC 8259) is not; a
+    # BOM left in the text is refused by the parser.
+    return json.loads(body.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
 
 
 def _finite(text: str) -> float:
