@@ -15,6 +15,8 @@ Imports neither the gateway nor the runner: both use it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import yaml
 
 # Far above any real prompt's frontmatter (tens of nodes), far below harm.
@@ -27,35 +29,43 @@ class TooManyNodes(ValueError):
     """The frontmatter, its aliases expanded, holds more than MAX_NODES nodes."""
 
 
+@dataclass
+class _Open:
+    """A collection whose end event has not come yet."""
+
+    anchor: str | None
+    size: int = 1
+
+
 def check_expansion(text: str, limit: int = MAX_NODES) -> None:
     """Raise TooManyNodes if `text` with every alias expanded has more than
     `limit` nodes; yaml.YAMLError if it does not parse."""
     sizes: dict[str, int] = {}  # anchor -> the size of the node it names
-    open_collections: list[list[object]] = []  # [anchor, size so far]
+    open_collections: list[_Open] = []
     total = 0
     for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_collections.append(_Open(event.anchor))
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            closed = open_collections.pop()
+            if closed.anchor:
+                sizes[closed.anchor] = closed.size
+            if open_collections:
+                open_collections[-1].size += closed.size  # the parent's count grows, the total does not
+            continue
         if isinstance(event, yaml.ScalarEvent):
             size = 1
+            if event.anchor:
+                sizes[event.anchor] = 1
         elif isinstance(event, yaml.AliasEvent):
             size = sizes.get(event.anchor, 1)
-        elif isinstance(event, yaml.CollectionStartEvent):
-            open_collections.append([event.anchor, 1])
-            continue
-        elif isinstance(event, yaml.CollectionEndEvent):
-            anchor, size = open_collections.pop()
-            if anchor:
-                sizes[anchor] = size  # type: ignore[index]
-            if open_collections:
-                open_collections[-1][1] += size  # type: ignore[operator]
-            continue
         else:
             continue
-        if isinstance(event, yaml.ScalarEvent) and event.anchor:
-            sizes[event.anchor] = 1
         if open_collections:
-            open_collections[-1][1] += size  # type: ignore[operator]
+            open_collections[-1].size += size
         else:
             total += size
-        # Checked as sizes grow: an open collection counts toward the total.
-        if total + sum(c[1] for c in open_collections) > limit:  # type: ignore[misc]
+        # Checked as sizes grow: open collections count toward the total.
+        if total + sum(c.size for c in open_collections) > limit:
             raise TooManyNodes(f"more than {limit} YAML nodes once its aliases are expanded")

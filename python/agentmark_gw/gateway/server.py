@@ -180,7 +180,7 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     # dribbles them (slowloris) is closed after `keep_alive_timeout`.
     hyper.read_timeout = None
     hyper.keep_alive_timeout = config.keep_alive_timeout
-    hyper.agentmark_gw_allow_h2c = config.allow_h2c  # read by guard_http2's patches
+    hyper.agentmark_gw_allow_h2c = config.allow_h2c  # type: ignore[attr-defined]  # read by guard_http2's patches
     if config.tls_certfile and config.tls_keyfile:
         hyper.certfile = config.tls_certfile
         hyper.keyfile = config.tls_keyfile
