@@ -557,7 +557,8 @@ async def test_the_documented_nginx_config_keeps_operations_routes_private(scrip
         process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
         try:
             await wait_for_port(port, timeout=10)
-            hidden = {path: await client.get(f"http://127.0.0.1:{port}{path}") for path in ("/readyz", "/metrics", "/healthz")}
+            hidden = {path: await client.get(f"http://127.0.0.1:{port}{path}") for path in ("/readyz", "/metrics")}
+            health = await client.get(f"http://127.0.0.1:{port}/healthz")
             webhook = await client.post(f"http://127.0.0.1:{port}/", content=b"{}", headers={"content-type": "application/json"})
             direct = await client.get(gateway.url + "/readyz")
         finally:
@@ -567,6 +568,7 @@ async def test_the_documented_nginx_config_keeps_operations_routes_private(scrip
         assert response.status_code == 404
         assert response.json() == {"message": "Not found: AgentMark webhooks are POSTed to / or /api/agentmark"}
     assert webhook.status_code == 401  # webhooks still pass through
+    assert health.status_code == 200 and health.json()["status"] == "ok"
     assert direct.status_code == 200
 
 

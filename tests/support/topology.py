@@ -464,7 +464,7 @@ http {{
     }}
     server {{
         listen {listen};
-        location ~ ^/(healthz|readyz|metrics)$ {{
+        location ~ ^/(readyz|metrics)$ {{
             default_type application/json;
             return 404 '{{"message":"Not found: AgentMark webhooks are POSTed to / or /api/agentmark"}}';
         }}
