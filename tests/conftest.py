@@ -30,7 +30,8 @@ from .servers.scripted_runner import ScriptedRunner
 # AgentMark's cross-language vectors, event bodies, prompt ASTs and datasets,
 # copied into the repository unchanged (tests/fixtures/agentmark/README.md).
 AGENTMARK = Path(__file__).resolve().parent / "fixtures" / "agentmark"
-SECRET = "test-secret"
+# `serve` refuses secrets shorter than 16 characters (gateway.config.MIN_SECRET_LENGTH).
+SECRET = "test-secret-on-loopback-only"
 # The Rust example runner's own target directory (see `make test`).
 RUST_RUNNER_TARGET = Path(__file__).resolve().parent.parent / "target" / "rust-runner"
 

@@ -58,7 +58,7 @@ async def test_serve_and_send_on_the_pure_python_twin(tmp_path: Path, scripted: 
     """`serve` + `send` end to end, with the byte work forced onto the Python twin."""
     scripted_runner.script = [events.started("trace-1"), events.text_delta("hi"), events.finish("stop")]
     port = free_port()
-    env = environment(tmp_path, AGENTMARK_WEBHOOK_SECRET="s3cret", AGENTMARK_GW_PURE_PYTHON="1")
+    env = environment(tmp_path, AGENTMARK_WEBHOOK_SECRET="s3cret-long-enough-for-serve", AGENTMARK_GW_PURE_PYTHON="1")
     gateway = await asyncio.create_subprocess_exec(
         *EXE, "serve", "--runner", scripted[1], "--bind", f"127.0.0.1:{port}", env=env, stderr=asyncio.subprocess.PIPE
     )

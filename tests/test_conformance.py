@@ -87,7 +87,7 @@ class Crashing(Runner):
     [
         (Chatty(), "text prompt, streaming", "tool_call.args_json is not valid JSON"),
         (Unfinished(), "text prompt, streaming", "the stream ended without `finish` or `error`"),
-        (Crashing(), "text prompt, streaming", "the runner answered with an error: runner error: boom"),
+        (Crashing(), "text prompt, streaming", "the runner answered with an error: runner error: RuntimeError (the runner's log has the details)"),
         (Runner(), "object prompt", "the runner answered with an error: Runner does not run prompts"),
         (Runner(), "dataset run", "only error rows: Runner does not run dataset experiments"),
     ],

@@ -187,6 +187,17 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+async def until_a_worker_answers(port: int) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(100):  # bounded: up to about 10 s
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+
+
 def _alive(pid: int) -> bool:
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -199,14 +210,7 @@ def _alive(pid: int) -> bool:
 async def test_workers_end_when_the_server_process_is_killed(server: str, scripted: tuple[ScriptedRunner, str]) -> None:
     """SIGKILL of the parent alone: its workers must not serve on as orphans."""
     async with serve("--runner", scripted[1], "--workers", "2", "--server", server) as (process, port):
-        async with httpx.AsyncClient() as http:
-            for _ in range(100):  # bounded: until a worker answers
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
+        await until_a_worker_answers(port)
         workers = [pid for pid in _children(process.pid) if "agentmark" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
                    or "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
         assert workers, "no worker processes found"

@@ -25,7 +25,7 @@ TEXT_EVENT = agentmark_json("events/prompt-run-text.json")
 async def test_a_runner_that_is_down_is_skipped_for_the_next(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
     scripted_runner.script = [events.text_delta("from the live one"), events.finish("stop")]
     down = f"127.0.0.1:{free_port()}"
-    config = replace(gateway_config(down), runners=(down, scripted[1]))
+    config = replace(gateway_config(down), runners=(down, scripted[1]), expose_internals=True)
     async with HttpServer(create_app(config)) as server:
         for _ in range(4):  # round-robin lands on the dead one at least once
             response, lines = await stream_lines(client, server.url + "/", TEXT_EVENT)
@@ -38,7 +38,7 @@ async def test_a_runner_that_is_down_is_skipped_for_the_next(scripted: tuple[Scr
 
 async def test_all_runners_down_is_503_naming_them(client: httpx.AsyncClient) -> None:
     down = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    config = replace(gateway_config(down[0]), runners=tuple(down))
+    config = replace(gateway_config(down[0]), runners=tuple(down), expose_internals=True)
     async with HttpServer(create_app(config)) as server:
         raw, headers = signed(TEXT_EVENT)
         response = await client.post(server.url + "/", content=raw, headers=headers)

@@ -349,6 +349,8 @@ class Topology:
             "AGENTMARK_GW_HEALTH_TIMEOUT": str(s.health_timeout),
             "AGENTMARK_GW_SHUTDOWN_GRACE": str(s.shutdown_grace),
             "AGENTMARK_GW_ALERTS_DB": str(self.dir / "alerts.sqlite3"),  # one outbox, shared by every gateway
+            # Runner addresses in /readyz and /metrics: how readiness and kills are followed here.
+            "AGENTMARK_GW_EXPOSE_INTERNALS": "true",
         })
         command = [sys.executable, "-m", "agentmark_gw.cli", "serve", "--bind", f"{HOST}:{port}", "--workers", str(s.workers)]
         for runner in self.runners:
@@ -462,6 +464,10 @@ http {{
     }}
     server {{
         listen {listen};
+        location ~ ^/(readyz|metrics)$ {{
+            default_type application/json;
+            return 404 '{{"message":"Not found: AgentMark webhooks are POSTed to / or /api/agentmark"}}';
+        }}
         location / {{
             proxy_pass http://agentmark_gw;
             proxy_http_version 1.1;

@@ -10,7 +10,13 @@ exponential backoff and jitter; or, after the last attempt, dead (kept, for
 killed after a sink accepted an alert but before the row was marked will
 deliver it again.
 
-Dedupe: the same alert id and status is stored once per sink. Cooldown: an
+Dedupe: an alert id seen again with the status it last had, within
+`alert_dedupe_window` seconds, is a duplicate (a webhook retry): answered,
+not stored or delivered again. Anything else is a new occurrence and is
+delivered: the id under another status than last time (triggered, resolved,
+triggered again), or the same status after the window. The row of an
+earlier occurrence with that status is reused (the schema keeps one row per
+alert id, status and sink), so `alerts show` holds the latest. Cooldown: an
 alert id seen within `alert_cooldown` seconds under another status is stored
 as suppressed (visible, not delivered), so a flapping alert does not page
 twice.
@@ -29,6 +35,7 @@ import hmac
 import html
 import json
 import logging
+import os
 import random
 import smtplib
 import sqlite3
@@ -43,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from .observability import logged_id
 
 log = logging.getLogger("agentmark_gw.alerts")
 
@@ -158,7 +167,15 @@ class Outbox:
                     self._db.execute(statement)
         else:
             path = Path(self.location)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Alerts and their payloads are the operator's business: the file
+            # is created readable by its owner only (SQLite gives its -wal and
+            # -shm files the same mode), whatever the umask. Only when it does
+            # not exist yet: closing any descriptor of an open database drops
+            # this process's SQLite locks on it.
+            if not path.exists():
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
             self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -202,45 +219,79 @@ class Outbox:
 
     # -- writing ------------------------------------------------------------------
 
-    def accept(self, alert_id: str, alert_type: str, status: str, payload: str, sinks: Sequence[Sink], cooldown: float) -> dict[str, str]:
-        """Store an alert for each sink; returns {sink: state} for new rows."""
+    def accept(
+        self, alert_id: str, alert_type: str, status: str, payload: str, sinks: Sequence[Sink], cooldown: float, dedupe_window: float = 3600.0
+    ) -> dict[str, str]:
+        """Store an alert for each sink; returns {sink: state} for the sinks it
+        was stored for (none: a duplicate everywhere)."""
         now = time.time()
 
         def work(db: Any) -> dict[str, str]:
             stored = {}
             with self._transaction(db):
                 for sink in sinks:
+                    latest = self._execute(
+                        db, "SELECT id, status, state, received_at FROM alert_deliveries WHERE alert_id = ? AND sink = ?"
+                        " ORDER BY received_at DESC, id DESC LIMIT 1", (alert_id, sink.name),
+                    ).fetchone()
+                    latest = dict(latest) if latest is not None else None
+                    if latest is not None and latest["status"] == status and (
+                        now - latest["received_at"] < dedupe_window or latest["state"] == "pending"
+                    ):
+                        continue  # a retry of the last one (or that one is still on its way)
                     state = "pending"
                     if cooldown > 0 and self._execute(
                         db, "SELECT 1 FROM alert_deliveries WHERE alert_id = ? AND sink = ? AND status != ? AND received_at > ?",
                         (alert_id, sink.name, status, now - cooldown),
                     ).fetchone():
                         state = "suppressed"
-                    cursor = self._execute(
-                        db,
-                        "INSERT INTO alert_deliveries (alert_id, status, type, sink, payload, state, next_attempt_at, received_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        (alert_id, status, alert_type, sink.name, payload, state, now, now),
-                    )
+                    # A new occurrence: reuse the row of an earlier one with this
+                    # status (`received_at` in the condition: if another process
+                    # reused it first, this matches nothing), else insert.
+                    earlier = self._execute(
+                        db, "SELECT id, received_at FROM alert_deliveries WHERE alert_id = ? AND status = ? AND sink = ?",
+                        (alert_id, status, sink.name),
+                    ).fetchone()
+                    if earlier is not None:
+                        earlier = dict(earlier)
+                        cursor = self._execute(
+                            db,
+                            "UPDATE alert_deliveries SET type = ?, payload = ?, state = ?, attempts = 0, next_attempt_at = ?, lease_until = 0,"
+                            " last_error = NULL, received_at = ?, delivered_at = NULL WHERE id = ? AND received_at = ?",
+                            (alert_type, payload, state, now, now, earlier["id"], earlier["received_at"]),
+                        )
+                    else:
+                        cursor = self._execute(
+                            db,
+                            "INSERT INTO alert_deliveries (alert_id, status, type, sink, payload, state, next_attempt_at, received_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (alert_id, status, alert_type, sink.name, payload, state, now, now),
+                        )
                     if cursor.rowcount:
                         stored[sink.name] = state
             return stored
 
         return self.call(work)
 
-    def claim(self, limit: int, lease: float) -> list[dict[str, Any]]:
-        """Due rows, leased to this process so no other delivers them meanwhile."""
+    def claim(self, limit: int, lease: float, sink: str | None = None, other_than: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Due rows, leased to this process so no other delivers them meanwhile:
+        of one `sink`, or of any sink but those in `other_than`."""
         now = time.time()
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        which, args = "", []
+        if sink is not None:
+            which, args = " AND sink = ?", [sink]
+        elif other_than:
+            which, args = f" AND sink NOT IN ({', '.join('?' * len(other_than))})", list(other_than)
 
         def work(db: Any) -> list[dict[str, Any]]:
             with self._transaction(db):
                 rows = self._execute(
                     db,
                     "UPDATE alert_deliveries SET lease_until = ? WHERE id IN ("
-                    " SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ? AND lease_until <= ?"
+                    f" SELECT id FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ? AND lease_until <= ?{which}"
                     f" ORDER BY next_attempt_at LIMIT ?{skip_locked}) RETURNING *",
-                    (now + lease, now, now, limit),
+                    (now + lease, now, now, *args, limit),
                 ).fetchall()
             return [dict(row) for row in rows]
 
@@ -303,7 +354,11 @@ class Outbox:
 
 
 class Delivery:
-    """The delivery worker: claims due rows and hands each to its sink."""
+    """The delivery worker: claims due rows and hands each to its sink.
+
+    One loop per sink (and one for rows of sinks no longer configured), so a
+    slow or hanging sink holds back only its own deliveries: with one loop,
+    each batch of 32 waited for its slowest row, whatever its sink."""
 
     def __init__(
         self,
@@ -325,48 +380,55 @@ class Delivery:
         self._on_outcome = on_outcome
         self._poll = poll
         self._lease = lease
-        self._wake = asyncio.Event()
+        # One wake-up event per loop: a new alert may be for any sink.
+        self._wakes: list[asyncio.Event] = []
         # A delivery must end well inside its lease, or another process could take it meanwhile.
         self._http = httpx.AsyncClient(timeout=max(0.5, min(10.0, lease * 0.5)))
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        names = tuple(self.sinks)
+        claims = [{"sink": name} for name in names] + [{"other_than": names}]
+        for claim in claims:
+            wake = asyncio.Event()
+            self._wakes.append(wake)
+            self._tasks.append(asyncio.create_task(self._loop(wake, **claim)))
 
     def wake(self) -> None:
-        self._wake.set()
+        for wake in self._wakes:
+            wake.set()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Let deliveries under way finish for `grace` seconds; what is left
         stays in the outbox for the next start."""
-        if self._task is not None:
+        if self._tasks:
             self._stopping = True
-            self._wake.set()
+            self.wake()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*self._tasks)), grace)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._http.aclose()
 
     _stopping = False
 
-    async def _loop(self) -> None:
+    async def _loop(self, wake: asyncio.Event, **which: Any) -> None:
         while not self._stopping:
             try:
-                rows = await asyncio.to_thread(self.outbox.claim, 32, self._lease)
+                rows = await asyncio.to_thread(self.outbox.claim, 32, self._lease, **which)
                 if rows:
                     await asyncio.gather(*(self._deliver(row) for row in rows))
                     continue  # there may be more due
             except Exception:  # noqa: BLE001 - the worker outlives any one failure
                 log.exception("alert delivery loop failed; retrying")
-            self._wake.clear()
+            wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+                await asyncio.wait_for(wake.wait(), self._poll)
 
     async def _deliver(self, row: dict[str, Any]) -> None:
         sink = self.sinks.get(row["sink"])
-        described = f"alert {row['alert_id']} ({row['type']} {row['status']}) to {row['sink']}"
+        described = f"alert {logged_id(row['alert_id'])} ({row['type']} {row['status']}) to {row['sink']}"
         try:
             if sink is None:
                 raise RuntimeError(f"no sink named {row['sink']} is configured any more")

@@ -52,11 +52,18 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
     endpoint = WebhookEndpoint(config, metrics, tracing)
     app.asgi_app = endpoint.in_front_of(app.asgi_app)  # type: ignore[method-assign,assignment]  # Quart's documented middleware hook
 
+    # Runners are labelled by position unless addresses may be shown; the log
+    # says which address each position is.
+    runner_labels = {target: target if config.expose_internals else f"runner-{i}" for i, target in enumerate(config.runners)}
+
     def runner_health(target: str, healthy: bool) -> None:
-        metrics.runner_healthy.labels(target).set(1 if healthy else 0)
+        metrics.runner_healthy.labels(runner_labels[target]).set(1 if healthy else 0)
 
     @app.before_serving
     async def start_serving() -> None:
+        if not config.expose_internals:
+            for target, label in runner_labels.items():
+                log.info("%s is %s", label, target)
         pool = RunnerPool(config, on_health=runner_health)
         await pool.start()
         outbox = await asyncio.to_thread(Outbox, config.alerts_db)
@@ -97,7 +104,10 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
         serving = endpoint.serving
         runners = {r.target: r.healthy for r in serving.pool.runners} if serving is not None else {}
         ready = any(runners.values())
-        body = {"status": "ready" if ready else "unavailable", "runners": runners}
+        shown: object = runners
+        if not config.expose_internals:
+            shown = {"healthy": sum(1 for healthy in runners.values() if healthy), "total": len(runners)}
+        body = {"status": "ready" if ready else "unavailable", "runners": shown}
         if not ready:
             body["message"] = "No runner is healthy"
         return _json_response(body, 200 if ready else 503)

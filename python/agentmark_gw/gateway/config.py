@@ -26,6 +26,10 @@ SECRET_ENV = "AGENTMARK_WEBHOOK_SECRET"
 ENV_PREFIX = "AGENTMARK_GW_"
 DEFAULT_RUNNER = "127.0.0.1:50051"
 DEFAULT_BIND = "127.0.0.1:8080"
+# What `serve` accepts as a webhook secret. `DEFAULT` is the key AgentMark's
+# own SDKs sign with when none is configured: public, so it proves nothing.
+PUBLIC_FALLBACK_SECRET = "DEFAULT"
+MIN_SECRET_LENGTH = 16
 # AGENTMARK_GW_* variables that are not settings: the config file's path,
 # the switch to the pure-Python core, and what `serve` hands its workers.
 NOT_SETTINGS = {"config", "pure_python"}
@@ -90,9 +94,22 @@ class GatewayConfig:
         "uvloop", "Event loop of each worker: `uvloop` (libuv; less CPU per request, see benchmarks/README.md) or Python's own `asyncio`."
     )
     max_body_bytes: int = setting(10 * 1024 * 1024, "Bodies larger than this are refused with 413, unread.")
+    max_unverified_body_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Request-body bytes one worker holds, across all requests, before their signature is checked; "
+        "a request arriving past it gets 503 (retry). At least `max_body_bytes`.",
+    )
     deadlines: Deadlines = setting(None, "Per event type; see `[deadlines]` below.", factory=Deadlines)
     max_runner_message_bytes: int = setting(
         64 * 1024 * 1024, "Largest gRPC message accepted from a runner (messages can carry whole images)."
+    )
+    max_answer_bytes: int = setting(
+        256 * 1024 * 1024,
+        "Largest answer collected for a non-streaming run (and every image or speech run); past it the run is "
+        "cancelled and the request gets 502.",
+    )
+    max_dataset_concurrency: int = setting(
+        32, "A dataset run's `concurrency` is lowered to this before it reaches the runner (which may start that many workers at once)."
     )
     health_interval: float = setting(5.0, "Seconds between `grpc.health.v1` checks of each runner.")
     health_timeout: float = setting(2.0, "Seconds one health check may take.")
@@ -108,8 +125,18 @@ class GatewayConfig:
     shutdown_grace: float = setting(30.0, "On SIGTERM: seconds in-flight requests get to finish before they are cancelled.")
     tls_certfile: str | None = setting(None, "PEM certificate chain; with `tls_keyfile`, TLS (HTTP/1.1 and HTTP/2) is served directly.")
     tls_keyfile: str | None = setting(None, "PEM private key for `tls_certfile`.")
+    allow_h2c: bool = setting(
+        False,
+        "Accept cleartext HTTP/2 (prior knowledge or `Upgrade: h2c`) on a port without TLS. Off: such connections are "
+        "answered in HTTP/1.1 or closed; over TLS, HTTP/2 is always offered.",
+    )
     replay_window: float = setting(
         0.0, "Refuse a byte-identical signed body seen again within this many seconds; 0 turns the guard off."
+    )
+    expose_internals: bool = setting(
+        False,
+        "Show HTTP clients what is otherwise only logged: runner addresses (in `/readyz`, `/metrics` labels and 503 "
+        "messages) and a crashed runner's error details (gRPC INTERNAL, UNKNOWN, DATA_LOSS).",
     )
     log_format: Literal["json", "text"] = setting("json", "`json`: one JSON object per log line; `text`: for people.")
     state_dir: str = setting(
@@ -128,6 +155,11 @@ class GatewayConfig:
     alert_backoff: float = setting(1.0, "Seconds before the first retry; doubled for each later one (with jitter, at most 300).")
     alert_lease: float = setting(
         30.0, "Seconds a claimed delivery stays reserved for the process delivering it; after a crash, other processes take it over after this."
+    )
+    alert_dedupe_window: float = setting(
+        3600.0,
+        "Seconds in which an alert id received again with the status it last had is a duplicate (a retry): answered "
+        "with `\"duplicate\": true` and not delivered again. After it, or under another status, it is a new occurrence.",
     )
     alert_cooldown: float = setting(0.0, "Seconds in which an alert id seen again under another status is stored as suppressed; 0: off.")
 
@@ -163,6 +195,24 @@ class GatewayConfig:
                 "dashboard (or list `secrets` in the config file). The gateway will not fall "
                 "back to a default key."
             )
+
+
+    def require_strong_secret(self) -> None:
+        """For serving in production (`serve`, or the ASGI app run directly):
+        refuse secrets anyone could sign with or guess. In-process apps
+        (`create_app`, tests, `up` with its generated secret) skip this."""
+        self.require_secret()
+        for secret in self.secrets:
+            if secret == PUBLIC_FALLBACK_SECRET:
+                raise ConfigError(
+                    f"webhook secret `{PUBLIC_FALLBACK_SECRET}` is AgentMark's public fallback key, which anyone can sign with: "
+                    f"set {SECRET_ENV} to the secret shown in the AgentMark dashboard"
+                )
+            if len(secret) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"a webhook secret is shorter than {MIN_SECRET_LENGTH} characters: set {SECRET_ENV} to the secret shown "
+                    "in the AgentMark dashboard (for a private test, `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
 
 
 def reference() -> str:
@@ -374,6 +424,13 @@ def _validated(config: GatewayConfig) -> GatewayConfig:
         raise ConfigError("no runner: give at least one --runner HOST:PORT (or `runners` in the config file)")
     if config.max_body_bytes <= 0:
         raise ConfigError("max_body_bytes must be positive")
+    if config.max_dataset_concurrency < 1:
+        raise ConfigError("max_dataset_concurrency must be at least 1")
+    if config.max_answer_bytes <= 0:
+        raise ConfigError("max_answer_bytes must be positive")
+    if config.max_unverified_body_bytes < config.max_body_bytes:
+        # Otherwise a body of the largest allowed size could never be read.
+        raise ConfigError("max_unverified_body_bytes must be at least max_body_bytes")
     if config.alert_max_attempts < 1:
         raise ConfigError("alert_max_attempts must be at least 1")
     if config.workers < 1:
@@ -381,8 +438,8 @@ def _validated(config: GatewayConfig) -> GatewayConfig:
     for name in ("health_interval", "health_timeout", "alert_lease", "alert_backoff", "keep_alive_timeout", "body_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")
-    if config.shutdown_grace < 0 or config.replay_window < 0 or config.heartbeat_interval < 0:
-        raise ConfigError("shutdown_grace, replay_window and heartbeat_interval cannot be negative")
+    if config.shutdown_grace < 0 or config.replay_window < 0 or config.heartbeat_interval < 0 or config.alert_dedupe_window < 0:
+        raise ConfigError("shutdown_grace, replay_window, heartbeat_interval and alert_dedupe_window cannot be negative")
     for name, seconds in asdict(config.deadlines).items():
         if seconds <= 0:
             raise ConfigError(f"deadlines.{name} must be positive")

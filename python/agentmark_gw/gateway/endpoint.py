@@ -31,10 +31,10 @@ from . import responses
 from .alerts import Delivery, Outbox
 from .config import GatewayConfig
 from .errors import Refusal, Unauthorized
-from .observability import Metrics, RequestRecord
+from .observability import Metrics, RequestRecord, logged_id
 from .replay import ReplayGuard
 from .runners import RunnerPool
-from .tracing import Tracing
+from .tracing import Tracing, usable_context
 from .webhook import Alert, DatasetRun, Event, GetEvals, PromptRun, parse_event
 
 log = logging.getLogger("agentmark_gw.gateway")
@@ -47,6 +47,9 @@ EVENT_TYPES = {PromptRun: "prompt-run", DatasetRun: "dataset-run", GetEvals: "ge
 _WANTED_HEADERS = frozenset({b"content-type", b"content-length", SIGNATURE_HEADER.encode(), b"traceparent", b"tracestate"})
 # nginx's code for "the client closed the connection before the answer".
 CLIENT_CLOSED = 499
+# What the docs promise for request headers. Hypercorn's own limit applies to
+# headers still incomplete; ones that arrive in one read (up to 64 KiB) passed.
+MAX_HEADER_BYTES = 16 * 1024
 
 # ASGI, loosely typed: the server (Hypercorn) checks the messages' shapes.
 Scope = Any
@@ -76,6 +79,10 @@ class WebhookEndpoint:
         self.serving: Serving | None = None  # set when serving starts
         self._secrets = list(config.secrets)
         self._replay = ReplayGuard(config.replay_window) if config.replay_window > 0 else None
+        # Body bytes read but not yet signature-checked, across every request
+        # in flight in this process: anyone can send them, so their total is
+        # bounded (`max_unverified_body_bytes`), not just each body's size.
+        self._unverified = 0
 
     def in_front_of(self, app: ASGIApp) -> ASGIApp:
         """An ASGI app that serves the webhook paths here and the rest with `app`."""
@@ -91,6 +98,8 @@ class WebhookEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = RequestRecord(scope["method"], scope["path"])
         headers = _read_headers(scope["headers"])
+        if "traceparent" in headers or "tracestate" in headers:
+            usable_context(headers)
         span = self.tracing.start(record.method, record.path, headers) if record.method == "POST" else None
         if span is not None:
             record.otel_trace_id = format(span.get_span_context().trace_id, "032x")
@@ -101,6 +110,7 @@ class WebhookEndpoint:
         assert task is not None
         watcher: asyncio.Future[Any] | None = None
         client_gone = False
+        completed = False  # the whole answer went out, and it was not a failure
 
         def on_message(message: asyncio.Future[Any]) -> None:
             # The body is in; what the server sends next is the client leaving.
@@ -110,14 +120,20 @@ class WebhookEndpoint:
                 task.cancel()
 
         try:
+            if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+                raise Refusal(f"Request headers are larger than the limit of {MAX_HEADER_BYTES} bytes", 431)
             if record.method != "POST":
                 raise Refusal("Method not allowed", 405)
             if not _is_json(headers.get("content-type")):
                 raise Refusal("Content-Type must be application/json", 415)
             body = await self._read_body(receive, headers.get("content-length"))
+            try:
+                verified = _accel.verify(self._secrets, headers.get(SIGNATURE_HEADER), body)
+            finally:
+                self._unverified -= len(body)
             watcher = asyncio.ensure_future(receive())
             watcher.add_done_callback(on_message)
-            if not _accel.verify(self._secrets, headers.get(SIGNATURE_HEADER), body):
+            if not verified:
                 self.metrics.signature_failures.inc()
                 raise Unauthorized("Invalid signature")
             if self._replay is not None:
@@ -127,7 +143,7 @@ class WebhookEndpoint:
                     raise Refusal("Replayed request: this exact signed body was already received within the replay window", 409)
             event = parse_event(body)
             record.event_type = EVENT_TYPES[type(event)]
-            await self._dispatch(event, record, reply, self.tracing.runner_metadata(span, headers))
+            completed = await self._dispatch(event, record, reply, self.tracing.runner_metadata(span, headers))
         except Refusal as refusal:
             await self._refuse(reply, record, refusal.status, refusal.message)
         except _ClientGone:
@@ -145,15 +161,21 @@ class WebhookEndpoint:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            if digest is not None and record.status >= 500:
-                self._replay.forget(digest)  # type: ignore[union-attr]  # a failed request may be retried
+            if digest is not None and not completed:
+                # Anything short of a complete answer (a 429, a client that
+                # left, a stream ending in an error line) may be retried.
+                self._replay.forget(digest)  # type: ignore[union-attr]
             record.finish(self.metrics, request_log)
 
     async def _read_body(self, receive: Receive, content_length: str | None) -> bytes:
+        """The whole body. Its bytes count against the unverified budget from
+        the moment they arrive; on success the caller releases them (after the
+        signature check), on failure this does."""
         limit = self.config.max_body_bytes
         too_large = Refusal(f"Request body is larger than the limit of {limit} bytes", 413)
         if content_length is not None and content_length.isdigit() and int(content_length) > limit:
             raise too_large  # refused unread
+        budget = self.config.max_unverified_body_bytes
         chunks: list[bytes] = []
         size = 0
         try:
@@ -164,14 +186,23 @@ class WebhookEndpoint:
                     if message["type"] == "http.disconnect":
                         raise _ClientGone
                     chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
+                    if size + len(chunk) > limit:
                         raise too_large
+                    if self._unverified + len(chunk) > budget:
+                        raise Refusal(
+                            "The gateway is busy: unverified request bodies in flight are over max_unverified_body_bytes; retry shortly", 503
+                        )
+                    size += len(chunk)
+                    self._unverified += len(chunk)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
+            self._unverified -= size
             raise Refusal(f"Request body not received within body_timeout ({self.config.body_timeout:g} s)", 408) from None
+        except BaseException:
+            self._unverified -= size
+            raise
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _refuse(self, reply: responses.Reply, record: RequestRecord, status: int, message: str) -> None:
@@ -185,8 +216,9 @@ class WebhookEndpoint:
 
     # -- events -------------------------------------------------------------------
 
-    async def _dispatch(self, event: Event, record: RequestRecord, reply: responses.Reply, metadata: tuple[tuple[str, str], ...]) -> None:
-        """The one place an event is sent on: to a runner, or (alerts) to the outbox."""
+    async def _dispatch(self, event: Event, record: RequestRecord, reply: responses.Reply, metadata: tuple[tuple[str, str], ...]) -> bool:
+        """The one place an event is sent on: to a runner, or (alerts) to the
+        outbox. True when the answer went out whole and was not a failure."""
         serving = self.serving
         if serving is None:
             raise Refusal("The gateway is still starting", 503)
@@ -194,24 +226,24 @@ class WebhookEndpoint:
             opened = await serving.pool.open_prompt_stream(event, metadata)
             record.runner = opened.runner
             if event.should_stream:
-                await self._stream(reply, opened, _accel.PromptFramer(event.kind), record)
-                return
-            body, trace_id = await responses.fold(opened, event.kind)
+                return await self._stream(reply, opened, _accel.PromptFramer(event.kind), record)
+            body, trace_id = await responses.fold(opened, event.kind, self.config.max_answer_bytes)
             record.trace_id = trace_id
             record.status = 200
             await reply.body(200, body)
         elif isinstance(event, DatasetRun):
             opened = await serving.pool.open_experiment_stream(event, metadata)
             record.runner = opened.runner
-            await self._stream(reply, opened, _accel.ExperimentFramer(), record)
+            return await self._stream(reply, opened, _accel.ExperimentFramer(), record)
         elif isinstance(event, GetEvals):
             names = await serving.pool.get_evals(metadata)
             record.status = 200
             await reply.body(200, _accel.evals_payload(names))
         else:
             await self._acknowledge(event, serving, reply, record)
+        return True
 
-    async def _stream(self, reply: responses.Reply, opened: responses.OpenStream, framer: responses.Framer, record: RequestRecord) -> None:
+    async def _stream(self, reply: responses.Reply, opened: responses.OpenStream, framer: responses.Framer, record: RequestRecord) -> bool:
         metrics = self.metrics
         record.streaming = True
         record.status = 200
@@ -228,7 +260,7 @@ class WebhookEndpoint:
             sent.inc(size)
 
         try:
-            await responses.stream(reply, opened, framer, on_chunk, self.config.heartbeat_interval)
+            return await responses.stream(reply, opened, framer, on_chunk, self.config.heartbeat_interval)
         finally:
             metrics.inflight_streams.dec()
             record.trace_id = framer.trace_id or None
@@ -239,14 +271,21 @@ class WebhookEndpoint:
         config = self.config
         sinks = [sink for sink in config.alert_sinks if sink.wants(alert.type, alert.status)]
         payload = json.dumps(alert.data, separators=(",", ":"))
-        stored = await asyncio.to_thread(serving.outbox.accept, alert.id, alert.type, alert.status, payload, sinks, config.alert_cooldown)
+        stored = await asyncio.to_thread(
+            serving.outbox.accept, alert.id, alert.type, alert.status, payload, sinks, config.alert_cooldown, config.alert_dedupe_window
+        )
         for state in stored.values():
             self.metrics.alerts.labels("received" if state == "pending" else state).inc()
         serving.delivery.wake()
-        log.info("alert %s (%s %s) stored for %s", alert.id, alert.type, alert.status,
+        log.info("alert %s (%s %s) stored for %s", logged_id(alert.id), alert.type, alert.status,
                  ", ".join(f"{name}: {state}" for name, state in stored.items()) or "no new delivery (a repeat)")
         record.status = 200
-        await reply.json(200, {"message": "Alert processed", "alertId": alert.id, "status": alert.status})
+        answer: dict[str, object] = {"message": "Alert processed", "alertId": alert.id, "status": alert.status}
+        if sinks and not stored:
+            # Only then, so other answers stay as they were: tells a person (or
+            # a retrying sender) that nothing new was stored or will be delivered.
+            answer["duplicate"] = True
+        await reply.json(200, answer)
 
 
 def _read_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,7 +151,62 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()
+
+
+# What must not reach a text log raw: C0 and C1 controls (a newline forges
+# a line, ESC drives the terminal) and Unicode's line separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Request-supplied identifiers (alert ids) are logged this long at most.
+LOGGED_ID_CHARS = 64
+
+
+def logged_id(value: str) -> str:
+    """An identifier a request supplied, cut for the log: the docs promise no
+    request content there, and a 1 MiB alert id made two 1 MiB log lines."""
+    return value if len(value) <= LOGGED_ID_CHARS else f"{value[:LOGGED_ID_CHARS]}...({len(value)} chars)"
+
+
+class TextFormatter(logging.Formatter):
+    """The human-readable format, with control characters in the message
+    shown as escapes (`\\x0a`), so a URL-encoded newline or ESC in a path or
+    alert id cannot forge log lines. Tracebacks keep their own lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", record.message)
+        return super().formatMessage(record)
+
+
+# Loggers of the HTTP server and the event loop, whose error records can hold
+# a connection's raw bytes (an exception repr, a task's repr).
+_SERVER_LOGGERS = ("hypercorn", "asyncio", "granian")
+_BYTES_LITERAL = re.compile(r"""b(['"]).*""", re.S)
+
+
+class WithoutConnectionBytes(logging.Filter):
+    """Keeps raw connection bytes out of the log. A record from the server or
+    the event loop keeps the first line of its message, cut at any bytes
+    literal and to 200 characters, and of its exception the type and the
+    traceback's frames, not its text (1,100 HTTP/2 stream resets once logged
+    about 230 KB of a connection's bytes this way)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(_SERVER_LOGGERS):
+            return True
+        message = record.getMessage()
+        first = _BYTES_LITERAL.sub("b... (bytes not logged)", message.split("\n", 1)[0])[:200]
+        record.msg, record.args = first, None
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            frames = "".join(traceback.format_tb(error.__traceback__))
+            record.exc_text = f"Traceback (most recent call last):\n{frames}{type(error).__name__} (its text is not logged)"
+            record.exc_info = None
+        return True
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
@@ -158,7 +215,8 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
+    handler.addFilter(WithoutConnectionBytes())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from grpc.aio import AioRpcError
 
 from .. import _accel
-from .errors import ExecutionFailed
+from .errors import ExecutionFailed, Refusal
 from .runners import OpenStream, refusal_for
 
 __all__ = ["JSON", "STREAM_HEADERS", "Framer", "OpenStream", "Reply", "fold", "stream"]
@@ -73,17 +73,24 @@ class Reply:
         return self._send({"type": "http.response.body", "body": body, "more_body": more})
 
 
-async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Callable[[int], None], heartbeat: float = 0.0) -> None:
+# How every error line starts. Inside a JSON string its quotes are escaped,
+# so these bytes are an error line wherever they appear in framed output.
+ERROR_LINE_START = b'{"type":"error"'
+
+
+async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Callable[[int], None], heartbeat: float = 0.0) -> bool:
     """Stream a runner's answer as NDJSON: one write per runner message (a
     batch of lines), heartbeats in long silences, `on_chunk(size)` before
     each write. The runner call is cancelled however the stream ends: at its
     end, on the client's going away (this task is cancelled), or on an error.
+    True when the run completed: no error line was sent.
 
     This task reads the runner and writes each message's lines itself, with
     no helper task or timer per message (a model streams tokens one message
     each, so the per-message cost is the per-token cost); heartbeats come
     from `_Writes`' one per-stream deadline."""
     out = _Writes(reply, on_chunk, heartbeat)
+    failed = False
     try:
         await out.start()
         try:
@@ -96,21 +103,28 @@ async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Cal
                     if chunk:
                         await out.write(chunk)  # a whole batch of lines in one write
                     if framer.terminated:
+                        # Searched once per stream: only the last batch can end in an error.
+                        failed = ERROR_LINE_START in chunk
                         break
                     message = await opened.next()
             except AioRpcError as error:
-                await out.write(framer.fail(refusal_for(error).message))
+                failed = True
+                await out.write(framer.fail(refusal_for(error, opened.expose_internals).message))
             done = framer.close()
             if done:
+                failed = failed or ERROR_LINE_START in done  # "runner ended the stream without finishing"
                 await out.write(done)
         except Exception as error:  # noqa: BLE001 - the stream ends with a line, never a traceback
             log.error("internal error while streaming", exc_info=error)
+            failed = True
             if not framer.terminated:
                 await out.write(framer.fail(INTERNAL_ERROR))
         await out.end()
     finally:
         out.close()
         opened.call.cancel()
+    # Dataset runs go on past a failed row; their framer counts error lines.
+    return not failed and not getattr(framer, "errors", 0)
 
 
 class _Writes:
@@ -209,19 +223,28 @@ class _Writes:
             self._timer = self._loop.call_at(self._last + self._interval, self._due)
 
 
-async def fold(opened: OpenStream, kind: str) -> tuple[bytes, str | None]:
+async def fold(opened: OpenStream, kind: str, limit: int) -> tuple[bytes, str | None]:
     """Collect a whole run into its one JSON envelope (non-streaming answers).
-    Returns the envelope and the run's trace id, if it had one."""
+    Returns the envelope and the run's trace id, if it had one.
+
+    Unlike a stream, the whole answer is held here, so a runner that never
+    finishes would grow the gateway without end: past `limit` bytes of
+    runner messages (what the envelope is made of) the run is cancelled and
+    the request fails with 502."""
     folder = _accel.EnvelopeFolder(kind)
+    received = 0
     try:
         message = opened.first if opened.pending is None else await opened.next()
         while message is not None:
+            received += len(message)
+            if received > limit:
+                raise Refusal(f"Runner answer is larger than max_answer_bytes ({limit} bytes); ask for a stream instead", 502)
             folder.feed(message)
             if folder.terminated:
                 break
             message = await opened.next()
     except AioRpcError as error:
-        raise refusal_for(error) from None
+        raise refusal_for(error, opened.expose_internals) from None
     finally:
         opened.call.cancel()
     body = folder.close()

@@ -116,11 +116,24 @@ def describe(error: AioRpcError) -> str:
     return f"{error.code().name}: {details}" if details else error.code().name
 
 
-def refusal_for(error: AioRpcError) -> Refusal:
-    """The HTTP refusal for a gRPC failure that happened before any byte was sent."""
+# A runner's crash: its details are its exception text, not meant for callers.
+_CRASHES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
+
+
+def refusal_for(error: AioRpcError, expose_internals: bool = False) -> Refusal:
+    """The HTTP refusal for a gRPC failure (before any byte was sent, or as
+    a stream's last line). A runner's crash details reach the client only
+    with `expose_internals`; they are logged either way."""
     code = error.code()
+    if code in _CRASHES and not expose_internals:
+        log.warning("runner failed: %s", describe(error))
+        return Refusal(f"Runner failed: {code.name} (the gateway's log has the details)", HTTP_STATUS.get(code, 502))
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return Refusal("Runner did not answer before the deadline", 504)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Received message larger than max" in (error.details() or ""):
+        # gRPC's own check on this side, not the runner saying it is
+        # overloaded: a 429 would invite retries that fail the same way.
+        return Refusal("Runner sent a message larger than max_runner_message_bytes", 502)
     return Refusal(f"Runner failed: {describe(error)}", HTTP_STATUS.get(code, 502))
 
 
@@ -134,6 +147,7 @@ class OpenStream:
     first: bytes | None
     runner: str
     pending: asyncio.Future[bytes | None] | None = None
+    expose_internals: bool = False  # see `refusal_for`
 
     async def next(self) -> bytes | None:
         """The first message (once), then each next one; None at the end."""
@@ -308,7 +322,8 @@ class RunnerPool:
             ast_json=ast_json,
             experiment_id=_str(data.get("experimentId")) or "experiment",
             dataset_path=_str(data.get("datasetPath")),
-            concurrency=concurrency if isinstance(concurrency, int) and 0 < concurrency < 2**32 else 0,
+            # Checked by `webhook`; bounded here, since a runner may start that many workers at once.
+            concurrency=min(concurrency, self._config.max_dataset_concurrency) if isinstance(concurrency, int) else 0,
             prompt_path=_str(data.get("promptPath")),
             commit_sha=_str(data.get("commitSha")),
             sampling_json=_json(sampling) if sampling is not None else "",
@@ -335,9 +350,10 @@ class RunnerPool:
 
         async def attempt(runner: Runner, remaining: float) -> OpenStream:
             call = start(runner, timeout=remaining)
+            expose = self._config.expose_internals
             if patience is None:
                 try:
-                    return OpenStream(call, await read(call), runner.target)
+                    return OpenStream(call, await read(call), runner.target, expose_internals=expose)
                 except BaseException:
                     call.cancel()
                     raise
@@ -351,9 +367,9 @@ class RunnerPool:
             if not done:
                 # A slow start (a long dataset item): answer now, so proxies see
                 # headers and heartbeats instead of a silent connection.
-                return OpenStream(call, None, runner.target, pending=first)
+                return OpenStream(call, None, runner.target, pending=first, expose_internals=expose)
             try:
-                return OpenStream(call, first.result(), runner.target)
+                return OpenStream(call, first.result(), runner.target, expose_internals=expose)
             except BaseException:
                 call.cancel()
                 raise
@@ -379,7 +395,7 @@ class RunnerPool:
                 return await attempt(runner, remaining)
             except AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise refusal_for(error) from None
+                    raise refusal_for(error, self._config.expose_internals) from None
                 self._mark_down(runner, error)
                 tried.append(runner.target)
         raise self._none_left(tried)
@@ -392,4 +408,7 @@ class RunnerPool:
     def _none_left(self, tried: list[str]) -> Refusal:
         if not tried:
             return Refusal("Runner did not answer before the deadline", 504)
+        if not self._config.expose_internals:
+            # Each was logged by `_mark_down`; addresses are the network's layout.
+            return RunnerUnavailable(f"Runner unavailable: tried {len(tried)} runner(s); the gateway's log names them")
         return RunnerUnavailable(f"Runner unavailable: tried {', '.join(tried)}")

@@ -2,12 +2,13 @@
 process or several workers, on uvloop or asyncio.
 
 Workers are separate processes started by the server; each builds its app
-from the effective configuration the parent hands down in the environment
+from the effective configuration the parent hands down in a 0600 file
 (`asgi.py`), so what `serve` validated is exactly what every worker runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -29,9 +30,15 @@ from hypercorn.run import run as hypercorn_run
 
 from .._ports import ensure_free
 from .alerts import Sink
-from .config import ConfigError, Deadlines, GatewayConfig
+from .config import SECRET_ENV, ConfigError, Deadlines, GatewayConfig
 
-EFFECTIVE_CONFIG_ENV = "AGENTMARK_GW__EFFECTIVE_CONFIG"
+# The path of a 0600 file holding the effective configuration, secrets
+# included, for `serve`'s workers; the environment itself holds no secret.
+EFFECTIVE_CONFIG_ENV = "AGENTMARK_GW__EFFECTIVE_CONFIG_FILE"
+# Variables that can hold secrets: read by `serve`, then removed from its
+# environment before any worker starts (a process's environment is readable
+# by its user, and passed on to whatever it runs).
+SECRET_VARIABLES = (SECRET_ENV, "AGENTMARK_GW_ALERT_SINKS")
 _HYPERCORN_VERSION = version("hypercorn")
 # The Hypercorn releases `close_connections_at_eof` was checked against
 # (pyproject.toml bounds the dependency to them; tests/test_deployment.py
@@ -73,8 +80,95 @@ def close_connections_at_eof() -> None:
     server_class._agentmark_gw_closes_at_eof = True
 
 
-def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
+# Per HTTP/2 connection: more stream resets than this within the window end
+# it (GOAWAY ENHANCE_YOUR_CALM). Cancelling streams is legitimate; opening
+# and cancelling a thousand a second is the "rapid reset" flood.
+H2_MAX_RESETS = 200
+H2_RESET_WINDOW = 10.0
+
+
+def guard_http2() -> None:
+    """Hypercorn's HTTP/2, made safe for a port untrusted clients can reach.
+
+    - Cleartext HTTP/2 (h2c) is refused unless `allow_h2c`: an `Upgrade: h2c`
+      is ignored (the request is answered in HTTP/1.1, as a server may), and
+      a connection opening with the HTTP/2 preface is closed unanswered. Over
+      TLS, HTTP/2 is negotiated by ALPN as before.
+    - With h2c allowed, the idle timer runs again once the connection has
+      switched to HTTP/2: the HTTP/1.1 side stops it when the preface arrives
+      and Hypercorn's HTTP/2 side restarts it only when a stream ends, so a
+      connection that sent only the preface was never closed.
+    - A connection resetting more than H2_MAX_RESETS streams within
+      H2_RESET_WINDOW seconds is closed; 1,100 open-then-cancel pairs made
+      Hypercorn raise, and delayed every other request.
+
+    Applies to servers whose Hypercorn config has `agentmark_gw_allow_h2c`
+    (set by `hypercorn_config`); others in the process behave as stock."""
+    import h2.errors
+    import h2.events
+    from hypercorn.events import Closed, Updated
+    from hypercorn.protocol import ProtocolWrapper
+    from hypercorn.protocol.h2 import H2Protocol
+    from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
+
+    wrapper: Any = ProtocolWrapper
+    if getattr(wrapper, "_agentmark_gw_guarded", False) or not _HYPERCORN_VERSION.startswith(("0.17.", "0.18.")):
+        return
+    check_protocol = H11Protocol._check_protocol
+    handle = wrapper.handle
+    handle_events = H2Protocol._handle_events
+
+    def guarded(protocol: Any) -> bool:
+        return not protocol.ssl and not getattr(protocol.config, "agentmark_gw_allow_h2c", True)
+
+    async def _check_protocol(self: Any, event: Any) -> None:
+        if guarded(self) and any(name == b"upgrade" and value.strip().lower() == b"h2c" for name, value in event.headers):
+            return  # RFC 9110 7.8: a server may ignore Upgrade
+        await check_protocol(self, event)
+
+    async def _handle(self: Any, event: Any) -> None:
+        if self.ssl or not isinstance(self.protocol, H11Protocol) or not hasattr(self.config, "agentmark_gw_allow_h2c"):
+            return await handle(self, event)
+        if self.config.agentmark_gw_allow_h2c:
+            await handle(self, event)
+            if isinstance(self.protocol, H2Protocol) and not self.protocol.streams:
+                await self.send(Updated(idle=True))
+            return None
+        try:
+            return await self.protocol.handle(event)
+        except H2ProtocolAssumedError:
+            await self.send(Closed())  # HTTP/2 prior knowledge on a cleartext port
+            return None
+
+    async def _handle_events(self: Any, events: list[Any]) -> None:
+        resets = sum(1 for event in events if isinstance(event, h2.events.StreamReset))
+        if resets and hasattr(self.config, "agentmark_gw_allow_h2c"):
+            now = asyncio.get_running_loop().time()
+            started, count = getattr(self, "_agentmark_gw_resets", (now, 0))
+            if now - started > H2_RESET_WINDOW:
+                started, count = now, 0
+            self._agentmark_gw_resets = (started, count + resets)
+            if count + resets > H2_MAX_RESETS:
+                self.connection.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                await self._flush()
+                await self.send(Closed())
+                return
+        await handle_events(self, events)
+
+    H11Protocol._check_protocol = _check_protocol  # type: ignore[method-assign]
+    wrapper.handle = _handle
+    H2Protocol._handle_events = _handle_events  # type: ignore[method-assign]
+    wrapper._agentmark_gw_guarded = True
+
+
+def patch_hypercorn() -> None:
+    """Every correction `serve` makes to Hypercorn, once per process."""
     close_connections_at_eof()
+    guard_http2()
+
+
+def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
+    patch_hypercorn()
     hyper = HypercornConfig()
     hyper.bind = [config.bind]
     hyper.application_path = APPLICATION_PATH
@@ -95,6 +189,7 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     # dribbles them (slowloris) is closed after `keep_alive_timeout`.
     hyper.read_timeout = None
     hyper.keep_alive_timeout = config.keep_alive_timeout
+    hyper.agentmark_gw_allow_h2c = config.allow_h2c  # type: ignore[attr-defined]  # read by guard_http2's patches
     if config.tls_certfile and config.tls_keyfile:
         hyper.certfile = config.tls_certfile
         hyper.keyfile = config.tls_keyfile
@@ -124,13 +219,31 @@ def load_dumped_config(text: str) -> GatewayConfig:
 
 def run(config: GatewayConfig) -> int:
     """Blocking entry point for `agentmark-gw serve`."""
-    config.require_secret()
+    config.require_strong_secret()
     ensure_port_free(config.bind)
-    os.environ[EFFECTIVE_CONFIG_ENV] = dump_config(config)
-    with worker_metrics(config.workers):
+    with effective_config_file(config), worker_metrics(config.workers):
         if config.server == "granian":
             return run_granian(config)
         return hypercorn_run(hypercorn_config(config))
+
+
+@contextlib.contextmanager
+def effective_config_file(config: GatewayConfig) -> Iterator[None]:
+    """Hand the workers the configuration in a file only this user can read,
+    removed when serving ends, rather than copying every secret (webhook,
+    HTTP sink, SMTP) into each worker's environment."""
+    fd, path = tempfile.mkstemp(prefix="agentmark-gw-config-", suffix=".json")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(dump_config(config))
+        os.environ[EFFECTIVE_CONFIG_ENV] = path
+        for name in SECRET_VARIABLES:
+            os.environ.pop(name, None)
+        yield
+    finally:
+        os.environ.pop(EFFECTIVE_CONFIG_ENV, None)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def ensure_port_free(bind: str) -> None:
@@ -183,7 +296,7 @@ def run_granian(config: GatewayConfig) -> int:
     app itself bounds bodies (`body_timeout`), and streams are never cut."""
     try:
         from granian import Granian
-        from granian.constants import Interfaces, Loops, SSLProtocols
+        from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
         from granian.http import HTTP1Settings
     except ImportError:
         raise ConfigError("server = granian needs Granian: pip install 'agentmark-gw[granian]'") from None
@@ -199,6 +312,9 @@ def run_granian(config: GatewayConfig) -> int:
         workers=config.workers,
         loop=Loops(config.loop),
         http1_settings=HTTP1Settings(header_read_timeout=int(config.keep_alive_timeout * 1000)),
+        # Cleartext HTTP/2 only when allowed; over TLS, ALPN chooses. (Granian's
+        # HTTP/2, hyper's, limits reset floods itself.)
+        http=HTTPModes.auto if tls or config.allow_h2c else HTTPModes.http1,
         # On SIGTERM: stop accepting, give in-flight requests this long, then stop the workers.
         workers_kill_timeout=max(1, math.ceil(config.shutdown_grace)),
         log_access=False,  # one structured line per request comes from the app instead

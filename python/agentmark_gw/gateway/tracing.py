@@ -31,6 +31,22 @@ Headers = Any
 _CONTEXT_HEADERS = ("traceparent", "tracestate")
 
 
+# W3C Trace Context: a tracestate may be cut when longer than 512 characters
+# (traceparent is 55); gRPC metadata carries printable ASCII only.
+MAX_CONTEXT_LENGTH = 512
+
+
+def usable_context(headers: dict[str, str]) -> None:
+    """Drop a `traceparent` or `tracestate` the runner call cannot carry: one
+    with a byte that is not printable ASCII (gRPC refused it, a 500), or
+    longer than W3C asks anyone to pass on (12 KB made gRPC answer 429).
+    W3C says to ignore an invalid context, so the request goes on without it."""
+    for name in _CONTEXT_HEADERS:
+        value = headers.get(name)
+        if value is not None and (len(value) > MAX_CONTEXT_LENGTH or not (value.isascii() and value.isprintable())):
+            del headers[name]
+
+
 def tracing_configured(env: Mapping[str, str] = os.environ) -> bool:
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or env.get("OTEL_TRACES_EXPORTER", "") == "none":
         return False

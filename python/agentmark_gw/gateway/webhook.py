@@ -16,11 +16,12 @@ import re
 
 import orjson
 from dataclasses import dataclass
-from functools import lru_cache
+from collections import OrderedDict
 from typing import Any
 
 import yaml
 
+from ..frontmatter import TooManyNodes, check_expansion
 from .alerts import ALERT_STATUSES, ALERT_TYPES
 from .errors import BadRequest
 
@@ -78,6 +79,8 @@ def parse_event(body: bytes) -> Event:
     if not isinstance(data, dict):
         raise BadRequest("`data` must be a JSON object")
 
+    if event_type in ("prompt-run", "dataset-run"):
+        _require_text(data, _RUN_TEXT_FIELDS, "")
     if event_type == "prompt-run":
         kind = prompt_kind(data)
         options = data.get("options")
@@ -89,6 +92,10 @@ def parse_event(body: bytes) -> Event:
         kind = prompt_kind(data)
         if kind not in STREAMABLE_KINDS:
             raise BadRequest(f"dataset-run supports text and object prompts, not {kind}")
+        concurrency = data.get("concurrency")
+        # bool is an int in Python, and `true` reached the protobuf encoder as one (a 500).
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0):
+            raise BadRequest("dataset-run `concurrency` must be a non-negative integer (0: the runner's default)")
         return DatasetRun(kind, data)
     if event_type == "get-evals":
         return GetEvals(data)
@@ -109,7 +116,10 @@ def _parse(body: bytes) -> Any:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(body, parse_constant=_not_json, parse_float=_finite)
+    # Decoded here, strictly, because `json.loads(bytes)` guesses UTF-16 and
+    # UTF-32 (and skips a BOM), which JSON on the wire (RFC 8259) is not; a
+    # BOM left in the text is refused by the parser.
+    return json.loads(body.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
 
 
 def _finite(text: str) -> float:
@@ -121,6 +131,21 @@ def _finite(text: str) -> float:
 
 def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")  # Python accepts NaN and Infinity; JSON does not
+
+
+# Fields sent to the runner as protobuf strings, which must be UTF-8: a lone
+# surrogate escape (`"\ud800"`, valid JSON) cannot be encoded, and was a 500.
+_RUN_TEXT_FIELDS = ("promptPath", "experimentId", "datasetPath", "commitSha")
+
+
+def _require_text(data: dict[str, Any], names: tuple[str, ...], prefix: str) -> None:
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise BadRequest(f"Lone surrogate escape in {prefix}{name}: it must be text (UTF-8 cannot carry it)") from None
 
 
 def _shown(value: Any) -> str:
@@ -144,17 +169,55 @@ def prompt_kind(data: dict[str, Any]) -> str:
         )
     if not isinstance(frontmatter, str):
         raise BadRequest("AST has no YAML frontmatter")
-    kind = _kind_of_frontmatter(frontmatter)
+    kind = _KINDS.get(frontmatter)
+    if kind is _MISSING:
+        kind = _kind_of_frontmatter(frontmatter)
+        _KINDS.put(frontmatter, kind)
     if kind is None:
         raise BadRequest("AST frontmatter has no text_config, object_config, image_config or speech_config")
     return kind
 
 
-@lru_cache(maxsize=512)
+_MISSING: Any = object()
+
+
+class _KindCache:
+    """Frontmatter -> kind, for the dashboard's few prompts run again and
+    again. Bounded by the characters its keys hold, not only their number
+    (512 entries of 8 MiB each held about 350 MB): the oldest go first, and
+    a frontmatter over a tenth of the budget is never kept."""
+
+    def __init__(self, max_chars: int = 4 * 1024 * 1024, max_entries: int = 512) -> None:
+        self.max_chars = max_chars
+        self.max_entries = max_entries
+        self.chars = 0
+        self._kinds: OrderedDict[str, str | None] = OrderedDict()
+
+    def get(self, frontmatter: str) -> Any:
+        kind = self._kinds.get(frontmatter, _MISSING)
+        if kind is not _MISSING:
+            self._kinds.move_to_end(frontmatter)
+        return kind
+
+    def put(self, frontmatter: str, kind: str | None) -> None:
+        if len(frontmatter) > self.max_chars // 10 or frontmatter in self._kinds:
+            return
+        self._kinds[frontmatter] = kind
+        self.chars += len(frontmatter)
+        while self.chars > self.max_chars or len(self._kinds) > self.max_entries:
+            oldest, _ = self._kinds.popitem(last=False)
+            self.chars -= len(oldest)
+
+
+_KINDS = _KindCache()
+
+
 def _kind_of_frontmatter(frontmatter: str) -> str | None:
-    """Cached: the dashboard runs the same few prompts again and again."""
     try:
+        check_expansion(frontmatter)
         parsed = yaml.load(frontmatter, Loader=_YamlLoader)
+    except TooManyNodes as exc:
+        raise BadRequest(f"AST frontmatter is too large: {exc}") from None
     except (yaml.YAMLError, UnicodeError):  # lone surrogates are valid JSON but not YAML
         raise BadRequest("AST frontmatter is not valid YAML") from None
     if not isinstance(parsed, dict):
@@ -179,6 +242,7 @@ def _alert(data: dict[str, Any]) -> Alert:
         if not isinstance(value, str) or not value:
             raise BadRequest(f"alert.{name} must be a non-empty string")
         fields[name] = value
+    _require_text(fields, ("id",), "alert.")  # the outbox stores it as text
     if fields["type"] not in ALERT_TYPES:
         raise BadRequest(f"alert.type must be one of {', '.join(ALERT_TYPES)}")
     if fields["status"] not in ALERT_STATUSES:

@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import yaml
 from agentmark.prompt_core import AgentMark
 from agentmark.prompt_core.executor import (
     ErrorEvent,
@@ -44,12 +46,52 @@ from agentmark.prompt_core.webhook_runner import ExperimentItemParams, PromptSpa
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ..frontmatter import TooManyNodes, check_expansion
 from ..protocol import runner_pb2 as pb
 from . import events
 from .helpers import normalize_error
 from .service import AlertRequest, ExperimentRequest, PromptRequest, Runner
 
 DEFAULT_CONCURRENCY = 4
+# The longest string or list one template expression may make: `"ab" * N`
+# allocates what N asks (an 872-byte request allocated about 100 MB), and
+# `+` can double a value per step.
+MAX_TEMPLATE_VALUE = 1024 * 1024
+
+
+def _bound_template_values() -> None:
+    """Make templatedx's `*` and `+` refuse, before allocating, a string or
+    list longer than MAX_TEMPLATE_VALUE; the render then fails with a clear
+    error ("cannot render the prompt: ..."). Applied once, when a runner is made."""
+    from templatedx.expression import EvaluationError, ExpressionEvaluator
+
+    evaluator: Any = ExpressionEvaluator
+    if getattr(evaluator, "_agentmark_gw_bounded", False):
+        return
+    evaluate_binary = evaluator._evaluate_binary
+
+    def _evaluate_binary(self: Any, node: Any) -> Any:
+        if node.operator in ("*", "+"):
+            left, right = self._evaluate_node(node.left), self._evaluate_node(node.right)
+            length = _result_length(node.operator, left, right)
+            if length > MAX_TEMPLATE_VALUE:
+                raise EvaluationError(f"a template expression would make a value of {length} items (the limit is {MAX_TEMPLATE_VALUE})")
+            return left * right if node.operator == "*" else left + right
+        return evaluate_binary(self, node)
+
+    evaluator._evaluate_binary = _evaluate_binary
+    evaluator._agentmark_gw_bounded = True
+
+
+def _result_length(operator: str, left: Any, right: Any) -> int:
+    """How long `left OP right` would be, for strings and lists; 0 otherwise."""
+    sequences = (str, list, tuple)
+    if operator == "+":
+        return len(left) + len(right) if isinstance(left, sequences) and isinstance(right, sequences) else 0
+    for sequence, count in ((left, right), (right, left)):
+        if isinstance(sequence, sequences) and isinstance(count, int) and not isinstance(count, bool):
+            return len(sequence) * max(count, 0)
+    return 0
 
 
 class _RunFailed(Exception):
@@ -166,6 +208,7 @@ class AgentMarkRunner(Runner):
         item_span_hook: Any = None,
         default_concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
+        _bound_template_values()
         if prompt_span_hook is None and item_span_hook is None:
             prompt_span_hook, item_span_hook = _agentmark_sdk_hooks()
         self.client = client
@@ -173,6 +216,16 @@ class AgentMarkRunner(Runner):
         self._prompt_span = prompt_span_hook or _no_span
         self._item_span = item_span_hook or _no_span
         self._default_concurrency = default_concurrency
+        # AgentMark's FileLoader names dataset files by absolute path in its
+        # errors (a bad line, an empty file); callers see them relative to it.
+        data_dir = getattr(getattr(client, "_loader", None), "_build_dir", None)
+        self._data_dir = str(data_dir) if data_dir else None
+
+    def _public(self, message: str) -> str:
+        """`message` without the runner's data directory in it."""
+        if self._data_dir:
+            message = message.replace(self._data_dir + os.sep, "").replace(self._data_dir, "<data-dir>")
+        return message
 
     async def get_evals(self) -> Sequence[str]:
         return self.client.get_eval_names()
@@ -196,6 +249,10 @@ class AgentMarkRunner(Runner):
     # -- prompt runs --------------------------------------------------------------
 
     async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+        refused = _frontmatter_refused(request.ast)
+        if refused:
+            yield events.error(refused)
+            return
         frontmatter = get_front_matter(request.ast)
         name = frontmatter.get("name") if isinstance(frontmatter, dict) else None
         capabilities = self.executor.capabilities()
@@ -272,6 +329,10 @@ class AgentMarkRunner(Runner):
     # -- dataset runs ------------------------------------------------------------
 
     async def run_experiment(self, request: ExperimentRequest) -> AsyncIterator[pb.ExperimentEvent]:
+        refused = _frontmatter_refused(request.ast)
+        if refused:
+            yield events.row_error(refused)
+            return
         frontmatter = get_front_matter(request.ast)
         name = frontmatter.get("name") if isinstance(frontmatter, dict) else None
         run_id = str(uuid.uuid4())
@@ -287,7 +348,7 @@ class AgentMarkRunner(Runner):
                 options["sampling"] = request.sampling
             dataset = await prompt.format_with_dataset(**options)
         except Exception as exc:  # noqa: BLE001 - a missing or refused dataset is one clear error row
-            yield events.row_error(f"cannot load the dataset: {normalize_error(exc)}")
+            yield events.row_error(f"cannot load the dataset: {self._public(normalize_error(exc))}")
             return
         dataset_path = request.dataset_path or (frontmatter.get("test_settings") or {}).get("dataset")
         registry = self.client.get_eval_registry() or {}
@@ -295,17 +356,20 @@ class AgentMarkRunner(Runner):
 
         async def process(item: dict[str, Any], index: int) -> pb.ExperimentEvent:
             if item.get("type") == "error" or "formatted" not in item:
-                return events.row_error(str(item.get("error") or "the dataset item could not be formatted"))
+                return events.row_error(self._public(str(item.get("error") or "the dataset item could not be formatted")))
             try:
                 return await self._run_item(item, index, execute, registry, run_id, run_name, name, dataset_path, commit_sha, request)
             except Exception as exc:  # noqa: BLE001 - the pool's policy: an error row, and the run goes on
-                return events.row_error(normalize_error(exc))
+                return events.row_error(self._public(normalize_error(exc)))
 
         with _parent_trace(request.trace_context):
             concurrency = request.concurrency or self._default_concurrency
             # The pool is typed for NDJSON strings but passes on whatever `process` returns.
-            async for row in run_dataset_pool(dataset.get_reader(), process, concurrency):  # type: ignore[arg-type]
-                yield row  # type: ignore[misc]
+            try:
+                async for row in run_dataset_pool(dataset.get_reader(), process, concurrency):  # type: ignore[arg-type]
+                    yield row  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - the reader failed mid-way (a bad line, an empty file)
+                yield events.row_error(f"cannot read the dataset: {self._public(normalize_error(exc))}")
 
     async def _run_item(
         self,
@@ -386,6 +450,21 @@ def _accumulate(event: Any, text: str, value: Any, usage: Any) -> tuple[str, Any
     elif isinstance(event, FinishEvent):
         usage = event.usage
     return text, value, usage
+
+
+def _frontmatter_refused(ast: dict[str, Any]) -> str | None:
+    """Why the AST's frontmatter must not reach AgentMark's parser (an alias
+    bomb), or None. Its syntax errors are left for AgentMark to report."""
+    for child in ast.get("children") or ():
+        if isinstance(child, dict) and child.get("type") == "yaml" and isinstance(child.get("value"), str):
+            try:
+                check_expansion(child["value"])
+            except TooManyNodes as exc:
+                return f"cannot render the prompt: the frontmatter has {exc}"
+            except yaml.YAMLError:
+                return None
+            return None
+    return None
 
 
 def _commit_sha(frontmatter: Any) -> str | None:

@@ -110,6 +110,12 @@ class Runner:
             eval_names=list(await self.get_evals()),
         )
 
+    # An exception from the runner's own code reaches the gateway, and from
+    # there HTTP clients, as its type only ("runner error: KeyError (the
+    # runner's log has the details)"); its text, which can hold paths, keys
+    # or data, is logged. True sends the text too (handy while developing).
+    expose_errors: bool = False
+
     async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
         yield events.error(f"{type(self).__name__} does not run prompts")
 
@@ -120,7 +126,7 @@ class Runner:
         return []
 
     async def handle_alert(self, alert: AlertRequest) -> str:
-        log.info("alert %s: %s %s", alert.id, alert.type, alert.status)
+        log.info("alert %.64r: %s %s", alert.id, alert.type, alert.status)  # its id cut: it is the caller's text
         return "logged"
 
 
@@ -145,6 +151,10 @@ def _object(text: str, field_name: str) -> dict[str, Any]:
 
 
 TRACE_CONTEXT_KEYS = ("traceparent", "tracestate")
+# The most workers one dataset run gets, whatever the request asks: runners
+# (AgentMark's pool among them) start that many at once, and a caller could
+# ask for 2^32 - 1. The gateway lowers it further (`max_dataset_concurrency`).
+MAX_CONCURRENCY = 256
 
 
 def _call_details(context: grpc.aio.ServicerContext | None) -> dict[str, Any]:
@@ -181,7 +191,7 @@ def experiment_request(message: pb.RunExperimentRequest, context: grpc.aio.Servi
         ast=_object(message.ast_json, "ast_json"),
         experiment_id=message.experiment_id or "experiment",
         dataset_path=message.dataset_path,
-        concurrency=message.concurrency,
+        concurrency=min(message.concurrency, MAX_CONCURRENCY),
         prompt_path=message.prompt_path,
         commit_sha=message.commit_sha,
         sampling=_parse(message.sampling_json, "sampling_json", None),
@@ -270,6 +280,12 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
 
+    def _failure(self, exc: Exception) -> str:
+        """What a caller is told of an exception raised by the runner's code."""
+        if getattr(self._runner, "expose_errors", False):
+            return f"runner error: {normalize_error(exc)}"
+        return f"runner error: {type(exc).__name__} (the runner's log has the details)"
+
     async def RunPrompt(self, request: pb.RunPromptRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RunnerEvents]:  # noqa: N802
         try:
             parsed = prompt_request(request, context)
@@ -278,7 +294,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
         async for batch in batched(
             self._runner.run_prompt(parsed),
             lambda items: pb.RunnerEvents(events=items),
-            lambda exc: events.error(f"runner error: {normalize_error(exc)}"),
+            lambda exc: events.error(self._failure(exc)),
             terminal=_prompt_terminal,
         ):
             yield batch
@@ -291,7 +307,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
         async for batch in batched(
             self._runner.run_experiment(parsed),
             lambda items: pb.ExperimentEvents(events=items),
-            lambda exc: events.row_error(f"runner error: {normalize_error(exc)}"),
+            lambda exc: events.row_error(self._failure(exc)),
         ):
             yield batch
 
@@ -300,7 +316,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
             return pb.GetEvalsResponse(names=list(await self._runner.get_evals()))
         except Exception as exc:  # noqa: BLE001 - a clear status, not gRPC's "Unexpected <class>"
             log.exception("get_evals failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"runner error: {normalize_error(exc)}")
+            await context.abort(grpc.StatusCode.INTERNAL, self._failure(exc))
             raise  # unreachable: abort raises
 
     async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.RunnerInfo:  # noqa: N802
@@ -320,5 +336,5 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
             return pb.AlertResponse(message=await self._runner.handle_alert(alert))
         except Exception as exc:  # noqa: BLE001
             log.exception("handle_alert failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"runner error: {normalize_error(exc)}")
+            await context.abort(grpc.StatusCode.INTERNAL, self._failure(exc))
             raise
