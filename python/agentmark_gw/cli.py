@@ -167,7 +167,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .gateway.server import run
 
     config = load_config(_config_path(args), **_gateway_flags(args))
-    config.require_secret()
+    # Refused before anything is logged or bound: one line saying what to set.
+    config.require_strong_secret()
     _require_free(config.bind, "--bind")
     configure_logging(config.log_format)
     log_state(config)
