@@ -277,17 +277,25 @@ def worker_metrics(workers: int) -> Iterator[None]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def exit_with_parent(parent: int) -> None:
+def exit_with_parent(parent: int, *, abrupt: bool = False) -> None:
     """In a worker process: end when the server process that started it
-    (`parent`) ends, even by SIGKILL, rather than serve on as an orphan (Linux)."""
+    (`parent`) ends, even by SIGKILL, rather than serve on as an orphan (Linux).
+
+    The kernel sends the signal. Hypercorn's workers get SIGTERM and finish
+    what they are serving. Granian's (`abrupt`) get SIGKILL: told SIGTERM
+    with no master left, a Granian worker hung in its own shutdown about one
+    time in five, holding the GIL, so no handler or watchdog thread could run,
+    and served on (a live master would have killed it after
+    `workers_kill_timeout`; an orphan has none)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
+    sig = signal.SIGKILL if abrupt else signal.SIGTERM
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig)
     if os.getppid() != parent:  # it died before the call: nothing would signal us
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
 
 
 def run_granian(config: GatewayConfig) -> int:
