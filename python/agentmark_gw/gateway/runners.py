@@ -106,10 +106,6 @@ def _channel_target(target: str) -> str:
     return target if "://" in target or target.startswith(("ipv4:", "ipv6:", "unix:")) else f"dns:///{target}"
 
 
-async def _forget(runner: Runner) -> None:
-    runner.forget()
-
-
 def describe(error: AioRpcError) -> str:
     """One line for a client: the status name and the runner's own details."""
     details = (error.details() or "").strip()
@@ -263,7 +259,10 @@ class RunnerPool:
         for runner, healthy in zip(self.runners, results, strict=True):
             if self._on_health is not None:
                 self._on_health(runner.target, healthy)
-        await asyncio.gather(*(r.learn(self._config.health_timeout) if r.healthy else _forget(r) for r in self.runners))
+        for runner in self.runners:
+            if not runner.healthy:
+                runner.forget()  # asked again when it is back: a restart may be a new version
+        await asyncio.gather(*(r.learn(self._config.health_timeout) for r in self.runners if r.healthy))
 
     async def _poll_health(self) -> None:
         while True:
