@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from collections.abc import Coroutine, Iterator
 from dataclasses import replace
 from typing import Any
@@ -84,14 +85,16 @@ class _Client:
 
 
 @contextlib.contextmanager
-def _counting_tasks() -> Iterator[list[int]]:
-    """Counts the tasks created on the running loop inside the block (in [0])."""
+def _counting_tasks() -> Iterator[list[str]]:
+    """The tasks created on the running loop inside the block, each as
+    "file:coroutine" so a count that grew can say whose they are."""
     loop = asyncio.get_running_loop()
-    created = [0]
+    created: list[str] = []
     previous = loop.get_task_factory()
 
     def counting(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]:
-        created[0] += 1
+        code = getattr(coro, "cr_code", None)
+        created.append(f"{code.co_filename if code else '?'}:{getattr(coro, '__qualname__', coro)}")
         return asyncio.Task(coro, loop=loop, **kwargs)
 
     loop.set_task_factory(counting)  # type: ignore[arg-type]
@@ -108,7 +111,7 @@ async def _stream(script: list[bytes | float], client: _Client, heartbeat: float
     sizes: list[int] = []
     with _counting_tasks() as created:
         await responses.stream(responses.Reply(client.send), opened, _accel.PromptFramer("text"), sizes.append, heartbeat)  # type: ignore[arg-type]
-    return opened, created[0], sizes
+    return opened, len(created), sizes
 
 
 def _lines(body: bytes) -> list[dict[str, Any]]:
@@ -170,18 +173,21 @@ async def test_a_cancelled_stream_cancels_its_call_and_beats_no_more() -> None:
 
 @pytest.mark.e2e
 async def test_through_grpc_and_hypercorn_a_message_makes_no_task(scripted: tuple[Any, str], scripted_runner: Any, client: httpx.AsyncClient) -> None:
-    """The same, end to end in one loop (gateway, runner, client): a stream of
-    200 runner messages makes no more tasks than one of 2, heartbeats on."""
+    """The same, end to end in one loop (gateway, runner, client): no coroutine
+    is started once per message, heartbeats on. A stream of 200 messages may
+    still make a few more tasks than one of 2, from work that runs on a clock
+    (health probes, idle timers) while a slow machine streams for longer, so
+    the count is compared per coroutine: one per message would be 120 more."""
     scripted_runner.pause = 0.004  # each delta its own message: the SDK sends what is queued
     config = replace(gateway_config(scripted[1]), heartbeat_interval=5.0)
 
-    async def tasks_for(deltas: int) -> tuple[int, float]:
+    async def tasks_for(deltas: int) -> tuple[Counter[str], float]:
         scripted_runner.script = [events.text_delta(str(i)) for i in range(deltas)] + [events.finish("stop")]
         before_chunks = await chunks_written()
         with _counting_tasks() as created:
             response, lines = await stream_lines(client, server.url + "/", TEXT_EVENT)
         assert response.status_code == 200 and len(lines) == deltas + 1
-        return created[0], await chunks_written() - before_chunks
+        return Counter(created), await chunks_written() - before_chunks
 
     async def chunks_written() -> float:
         text = (await client.get(server.url + "/metrics")).text
@@ -192,4 +198,5 @@ async def test_through_grpc_and_hypercorn_a_message_makes_no_task(scripted: tupl
         few, few_writes = await tasks_for(2)
         many, many_writes = await tasks_for(200)
     assert many_writes >= 120  # most deltas came as messages of their own, each one write (a busy machine may batch a few)
-    assert many - few <= 2, (few, many)
+    grown = many - few
+    assert all(more <= 10 for more in grown.values()), grown
