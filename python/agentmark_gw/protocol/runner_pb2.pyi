@@ -270,6 +270,36 @@ class RunExperimentRequest(_message.Message):
     data_json: str
     def __init__(self, kind: _Optional[_Union[PromptKind, str]] = ..., ast_json: _Optional[str] = ..., experiment_id: _Optional[str] = ..., dataset_path: _Optional[str] = ..., concurrency: _Optional[int] = ..., prompt_path: _Optional[str] = ..., commit_sha: _Optional[str] = ..., sampling_json: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
 
+class DatasetItemRequest(_message.Message):
+    __slots__ = ("kind", "index", "input_json", "expected_output_json", "rendered", "eval_names", "run_id", "run_name", "dataset_path", "item_name", "prompt_name", "prompt_path", "commit_sha")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    RENDERED_FIELD_NUMBER: _ClassVar[int]
+    EVAL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATASET_PATH_FIELD_NUMBER: _ClassVar[int]
+    ITEM_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_PATH_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_SHA_FIELD_NUMBER: _ClassVar[int]
+    kind: PromptKind
+    index: int
+    input_json: str
+    expected_output_json: str
+    rendered: RenderedPrompt
+    eval_names: _containers.RepeatedScalarFieldContainer[str]
+    run_id: str
+    run_name: str
+    dataset_path: str
+    item_name: str
+    prompt_name: str
+    prompt_path: str
+    commit_sha: str
+    def __init__(self, kind: _Optional[_Union[PromptKind, str]] = ..., index: _Optional[int] = ..., input_json: _Optional[str] = ..., expected_output_json: _Optional[str] = ..., rendered: _Optional[_Union[RenderedPrompt, _Mapping]] = ..., eval_names: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., run_name: _Optional[str] = ..., dataset_path: _Optional[str] = ..., item_name: _Optional[str] = ..., prompt_name: _Optional[str] = ..., prompt_path: _Optional[str] = ..., commit_sha: _Optional[str] = ...) -> None: ...
+
 class ExperimentEvents(_message.Message):
     __slots__ = ("events",)
     EVENTS_FIELD_NUMBER: _ClassVar[int]

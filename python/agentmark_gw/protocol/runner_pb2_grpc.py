@@ -59,6 +59,11 @@ class RunnerStub:
                 request_serializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.RunnerInfo.FromString,
                 _registered_method=True)
+        self.RunDatasetItem = channel.unary_unary(
+                '/agentmark.runner.v1.Runner/RunDatasetItem',
+                request_serializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.DatasetItemRequest.SerializeToString,
+                response_deserializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.ExperimentEvents.FromString,
+                _registered_method=True)
 
 
 class RunnerServicer:
@@ -103,6 +108,19 @@ class RunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunDatasetItem(self, request, context):
+        """One dataset item, read, sampled and rendered by the gateway, for runners
+        whose `RunnerInfo.rendered_prompts` is true (and a gateway with a dataset
+        source). The answer is exactly one event: the item's row, or an error for
+        that item (the run goes on). The gateway keeps up to the run's
+        concurrency of these in flight, spread over healthy runners, and retries
+        an item on another runner when its call fails with UNAVAILABLE; so a
+        runner holds only the items it is working on, never the dataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +148,11 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.DescribeRequest.FromString,
                     response_serializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.RunnerInfo.SerializeToString,
+            ),
+            'RunDatasetItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunDatasetItem,
+                    request_deserializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.DatasetItemRequest.FromString,
+                    response_serializer=agentmark_dot_runner_dot_v1_dot_runner__pb2.ExperimentEvents.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +290,33 @@ class Runner:
             '/agentmark.runner.v1.Runner/Describe',
             agentmark_dot_runner_dot_v1_dot_runner__pb2.DescribeRequest.SerializeToString,
             agentmark_dot_runner_dot_v1_dot_runner__pb2.RunnerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunDatasetItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmark.runner.v1.Runner/RunDatasetItem',
+            agentmark_dot_runner_dot_v1_dot_runner__pb2.DatasetItemRequest.SerializeToString,
+            agentmark_dot_runner_dot_v1_dot_runner__pb2.ExperimentEvents.FromString,
             options,
             channel_credentials,
             insecure,
