@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 from agentmark.prompt_core import create_agentmark
-
+from agentmark_gw.agentmark_api import AgentMarkCloud
 from agentmark_gw.gateway import create_app
 from agentmark_gw.gateway.datasets import AgentMarkDatasets, DatasetError
-from agentmark_gw.agentmark_api import AgentMarkCloud
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.runner import DatasetItem, events, start
 
@@ -254,3 +253,18 @@ async def test_a_gateway_with_agentmark_credentials_reads_datasets_from_agentmar
     finally:
         await server.stop(0)
     assert [line["result"]["input"] for line in lines if line["type"] == "dataset"] == [{"text": "only in AgentMark"}]
+
+
+def test_the_spread_benchmark_runs() -> None:
+    """`make bench-datasets`, tiny: every run answers every row."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dataset_spread", "--rows", "12", "--model-seconds", "0.01", "--concurrency", "4", "--capacity", "2"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == 4 and all(line.split("|")[3].strip() == "12" for line in table), done.stdout
