@@ -521,6 +521,7 @@ class ItemsRun:
 
     async def _feed(self) -> None:
         data = self._run.data
+        started = False  # an item was read: a later failure is mid-way
         try:
             plan = datasets.plan(self._run.kind, data)
             self._fields = {
@@ -535,6 +536,7 @@ class ItemsRun:
             }
             sampling = data.get("sampling")
             async for item in datasets.items(self._pool.datasets, plan, data["ast"], sampling if isinstance(sampling, dict) else None):  # type: ignore[arg-type]
+                started = True
                 await self._slots.acquire()
                 call = asyncio.create_task(self._answer(item))
                 self._calls.add(call)
@@ -542,7 +544,7 @@ class ItemsRun:
         except (datasets.DatasetError, Refusal) as error:
             text = error.message if isinstance(error, Refusal) else str(error)
             # As a runner reading its own dataset answers: one error row, then the rows already under way.
-            self._answers.put_nowait(_error_event(f"cannot load the dataset: {text}"))
+            self._answers.put_nowait(_error_event(f"cannot {'read' if started else 'load'} the dataset: {text}"))
         except Exception:  # noqa: BLE001 - the run ends with an error row, never a traceback
             log.exception("reading a dataset run's items failed")
             self._answers.put_nowait(_error_event("cannot load the dataset: internal gateway error"))
