@@ -268,3 +268,35 @@ def test_the_spread_benchmark_runs() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     table = [line for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(table) == 4 and all(line.split("|")[3].strip() == "12" for line in table), done.stdout
+
+
+async def test_a_client_going_away_cancels_the_items_in_flight(tmp_path: Path) -> None:
+    name = write_dataset(tmp_path, 50)
+    runner = ItemRunner(seconds=30.0)  # every item waits: the run is all in flight
+    cancelled: list[int] = []
+    answer = runner.run_dataset_item
+
+    async def recording(item: DatasetItem) -> pb.ExperimentEvent:
+        try:
+            return await answer(item)
+        except asyncio.CancelledError:
+            cancelled.append(item.index)
+            raise
+
+    runner.run_dataset_item = recording  # type: ignore[method-assign]
+    [(server, target)] = await serve_runners(runner)
+    try:
+        async with HttpServer(create_app(gateway_config(target, datasets_dir=str(tmp_path), heartbeat_interval=0.2))) as gateway:
+            raw, headers = signed(dataset_event(name, concurrency=4))
+            async with httpx.AsyncClient(timeout=30) as client:
+                async with client.stream("POST", gateway.url + "/", content=raw, headers=headers) as response:
+                    assert response.status_code == 200
+                    while len(runner.items) < 4:
+                        await asyncio.sleep(0.02)
+            for _ in range(100):  # the client left: within a second or so, each call is cancelled
+                if len(cancelled) == 4:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await server.stop(0)
+    assert sorted(cancelled) == [0, 1, 2, 3] and len(runner.items) == 4  # nothing more was read or sent

@@ -490,22 +490,37 @@ class ItemsRun:
         self._run = run
         self._fields: dict[str, Any] = {}
         self._feeder: asyncio.Task[None] | None = None
-        self._held: Any = None  # the first answer, taken while opening
+        self._first: asyncio.Future[Any] | None = None  # the first answer, awaited while opening
 
     @classmethod
     async def open(cls, pool: RunnerPool, run: Any, metadata: Metadata) -> ItemsRun:
         """Start the run; a run that cannot start at all (no runner reachable
-        for its first item) is refused before the response begins."""
+        for its first item) is refused before the response begins. As with
+        a slow prompt run, a first answer that takes longer than the
+        heartbeat interval is not waited for: the stream starts, and its
+        heartbeats cover the wait."""
         self = cls(pool, run, metadata)
         self._feeder = asyncio.create_task(self._feed())
-        self._held = await self._answers.get()
-        if isinstance(self._held, Refusal):
+        first = asyncio.ensure_future(self._answers.get())
+        patience = pool._config.heartbeat_interval or None
+        try:
+            done, _ = await asyncio.wait({first}, timeout=patience)
+        except BaseException:
+            first.cancel()
             self.cancel()
-            raise self._held
+            raise
+        if done and isinstance(first.result(), Refusal):
+            self.cancel()
+            raise first.result()
+        self._first = first
         return self
 
     async def next(self) -> bytes | None:
-        answer, self._held = (self._held, None) if self._held is not None else (await self._answers.get(), None)
+        if self._first is not None:
+            first, self._first = self._first, None
+            answer = await first
+        else:
+            answer = await self._answers.get()
         if answer is _END:
             return None
         if isinstance(answer, Refusal):
@@ -514,6 +529,8 @@ class ItemsRun:
         return answer  # type: ignore[no-any-return]
 
     def cancel(self) -> None:
+        if self._first is not None:
+            self._first.cancel()
         if self._feeder is not None:
             self._feeder.cancel()
         for call in list(self._calls):
