@@ -167,6 +167,8 @@ async def test_a_run_spreads_over_three_runners_and_survives_one_dying(tmp_path:
             killer = asyncio.create_task(kill_the_second())
             status, lines = await run(gateway.url, dataset_event(name, concurrency=6))
             await asyncio.wait_for(killer, 5)
+            async with httpx.AsyncClient(timeout=10) as client:
+                metrics = (await client.get(gateway.url + "/metrics")).text
     finally:
         await asyncio.gather(*(server.stop(0) for server, _ in served))
     assert status == 200
@@ -178,6 +180,8 @@ async def test_a_run_spreads_over_three_runners_and_survives_one_dying(tmp_path:
     assert sum(r.most_in_flight for r in runners) >= 3  # spread: more than one runner worked at once
     # The dead runner's unanswered items went to another: each still answered once (above).
     assert any("unavailable" in r.getMessage() and "trying the next" in r.getMessage() for r in caplog.records)
+    counted = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("agentmark_gw_dataset_items_total{")}
+    assert counted["answered"] == 60 and counted["retried"] >= 1 and counted.get("error", 0) == 0
 
 
 async def test_concurrency_bounds_items_in_flight_and_one_runner_per_run_when_asked(tmp_path: Path) -> None:

@@ -247,7 +247,9 @@ class RunnerClient:
 
 
 class RunnerPool:
-    def __init__(self, config: GatewayConfig, on_health: Callable[[str, bool], None] | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, on_health: Callable[[str, bool], None] | None = None, on_item: Callable[[str], None] | None = None
+    ) -> None:
         self._config = config
         options = [
             ("grpc.lb_policy_name", "round_robin"),
@@ -268,6 +270,7 @@ class RunnerPool:
             log.info("dataset runs for runners that take items are read from %s", self.datasets.describe())
         self._turn = itertools.count()
         self._on_health = on_health
+        self.on_item = on_item or (lambda outcome: None)  # a dataset item's outcome, for the metrics
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -572,6 +575,7 @@ class ItemsRun:
 
     async def _answer(self, item: datasets.Item) -> None:
         if item.error:
+            self._pool.on_item("error")
             self._answers.put_nowait(_error_event(item.error))
             return
         request = pb.DatasetItemRequest(
@@ -597,12 +601,15 @@ class ItemsRun:
                 if error.code() == grpc.StatusCode.UNAVAILABLE:
                     self._pool._mark_down(runner, error)
                     self._down.add(runner.target)
+                    self._pool.on_item("retried")
                     continue  # nothing was answered: the item goes to another runner
                 if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     self._answers.put_nowait(Refusal("Runner did not answer before the deadline", 504))
                     return
+                self._pool.on_item("error")
                 self._answers.put_nowait(_error_event(refusal_for(error, self._expose).message))
                 return
+            self._pool.on_item("answered")
             self._answers.put_nowait(answer)
             return
 
