@@ -315,7 +315,13 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     unknown = conformance.unknown_checks(only or set())
     if unknown:
         raise CommandError(f"--check {', '.join(unknown)}: no such check (ids: {', '.join(conformance.CHECK_IDS)})")
-    results = asyncio.run(conformance.run_kit(args.runner, args.dataset, args.timeout, only))
+    if args.serve_model is not None:
+        # On stderr: --json output stays one JSON document.
+        print(conformance.model_note(args.serve_model), file=sys.stderr, flush=True)
+    try:
+        results = asyncio.run(conformance.run_kit(args.runner, args.dataset, args.timeout, only, serve_model=args.serve_model))
+    except OSError as exc:  # the model's port is taken
+        raise CommandError(f"--serve-model {args.serve_model}: {exc}") from None
     print(conformance.report(results, args.json))
     return 0 if results and all(r.passed for r in results) else 1
 
@@ -597,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     kit.add_argument("--write-dataset", metavar="DIR", help="write the kit's dataset into the runner's data directory DIR")
     kit.add_argument("--check", action="append", metavar="ID", help="run only this check, by the id the table shows (repeatable)")
     kit.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
+    kit.add_argument("--serve-model", type=int, metavar="PORT",
+                     help="serve the kit's own OpenAI-compatible model on 127.0.0.1:PORT (start the runner with "
+                          "OPENAI_BASE_URL=http://127.0.0.1:PORT/v1) and check what the runner sends it")
     kit.set_defaults(handler=cmd_conformance)
 
     alerts = command("alerts", "Inspect and operate the alert outbox.")

@@ -11,6 +11,22 @@ runner contract (protos/agentmark/runner/v1/runner.proto, docs/runners.md):
 - a cancelled stream and expired deadlines leave the runner healthy and answering;
 - a malformed AST is refused cleanly: an error event or INVALID_ARGUMENT.
 
+With `--serve-model PORT` the kit also serves the model (conformance_model,
+an OpenAI-compatible server on loopback that the runner's OPENAI_BASE_URL
+points at) and checks what the runner actually sent it:
+
+- prompts with expressions, filters, conditionals and loops reach the model
+  exactly as AgentMark's own runtime renders them;
+- a cancelled stream closes the runner's model request within CANCEL_BOUND;
+- a 5 MiB request is accepted (gRPC's default 4 MiB receive limit is not enough);
+- a dataset path leaving the data directory is refused, never read;
+- a runner that asks for rendered prompts answers `RunDatasetItem` with
+  exactly one row of the request's run.
+
+A runner whose `Describe` asks for rendered prompts gets
+`RunPromptRequest.rendered` on every prompt run, built by the gateway's own
+rendering module, as the gateway sends it.
+
 The runner needs a model to answer with (a real one, or a fake
 OpenAI-compatible server) and, for the dataset check, the kit's dataset in
 its data directory: `agentmark-gw conformance --write-dataset DIR` puts it there.
@@ -22,8 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +52,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .conformance_model import SLOW_MARKER, KitModel, message_text
 from .protocol import runner_pb2 as pb
 from .protocol import runner_pb2_grpc
 
@@ -43,6 +64,16 @@ DATASET_ROWS = [
 ]
 SERVICE = "agentmark.runner.v1.Runner"
 CALL_TIMEOUT = 60.0
+# How soon a cancelled call must close its model request (the gateway cancels
+# when the platform's client leaves; a runner that does not keeps paying for tokens).
+CANCEL_BOUND = 5.0
+# gRPC's default receive limit in Go and Java is 4 MiB; the gateway sends more.
+LARGE_REQUEST_BYTES = 5 * 1024 * 1024
+# The least receive limit to tell runners: the gateway sends up to 3 x its
+# body limit + 1 MiB (31 MiB with the default 10 MiB body limit).
+RECEIVE_LIMIT_MIB = 32
+# Statuses that refuse a dataset path plainly (an error row does too).
+REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 def write_dataset(directory: str | Path) -> Path:
@@ -87,6 +118,77 @@ SPEECH_AST = _ast("name: conformance-speech\nspeech_config:\n  model_name: confo
 QUESTION = {"question": "What is 2+2?"}
 
 
+# -- templates, for the rendering check (--serve-model) ------------------------
+# Trees as AgentMark's build writes them (mdast with MDX nodes), using its
+# template language: expressions, filters, If/ElseIf/Else and ForEach. What the
+# model must receive is whatever AgentMark's runtime renders from them; the kit
+# never states it by hand. Props are plain strings and lists: AgentMark's
+# runtime also compiles each prompt once with empty props, where `>` or
+# `round()` on a missing prop fails.
+
+
+def _attr(name: str, expression: str) -> dict[str, Any]:
+    return {"type": "mdxJsxAttribute", "name": name, "value": {"type": "mdxJsxAttributeValueExpression", "value": expression}}
+
+
+def _element(name: str, children: list[dict[str, Any]], **attributes: str) -> dict[str, Any]:
+    return {"type": "mdxJsxFlowElement", "name": name, "attributes": [_attr(k, v) for k, v in attributes.items()], "children": children}
+
+
+def _para(*inline: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "paragraph", "children": list(inline)}
+
+
+def _expr(expression: str) -> dict[str, Any]:
+    return {"type": "mdxTextExpression", "value": expression}
+
+
+def _run_line() -> dict[str, Any]:
+    # Each run's nonce is a prop, rendered into the system message: the kit
+    # finds the run's model request by it, and a runner must substitute it.
+    return _element("System", [_para(_text("Conformance run "), _expr("props.nonce"), _text("."))])
+
+
+def templated_prompts(nonce: str) -> list[tuple[str, dict[str, Any], dict[str, Any] | None, str]]:
+    """(label, AST, customProps, the run's nonce) of the rendering check; None
+    props: the frontmatter's `test_settings.props` apply, as AgentMark does."""
+    expressions = _ast(
+        "name: conformance-expressions\ntext_config:\n  model_name: conformance-model",
+        _run_line(),
+        _element("User", [_para(
+            _text("Hello "), _expr("upper(props.name)"), _text("! Full name: "), _expr('props.name + " " + props.surname'),
+            _text(". Tags: "), _expr('join(props.tags, " / ")'), _text(". City: "), _expr("capitalize(lower(props.city))"),
+            _text(". Motto: "), _expr("truncate(props.motto, 9)"), _text(" "), _expr('replace(props.name, "a", "4")'),
+        )]),
+    )
+    conditionals = _ast(
+        "name: conformance-conditionals\ntext_config:\n  model_name: conformance-model",
+        _run_line(),
+        _element("User", [
+            _element("If", [_para(_text("VIP customer."))], condition="props.vip"),
+            _element("Else", [_para(_text("Regular customer."))]),
+            _element("If", [_para(_text("Gold tier."))], condition='props.tier == "gold"'),
+            _element("ElseIf", [_para(_text("Silver tier."))], condition='props.tier == "silver"'),
+            _element("Else", [_para(_text("No tier."))]),
+        ]),
+    )
+    loop_body = {"type": "mdxFlowExpression", "value": "(item, i) => item",
+                 "children": [_para(_expr("i + 1"), _text(". "), _expr("upper(item.name)"), _text(" x"), _expr("item.qty"))]}
+    loops = _ast(
+        "name: conformance-loops\ntext_config:\n  model_name: conformance-model\ntest_settings:\n  props:\n"
+        f"    nonce: {nonce}-loops\n    items:\n      - {{name: tea, qty: 2}}\n      - {{name: cake, qty: 1}}",
+        _run_line(),
+        _element("User", [_para(_text("Order:")), _element("ForEach", [loop_body], arr="props.items"), _para(_text("Thanks."))]),
+    )
+    person = {"name": "ada", "surname": "Lovelace", "tags": ["math", "engines"], "city": "lONDON", "motto": "carpe diem always"}
+    return [
+        ("expressions and filters", expressions, {"nonce": f"{nonce}-expressions", **person}, f"{nonce}-expressions"),
+        ("conditionals (true branches)", conditionals, {"nonce": f"{nonce}-if", "vip": True, "tier": "silver"}, f"{nonce}-if"),
+        ("conditionals (else branches)", conditionals, {"nonce": f"{nonce}-else", "vip": False, "tier": "bronze"}, f"{nonce}-else"),
+        ("a loop, props from test_settings", loops, None, f"{nonce}-loops"),
+    ]
+
+
 @dataclass
 class Result:
     check: str
@@ -94,17 +196,28 @@ class Result:
     reason: str
     seconds: float
     id: str = ""  # the check's short id, as `--check` takes it
+    skipped: bool = False  # not for this runner (the reason says why); counts as passed
 
 
 class Failed(Exception):
     """A contract violation; the message says which."""
 
 
-def _prompt_request(kind: pb.PromptKind, ast: Any, *, stream: bool = True, props: dict[str, Any] | None = None) -> pb.RunPromptRequest:
+class Skipped(Exception):
+    """The check does not apply to this runner; the message says why."""
+
+
+def _prompt_request(kind: pb.PromptKind, ast: Any, *, stream: bool = True, props: dict[str, Any] | None = None,
+                    rendered: pb.RenderedPrompt | None = None, extra: dict[str, Any] | None = None) -> pb.RunPromptRequest:
+    """A prompt run as the gateway sends it; with `rendered`, as it sends one
+    to a runner that asked for rendered prompts (then `data_json` leaves the AST out)."""
     ast_json = ast if isinstance(ast, str) else json.dumps(ast)
     props_json = json.dumps(props if props is not None else QUESTION)
-    data = {"ast": ast if not isinstance(ast, str) else None, "customProps": props, "conformance": True}
-    return pb.RunPromptRequest(kind=kind, ast_json=ast_json, custom_props_json=props_json, should_stream=stream, prompt_path="conformance.prompt.mdx", data_json=json.dumps(data))
+    data: dict[str, Any] = {"customProps": props, "conformance": True, **(extra or {})}
+    if rendered is None:
+        data["ast"] = ast if not isinstance(ast, str) else None
+    return pb.RunPromptRequest(kind=kind, ast_json=ast_json, custom_props_json=props_json, should_stream=stream,
+                               prompt_path="conformance.prompt.mdx", data_json=json.dumps(data), rendered=rendered)
 
 
 def _valid_json(text: str, field: str) -> Any:
@@ -192,16 +305,44 @@ def _check_media(mime_type: str, data: str, what: str) -> None:
 
 
 class Kit:
-    def __init__(self, target: str, dataset: str = DATASET_NAME, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, target: str, dataset: str = DATASET_NAME, timeout: float = CALL_TIMEOUT, model: KitModel | None = None) -> None:
         self.target = target
         self.dataset = dataset
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(target)
+        self.model = model
+        # As large as the gateway's messages can be, both ways (the 5 MiB check sends one).
+        self.channel = grpc.aio.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ])
         self.stub = runner_pb2_grpc.RunnerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.info: pb.RunnerInfo | None = None  # the runner's Describe answer; None: it has none
 
     async def close(self) -> None:
         await self.channel.close()
+
+    async def _describe(self) -> None:
+        """Ask once, as the gateway does when a runner becomes healthy.
+        UNIMPLEMENTED (any runner written before Describe) or no answer: None."""
+        try:
+            self.info = await self.stub.Describe(pb.DescribeRequest(), timeout=min(self.timeout, 10))
+        except grpc.aio.AioRpcError:
+            self.info = None
+
+    @property
+    def wants_rendered(self) -> bool:
+        return bool(self.info and self.info.rendered_prompts)
+
+    async def _prompt(self, kind: pb.PromptKind, ast: Any, *, stream: bool = True, props: dict[str, Any] | None = None,
+                      extra: dict[str, Any] | None = None) -> pb.RunPromptRequest:
+        """A prompt run, with `rendered` for a runner that asked, as the gateway sends it."""
+        rendered = None
+        if self.wants_rendered and isinstance(ast, dict):
+            try:
+                rendered = await _render(kind, ast, props if props is not None else QUESTION)
+            except Failed:
+                rendered = None  # the malformed-AST check: the runner must refuse the AST itself
+        return _prompt_request(kind, ast, stream=stream, props=props, rendered=rendered, extra=extra)
 
     async def _events(self, request: pb.RunPromptRequest) -> list[pb.RunnerEvent]:
         events: list[pb.RunnerEvent] = []
@@ -229,13 +370,13 @@ class Kit:
         return "SERVING"
 
     async def text_streaming(self) -> str:
-        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
+        return check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
 
     async def text_not_streaming(self) -> str:
-        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST, stream=False)), "text")
+        return check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST, stream=False)), "text")
 
     async def object_prompt(self) -> str:
-        events = await self._events(_prompt_request(pb.PROMPT_KIND_OBJECT, OBJECT_AST))
+        events = await self._events(await self._prompt(pb.PROMPT_KIND_OBJECT, OBJECT_AST))
         summary = check_prompt_stream(events, "object")
         final = next(e for e in events if e.WhichOneof("event") == "object_final")
         if not isinstance(json.loads(final.object_final.value_json), dict):
@@ -243,10 +384,10 @@ class Kit:
         return summary
 
     async def image_prompt(self) -> str:
-        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_IMAGE, IMAGE_AST, stream=False, props={})), "image")
+        return check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_IMAGE, IMAGE_AST, stream=False, props={})), "image")
 
     async def speech_prompt(self) -> str:
-        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_SPEECH, SPEECH_AST, stream=False, props={})), "speech")
+        return check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_SPEECH, SPEECH_AST, stream=False, props={})), "speech")
 
     async def dataset_run(self) -> str:
         request = pb.RunExperimentRequest(
@@ -303,33 +444,34 @@ class Kit:
         return "acknowledged"
 
     async def cancelled_stream(self) -> str:
-        call = self.stub.RunPrompt(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST), timeout=self.timeout)
+        call = self.stub.RunPrompt(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST), timeout=self.timeout)
         first = await call.read()
         call.cancel()
         if first is grpc.aio.EOF:
             raise Failed("the stream ended before its first message")
         await asyncio.sleep(0.2)
         await self._serving()
-        check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
+        check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
         return "cancelled after the first message; the runner answers the next run"
 
     async def deadlines(self) -> str:
+        request = await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST)
         for _ in range(5):
             try:
-                async for _batch in self.stub.RunPrompt(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST), timeout=0.001):
+                async for _batch in self.stub.RunPrompt(request, timeout=0.001):
                     pass
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise Failed(f"an expired deadline gave {error.code().name}, not DEADLINE_EXCEEDED") from None
         await self._serving()
-        check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
+        check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
         return "5 expired deadlines; the runner answers the next run"
 
     async def malformed_ast(self) -> str:
         outcomes = []
         for label, ast in (("not JSON", "{not json"), ("no frontmatter", {"type": "root", "children": []})):
             try:
-                events = await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, ast))
+                events = await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, ast))
             except grpc.aio.AioRpcError as error:
                 if error.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
                     raise Failed(f"{label}: gRPC {error.code().name}; expected an error event or INVALID_ARGUMENT") from None
@@ -341,6 +483,154 @@ class Kit:
             outcomes.append(f"{label}: error event")
         await self._serving()
         return "; ".join(outcomes)
+
+    # -- with the kit's model in the loop (--serve-model) ---------------------------
+
+    def _need_model(self) -> KitModel:
+        assert self.model is not None  # run() keeps these checks for a kit serving its model
+        return self.model
+
+    def _no_call(self, what: str) -> Failed:
+        return Failed(f"the runner never called the kit's model for {what}: start the runner with "
+                      f"OPENAI_BASE_URL={self._need_model().url} (any OPENAI_API_KEY) so its model calls come to the kit")
+
+    async def _model_request(self, nonce: str, what: str) -> Any:
+        found = await self._need_model().wait_for(nonce, timeout=min(self.timeout, 15))
+        if found is None:
+            raise self._no_call(what)
+        return found
+
+    async def rendered_templates(self) -> str:
+        model = self._need_model()
+        nonce = f"kit-{uuid.uuid4().hex[:12]}"
+        mode = "RunPromptRequest.rendered" if self.wants_rendered else "the runner's own rendering"
+        prompts = templated_prompts(nonce)
+        for label, ast, props, run_nonce in prompts:
+            # What AgentMark's runtime renders, through the gateway's own module (the same call the gateway makes).
+            rendered = await _render(pb.PROMPT_KIND_TEXT, ast, props or {})
+            expected = [(m.role, "".join(part.text for part in m.content if part.WhichOneof("part") == "text")) for m in rendered.messages]
+            request = _prompt_request(pb.PROMPT_KIND_TEXT, ast, stream=False, props=props or {},
+                                      rendered=rendered if self.wants_rendered else None)
+            check_prompt_stream(await self._events(request), "text")
+            found = model.find(run_nonce)
+            if not found:
+                raise self._no_call(f"the prompt with {label}")
+            body = found[-1].body
+            sent = [(str(m.get("role")), message_text(m)) for m in body.get("messages") or [] if isinstance(m, dict)]
+            if sent != expected:
+                raise Failed(f"{label}: {_first_difference(expected, sent)}. Render prompts with AgentMark's engine, or answer "
+                             "Describe with rendered_prompts: true and send RunPromptRequest.rendered's messages to the model as they are.")
+            if body.get("model") != rendered.model_name:
+                raise Failed(f"{label}: the model was asked for {body.get('model')!r}, the prompt names {rendered.model_name!r}: "
+                             "send the frontmatter's model_name (RenderedPrompt.model_name) as the model.")
+        return f"{len(prompts)} prompts reached the model as AgentMark renders them ({mode})"
+
+    async def cancel_stops_model(self) -> str:
+        model = self._need_model()
+        nonce = f"kit-{uuid.uuid4().hex[:12]}"
+        request = await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST, props={"question": f"{SLOW_MARKER} {nonce}"})
+        call = self.stub.RunPrompt(request, timeout=self.timeout)
+        try:
+            record = await model.wait_for(nonce, timeout=min(self.timeout, 15))
+            if record is None:
+                raise self._no_call("a streaming run")
+            # The model is answering (slowly); give the runner a moment to pass the first piece on.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.read(), 2)
+        finally:
+            cancelled_at = time.monotonic()
+            call.cancel()
+        try:
+            await asyncio.wait_for(record.done.wait(), CANCEL_BOUND)
+        except TimeoutError:
+            raise Failed(f"the runner's model request was still open {CANCEL_BOUND:.0f} s after the gateway cancelled the call: "
+                         "when a call is cancelled, abort its model request (in Go, make the HTTP request with the stream's "
+                         "Context; in Java, cancel it from a Context.CancellationListener).") from None
+        if record.finished:
+            raise Failed("the model's slow answer was read to its end although the call was cancelled: abort the model request on cancellation.")
+        await self._serving()
+        closed = record.closed if record.closed is not None else time.monotonic()  # set with `done`
+        return f"the model request closed {max(0.0, closed - cancelled_at):.2f} s after the call was cancelled"
+
+    async def large_request(self) -> str:
+        filler = "x" * LARGE_REQUEST_BYTES
+        request = await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST, extra={"conformanceFiller": filler})
+        try:
+            events = await self._events(request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise Failed(f"the runner refused a {request.ByteSize() / 2**20:.1f} MiB request (RESOURCE_EXHAUSTED): raise its gRPC "
+                             f"receive limit to at least {RECEIVE_LIMIT_MIB} MiB (gRPC's default is 4 MiB; Go: grpc.MaxRecvMsgSize, "
+                             "Java: maxInboundMessageSize, Node: grpc.max_receive_message_length).") from None
+            raise
+        check_prompt_stream(events, "text")
+        return f"a {request.ByteSize() / 2**20:.1f} MiB request was answered"
+
+    async def dataset_escape(self) -> str:
+        # A file outside any data directory: if a runner returns its row, it read it.
+        trap_dir = Path(tempfile.mkdtemp(prefix="agentmark-gw-conformance-"))
+        try:
+            trap = trap_dir / "outside.jsonl"
+            trap.write_text(json.dumps({"input": {"question": f"outside-{uuid.uuid4().hex[:8]}"}, "expected_output": "4"}) + "\n")
+            climb = "../" * 40 + str(trap).lstrip("/")  # enough `..` to reach / from any data directory
+            paths = ["../../etc/passwd.jsonl", "/etc/passwd.jsonl", str(trap), climb]
+            for path in paths:
+                await self._refused(path)
+        finally:
+            shutil.rmtree(trap_dir, ignore_errors=True)
+        return f"{len(paths)} paths outside the data directory refused"
+
+    async def _refused(self, path: str) -> None:
+        request = pb.RunExperimentRequest(
+            kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(TEXT_AST), experiment_id="conformance", dataset_path=path,
+            concurrency=1, data_json=json.dumps({"datasetPath": path}),
+        )
+        shown = path if len(path) < 60 else path[:25] + "…" + path[-30:]
+        errors, rows = 0, 0
+        try:
+            async for batch in self.stub.RunExperiment(request, timeout=self.timeout):
+                for event in batch.events:
+                    which = event.WhichOneof("event")
+                    rows += which == "row"
+                    errors += which == "error"
+        except grpc.aio.AioRpcError as error:
+            if error.code() in REFUSALS:
+                return
+            raise
+        if rows:
+            raise Failed(f"datasetPath {shown!r} gave {rows} row(s): the runner read a file outside its data directory. Resolve "
+                         "dataset paths inside the data directory and answer an error row for any that leaves it (.. or absolute).")
+        if not errors:
+            raise Failed(f"datasetPath {shown!r} got no answer: refuse a path outside the data directory with an error row.")
+
+    async def dataset_item(self) -> str:
+        if not self.wants_rendered:
+            raise Skipped("the runner does not ask for rendered prompts (Describe), so the gateway never calls RunDatasetItem")
+        nonce = f"kit-{uuid.uuid4().hex[:12]}"
+        item_input = {"question": f"What is 2+2? ({nonce})"}
+        run_id, run_name = str(uuid.uuid4()), f"conformance-{nonce}"
+        request = pb.DatasetItemRequest(
+            kind=pb.PROMPT_KIND_TEXT, index=0, input_json=json.dumps(item_input), expected_output_json=json.dumps("4"),
+            rendered=await _render(pb.PROMPT_KIND_TEXT, TEXT_AST, item_input), run_id=run_id, run_name=run_name,
+            dataset_path=DATASET_NAME, item_name="conformance-item-0", prompt_name="conformance-text", prompt_path="conformance.prompt.mdx",
+        )
+        try:
+            answer = await self.stub.RunDatasetItem(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise Failed("Describe asks for rendered prompts but RunDatasetItem is UNIMPLEMENTED: implement it, "
+                             "the gateway sends such runners their dataset runs item by item.") from None
+            raise
+        kinds = [e.WhichOneof("event") for e in answer.events]
+        if kinds != ["row"]:
+            raise Failed(f"RunDatasetItem answered {kinds or 'no event'}: answer exactly one event, the item's row (or one error).")
+        row = answer.events[0].row
+        if (row.run_id, row.run_name) != (run_id, run_name):
+            raise Failed(f"the row's run_id/run_name are {row.run_id!r}/{row.run_name!r}: copy the request's run_id and run_name into the row.")
+        if json.loads(row.input_json or "null") != item_input:
+            raise Failed("the row's input_json is not the item's input: copy the request's input_json into the row.")
+        await self._model_request(nonce, "the dataset item")
+        return "one row, of the request's run"
 
     # (id, name, method). The id is short, stable and comma-free, for `--check`;
     # the name is for people (and still accepted by `--check`).
@@ -359,10 +649,25 @@ class Kit:
         ("malformed-ast", "malformed AST", "malformed_ast"),
     )
 
+    # Checks that need the kit's model (--serve-model): they read what the runner sent it.
+    MODEL_CHECKS: tuple[tuple[str, str, str], ...] = (
+        ("rendered", "templates rendered as AgentMark renders them", "rendered_templates"),
+        ("cancel-model", "cancellation stops the model request", "cancel_stops_model"),
+        ("large-request", "5 MiB request", "large_request"),
+        ("dataset-escape", "dataset path outside the data directory", "dataset_escape"),
+        ("dataset-item", "RunDatasetItem", "dataset_item"),
+    )
+
     async def run(self, only: set[str] | None = None) -> list[Result]:
+        await self._describe()
         results = []
-        for check_id, name, method in self.CHECKS:
-            if only and check_id not in only and name not in only:
+        for check_id, name, method in self.CHECKS + self.MODEL_CHECKS:
+            chosen = not only or check_id in only or name in only
+            if not chosen:
+                continue
+            if self.model is None and (check_id, name, method) in self.MODEL_CHECKS:
+                if only:  # asked for by name: say why it cannot run
+                    results.append(Result(name, False, "this check needs the kit's model: add --serve-model PORT", 0.0, check_id))
                 continue
             results.append(await self._one(check_id, name, getattr(self, method)))
         return results
@@ -374,6 +679,8 @@ class Kit:
             passed = True
         except Failed as failure:
             passed, reason = False, str(failure)
+        except Skipped as skipped:
+            return Result(name, True, f"skipped: {skipped}", round(time.perf_counter() - started, 3), check_id, skipped=True)
         except grpc.aio.AioRpcError as error:
             passed, reason = False, f"gRPC {error.code().name}: {error.details()}"
         except TimeoutError:
@@ -383,13 +690,46 @@ class Kit:
         return Result(name, passed, reason, round(time.perf_counter() - started, 3), check_id)
 
 
-CHECK_IDS = tuple(check_id for check_id, _, _ in Kit.CHECKS)
+CHECK_IDS = tuple(check_id for check_id, _, _ in Kit.CHECKS + Kit.MODEL_CHECKS)
 
 
 def unknown_checks(names: set[str]) -> list[str]:
     """The `--check` values that name no check, by id or by name."""
-    known = {check_id for check_id, _, _ in Kit.CHECKS} | {name for _, name, _ in Kit.CHECKS}
+    every = Kit.CHECKS + Kit.MODEL_CHECKS
+    known = {check_id for check_id, _, _ in every} | {name for _, name, _ in every}
     return sorted(names - known)
+
+
+KIND_NAMES = {pb.PROMPT_KIND_TEXT: "text", pb.PROMPT_KIND_OBJECT: "object", pb.PROMPT_KIND_IMAGE: "image", pb.PROMPT_KIND_SPEECH: "speech"}
+
+
+async def _render(kind: pb.PromptKind, ast: dict[str, Any], props: dict[str, Any]) -> pb.RenderedPrompt:
+    """The prompt as the gateway renders it for a runner that asked: its own
+    rendering module, AgentMark's runtime underneath. Failed when it cannot."""
+    from .gateway.errors import Refusal
+    from .gateway.rendering import render
+
+    try:
+        return await render(KIND_NAMES[kind], ast, props)
+    except Refusal as refusal:
+        raise Failed(refusal.message) from None
+
+
+def _first_difference(expected: list[tuple[str, str]], sent: list[tuple[str, str]]) -> str:
+    """Where the model's messages first differ from AgentMark's render, shortly."""
+    if len(sent) != len(expected):
+        return f"the model got {len(sent)} message(s) ({', '.join(r for r, _ in sent) or 'none'}), AgentMark renders {len(expected)} ({', '.join(r for r, _ in expected)})"
+    for index, ((want_role, want), (got_role, got)) in enumerate(zip(expected, sent, strict=True)):
+        if want_role != got_role:
+            return f"message {index + 1} has role {got_role!r}, AgentMark renders {want_role!r}"
+        if want != got:
+            return f"message {index + 1} ({want_role}) reached the model as {_clip(got)}, AgentMark renders {_clip(want)}"
+    return "the messages differ"
+
+
+def _clip(text: str, limit: int = 90) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
 
 
 def report(results: list[Result], as_json: bool) -> str:
@@ -400,14 +740,31 @@ def report(results: list[Result], as_json: bool) -> str:
     width = max(len(r.check) for r in results)
     id_width = max(len("id"), *(len(r.id) for r in results))
     lines = [f"{'id':<{id_width}}  {'check':<{width}}  result  reason", f"{'-' * id_width}  {'-' * width}  ------  ------"]
-    lines += [f"{r.id:<{id_width}}  {r.check:<{width}}  {'PASS' if r.passed else 'FAIL':<6}  {r.reason}" for r in results]
+    lines += [f"{r.id:<{id_width}}  {r.check:<{width}}  {'SKIP' if r.skipped else 'PASS' if r.passed else 'FAIL':<6}  {r.reason}" for r in results]
     failed = sum(not r.passed for r in results)
-    lines.append(f"\n{len(results) - failed} passed, {failed} failed")
+    skipped = sum(r.skipped for r in results)
+    lines.append(f"\n{len(results) - failed - skipped} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
     return "\n".join(lines)
 
 
-async def run_kit(target: str, dataset: str = DATASET_NAME, timeout: float = CALL_TIMEOUT, only: set[str] | None = None) -> list[Result]:
-    kit = Kit(target, dataset, timeout)
+def model_note(port: int) -> str:
+    """What the user must do for --serve-model: the runner's model is the kit's."""
+    url = f"http://127.0.0.1:{port}/v1"
+    return (f"the kit's model serves {url}: the runner under test must call it, so start the runner with "
+            f"OPENAI_BASE_URL={url} (any OPENAI_API_KEY)")
+
+
+async def run_kit(target: str, dataset: str = DATASET_NAME, timeout: float = CALL_TIMEOUT, only: set[str] | None = None,
+                  serve_model: int | None = None) -> list[Result]:
+    """Run the checks on the runner at `target`; with `serve_model`, serve the
+    kit's model on that loopback port first and add the checks that need it."""
+    if serve_model is None:
+        return await _run(Kit(target, dataset, timeout), only)
+    async with KitModel(serve_model) as model:
+        return await _run(Kit(target, dataset, timeout, model), only)
+
+
+async def _run(kit: Kit, only: set[str] | None) -> list[Result]:
     try:
         return await kit.run(only)
     finally:
