@@ -117,9 +117,12 @@ class KitModel:
                 return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
+        self._stop.set()  # also ends slow answers a runner is still reading
         if self._task is not None:
-            await asyncio.wait_for(self._task, 10)
+            try:
+                await asyncio.wait_for(self._task, 10)
+            except TimeoutError:
+                pass  # wait_for cancelled the server: the kit's results stand
 
     # -- the API ------------------------------------------------------------------
 
@@ -181,6 +184,8 @@ class KitModel:
             yield _chunk(model, {"role": "assistant", "content": ""})
             if slow:
                 for _ in range(SLOW_PIECES):
+                    if self._stop.is_set():
+                        return  # the kit is done; not `finished`
                     yield _chunk(model, {"content": "."})
                     await asyncio.sleep(SLOW_PIECE_SECONDS)
             else:
