@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -19,6 +20,7 @@ from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, Runner, events,
 from agentmark_gw.runner.service import PromptRequest
 
 from .servers.fake_openai import FakeOpenAI
+from .servers.scripted_runner import ScriptedRunner
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +166,22 @@ async def test_an_empty_json_field_is_absent_for_the_kit_as_for_the_gateway() ->
     finally:
         await server.stop(0)
     assert not result.passed and result.reason == "row inputs are not the dataset's inputs"
+
+
+async def test_an_empty_required_json_field_fails_the_kit_as_it_fails_the_gateway(
+    scripted_gateway: str, scripted_runner: ScriptedRunner, scripted: tuple[ScriptedRunner, str]
+) -> None:
+    """`tool_call.args_json` is required by its proto comment: the gateway
+    ends the client's stream on an empty one, and the kit says so first."""
+    from .conftest import agentmark_json, signed
+
+    empty = events.tool_call("c1", "lookup", {})
+    empty.tool_call.args_json = ""
+    scripted_runner.script = [events.text_delta("a"), empty, events.finish("stop")]
+    (result,) = await conformance.run_kit(scripted[1], timeout=5, only={"text-stream"})
+    assert not result.passed and result.reason.startswith("tool_call.args_json is empty: it is required")
+    raw, headers = signed(agentmark_json("events/prompt-run-text.json"))
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert lines[-1] == {"type": "error", "error": "runner sent invalid JSON in tool_call.args_json"}

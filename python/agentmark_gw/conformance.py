@@ -254,11 +254,15 @@ def check_prompt_stream(events: list[pb.RunnerEvent], kind: str) -> str:
         raise Failed(f"{kind} run sent events of another kind: {', '.join(stray)}")
     calls: set[str] = set()
     for event, name in zip(events, names, strict=True):
-        # An empty `_json` field means "absent"; anything else must be JSON.
+        # The proto's one rule, as the gateway applies it: an empty `_json`
+        # field means "absent", unless its comment says it is required;
+        # anything else must be JSON.
         if name == "tool_call":
             calls.add(event.tool_call.id)
-            if event.tool_call.args_json:
-                _valid_json(event.tool_call.args_json, "tool_call.args_json")
+            if not event.tool_call.args_json:
+                raise Failed('tool_call.args_json is empty: it is required, send the arguments as JSON ("{}" for none); '
+                             "the gateway ends the client's stream on an empty one")
+            _valid_json(event.tool_call.args_json, "tool_call.args_json")
         elif name == "tool_result":
             if event.tool_result.id not in calls:
                 raise Failed(f"tool_result {event.tool_result.id!r} answers no earlier tool_call")
