@@ -51,6 +51,9 @@ NOT_RUN_HERE: dict[str, str] = {
     "kubectl": "no Kubernetes cluster here; tests/test_deploy_artifacts.py checks the manifests",
     "kustomize edit": "edits the checked-in kustomization; tests/test_deploy_artifacts.py builds it",
     "cd deploy/kubernetes": "only for the kubectl and kustomize steps that follow",
+    "protoc": "protoc's Go and Java plugins are not here; `make protos` runs protoc on the same file for the Python stubs",
+    "npm install": "no npm registry here",
+    "go run": "no Go toolchain here; tests/test_conformance_model.py checks a runner built the same way (ThinRunner)",
 }
 
 # A value the reader supplies, and what the test supplies for it.
@@ -406,6 +409,8 @@ async def test_documented_commands_run(document: Path, tmp_path: Path, fake_open
 EXPECTED_OUTPUT: dict[str, list[str]] = {
     # README.md and the quick start show both forms of `send`'s output.
     ".venv/bin/agentmark-gw send examples/prompt-run.json": ["finish: stop, "],
+    # docs/runners.md: the kit with its model in the loop runs its model checks.
+    "agentmark-gw conformance --runner 127.0.0.1:50051 --serve-model 8765": ["rendered", "cancel-model", "dataset-escape", "0 failed"],
     ".venv/bin/agentmark-gw send examples/prompt-run.json --raw": ['{"type":"text","result":', '"finishReason":"stop"'],
     ".venv/bin/agentmark-gw event dataset-run --ast examples/agentmark/sentiment.prompt.json --dataset sentiment.jsonl"
     " | .venv/bin/agentmark-gw send - --json rows.json": [
