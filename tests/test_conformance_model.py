@@ -157,6 +157,38 @@ async def test_a_runner_without_template_code_passes_with_rendered_prompts(tmp_p
     assert results["dataset-item"].reason == "one row, of the request's run"
 
 
+class Unstreamed(ThinRunner):
+    """Asks the model for whole answers, even for a streaming run."""
+
+    async def ask(self, model: str, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        answer = await self.model.chat.completions.create(model=model, messages=messages)  # type: ignore[call-overload]
+        yield answer.choices[0].message.content or ""
+
+
+async def test_a_runner_asking_for_whole_answers_is_checked_for_cancellation_too(tmp_path: Path) -> None:
+    """The kit's model holds a slow unstreamed answer as long as a slow stream,
+    so cancelling such a runner's call is seen closing its request."""
+    results = await check(Unstreamed, tmp_path, {"cancel-model", "rendered"})
+    assert {k: r.reason for k, r in results.items() if not r.passed} == {}
+
+
+class ItemsOnly(ThinRunner):
+    """Runs dataset items only: like a generated Go or Java base, it answers
+    RunExperiment UNIMPLEMENTED, and so never opens a dataset file."""
+
+    async def RunExperiment(self, request: pb.RunExperimentRequest, context: Any) -> AsyncIterator[pb.ExperimentEvents]:  # noqa: N802
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        yield pb.ExperimentEvents()  # pragma: no cover - makes this a stream handler
+
+
+async def test_a_runner_of_dataset_items_only_is_not_asked_about_dataset_files(tmp_path: Path) -> None:
+    results = await check(ItemsOnly, tmp_path, {"dataset-run", "dataset-escape", "dataset-item"})
+    assert {k: (r.passed, r.skipped) for k, r in results.items()} == {
+        "dataset-run": (True, True), "dataset-escape": (True, True), "dataset-item": (True, False)}
+    assert results["dataset-escape"].reason == ("skipped: the runner runs dataset items only (RunExperiment is UNIMPLEMENTED): "
+                                                "its dataset runs need a dataset source on the gateway")
+
+
 # --- runners with the classic faults ------------------------------------------------
 
 

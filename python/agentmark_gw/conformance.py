@@ -399,13 +399,17 @@ class Kit:
             concurrency=2, data_json=json.dumps({"datasetPath": self.dataset}),
         )
         rows, errors = [], []
-        async for batch in self.stub.RunExperiment(request, timeout=self.timeout):
-            for event in batch.events:
-                which = event.WhichOneof("event")
-                if which == "row":
-                    rows.append(event.row)
-                elif which == "error":
-                    errors.append(event.error.message)
+        try:
+            async for batch in self.stub.RunExperiment(request, timeout=self.timeout):
+                for event in batch.events:
+                    which = event.WhichOneof("event")
+                    if which == "row":
+                        rows.append(event.row)
+                    elif which == "error":
+                        errors.append(event.error.message)
+        except grpc.aio.AioRpcError as error:
+            self._items_only(error)
+            raise
         if errors and not rows:
             hint = ""
             if self.dataset == DATASET_NAME and "dataset" in errors[0].lower():
@@ -515,7 +519,10 @@ class Kit:
             expected = [(m.role, "".join(part.text for part in m.content if part.WhichOneof("part") == "text")) for m in rendered.messages]
             request = _prompt_request(pb.PROMPT_KIND_TEXT, ast, stream=False, props=props or {},
                                       rendered=rendered if self.wants_rendered else None)
-            check_prompt_stream(await self._events(request), "text")
+            try:
+                check_prompt_stream(await self._events(request), "text")
+            except Failed as failure:
+                raise Failed(f"{label}: {failure}") from None
             found = model.find(run_nonce)
             if not found:
                 raise self._no_call(f"the prompt with {label}")
@@ -600,12 +607,21 @@ class Kit:
         except grpc.aio.AioRpcError as error:
             if error.code() in REFUSALS:
                 return
+            self._items_only(error)
             raise
         if rows:
             raise Failed(f"datasetPath {shown!r} gave {rows} row(s): the runner read a file outside its data directory. Resolve "
                          "dataset paths inside the data directory and answer an error row for any that leaves it (.. or absolute).")
         if not errors:
             raise Failed(f"datasetPath {shown!r} got no answer: refuse a path outside the data directory with an error row.")
+
+    def _items_only(self, error: grpc.aio.AioRpcError) -> None:
+        """Skipped, for a runner that asks for rendered prompts and leaves
+        RunExperiment UNIMPLEMENTED: it runs dataset items only, and reads no
+        dataset file (the gateway reads them, from its dataset source)."""
+        if self.wants_rendered and error.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise Skipped("the runner runs dataset items only (RunExperiment is UNIMPLEMENTED): "
+                          "its dataset runs need a dataset source on the gateway") from None
 
     async def dataset_item(self) -> str:
         if not self.wants_rendered:

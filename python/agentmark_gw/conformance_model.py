@@ -135,6 +135,8 @@ class KitModel:
             record = await self._record()
             if record.body.get("stream"):
                 return Response(self._stream(record), content_type="text/event-stream")
+            if SLOW_MARKER in _last_user_text(record.body):
+                await self._slow_wait(record)  # a runner that streams nothing may still be cancelled
             self._close(record, finished=True)
             return _json(_completion(record.body))
 
@@ -171,6 +173,18 @@ class KitModel:
         if record.closed is None:
             record.closed, record.finished = time.monotonic(), finished
             record.done.set()
+
+    async def _slow_wait(self, record: ModelRequest) -> None:
+        """As long as a slow stream, answering nothing. When the runner closes
+        the connection, the server cancels the handler here: noted as closed."""
+        try:
+            for _ in range(SLOW_PIECES):
+                if self._stop.is_set():
+                    break
+                await asyncio.sleep(SLOW_PIECE_SECONDS)
+        except asyncio.CancelledError:
+            self._close(record, finished=False)
+            raise
 
     async def _stream(self, record: ModelRequest) -> AsyncIterator[bytes]:
         """Server-sent chunks; slow ones for a request that asks. When the
