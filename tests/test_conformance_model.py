@@ -355,3 +355,19 @@ async def test_the_command_serves_the_model_for_the_reference_runner_process(tmp
     assert process.returncode == 0 and report["passed"] is True
     assert {c["id"] for c in report["checks"]} == set(conformance.CHECK_IDS)
     assert f"OPENAI_BASE_URL=http://127.0.0.1:{kit_port}/v1" in err.decode()
+
+
+async def test_a_taken_model_port_is_one_plain_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentmark_gw.cli", "conformance", "--runner", "127.0.0.1:1", "--serve-model", str(port),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    assert err.decode().splitlines()[-1] == f"error: --serve-model {port}: port {port} on 127.0.0.1 is in use"
