@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class KitModel:
 
     async def __aenter__(self) -> KitModel:
         ensure_free(f"{self.host}:{self.port}")
+        logging.getLogger("asyncio").addFilter(_quiet_hang_ups)
         config = HypercornConfig()
         config.bind = [f"{self.host}:{self.port}"]
         config.accesslog = None  # request lines and bodies stay out of any log
@@ -117,6 +119,7 @@ class KitModel:
                 return self
 
     async def __aexit__(self, *exc: object) -> None:
+        logging.getLogger("asyncio").removeFilter(_quiet_hang_ups)
         self._stop.set()  # also ends slow answers a runner is still reading
         if self._task is not None:
             try:
@@ -213,6 +216,13 @@ class KitModel:
             finished = True
         finally:
             self._close(record, finished=finished)
+
+
+def _quiet_hang_ups(record: logging.LogRecord) -> bool:
+    """Drop asyncio's warning about writing to a connection the peer closed:
+    runners hanging up mid-answer is what the cancellation checks cause, and
+    the kit's table already says how each one went."""
+    return record.getMessage() != "socket.send() raised exception."
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
