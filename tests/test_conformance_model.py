@@ -25,7 +25,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from agentmark_gw import conformance
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.protocol import runner_pb2_grpc
-from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, events, start
+from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, Runner, events, start
+from agentmark_gw.runner.service import DatasetItem
 from agentmark_gw.runner.server import SERVER_OPTIONS
 
 from .conftest import free_port, wait_for_port
@@ -170,6 +171,44 @@ async def test_a_runner_asking_for_whole_answers_is_checked_for_cancellation_too
     so cancelling such a runner's call is seen closing its request."""
     results = await check(Unstreamed, tmp_path, {"cancel-model", "rendered"})
     assert {k: r.reason for k, r in results.items() if not r.passed} == {}
+
+
+class SdkItems(Runner):
+    """The Python SDK's way: a `Runner` that asks for rendered prompts and
+    answers `run_dataset_item`."""
+
+    wants_rendered_prompts = True
+
+    def __init__(self, model_port: int) -> None:
+        self.model = openai.AsyncOpenAI(api_key="k", base_url=model_url(model_port), max_retries=0)
+
+    async def run_dataset_item(self, item: DatasetItem) -> pb.ExperimentEvent:
+        messages = [{"role": m.role, "content": "".join(p.text for p in m.content)} for m in item.rendered.messages]
+        answer = await self.model.chat.completions.create(model=item.rendered.model_name, messages=messages)  # type: ignore[arg-type]
+        return events.dataset_row(input=item.input, expected_output=item.expected_output, actual_output=answer.choices[0].message.content,
+                                  run_id=item.run_id, run_name=item.run_name)
+
+
+class SdkWithoutItems(SdkItems):
+    async def run_dataset_item(self, item: DatasetItem) -> pb.ExperimentEvent:
+        return await Runner.run_dataset_item(self, item)
+
+
+@pytest.mark.parametrize(("runner", "passed", "reason"), [
+    (SdkItems, True, "one row, of the request's run"),
+    (SdkWithoutItems, False, "RunDatasetItem answered an error for a plain item: 'SdkWithoutItems does not run dataset items'. A runner"),
+])
+async def test_the_sdks_dataset_items_are_checked(runner: type[SdkItems], passed: bool, reason: str) -> None:
+    port = free_port()
+    sdk_runner = runner(port)
+    server, runner_port = await start(sdk_runner, "127.0.0.1:0")
+    try:
+        results = await kit(f"127.0.0.1:{runner_port}", port, {"dataset-item"})
+    finally:
+        await server.stop(0)
+        await sdk_runner.model.close()
+    assert results["dataset-item"].passed is passed
+    assert results["dataset-item"].reason.startswith(reason)
 
 
 class ItemsOnly(ThinRunner):

@@ -642,6 +642,9 @@ class Kit:
                              "the gateway sends such runners their dataset runs item by item.") from None
             raise
         kinds = [e.WhichOneof("event") for e in answer.events]
+        if kinds == ["error"]:
+            raise Failed(f"RunDatasetItem answered an error for a plain item: {answer.events[0].error.message!r}. A runner that asks "
+                         "for rendered prompts gets dataset runs item by item: call the model with the item's rendered prompt and answer its row.")
         if kinds != ["row"]:
             raise Failed(f"RunDatasetItem answered {kinds or 'no event'}: answer exactly one event, the item's row (or one error).")
         row = answer.events[0].row
