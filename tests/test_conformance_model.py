@@ -220,12 +220,27 @@ class ItemsOnly(ThinRunner):
         yield pb.ExperimentEvents()  # pragma: no cover - makes this a stream handler
 
 
-async def test_a_runner_of_dataset_items_only_is_not_asked_about_dataset_files(tmp_path: Path) -> None:
+class RefusesWholeRuns(ThinRunner):
+    """Runs dataset items only, and says so in one error row for a whole run
+    (as examples/runner-rust does): the gateway needs a dataset source."""
+
+    async def RunExperiment(self, request: pb.RunExperimentRequest, context: Any) -> AsyncIterator[pb.ExperimentEvents]:  # noqa: N802
+        yield pb.ExperimentEvents(events=[events.row_error("this runner runs dataset items: give the gateway a dataset source")])
+
+
+async def test_a_runner_of_dataset_items_only_has_its_dataset_run_checked_as_items(tmp_path: Path) -> None:
+    """Its dataset run is checked the way the gateway would send it, item by
+    item; it opens no dataset file, so the path check does not apply."""
     results = await check(ItemsOnly, tmp_path, {"dataset-run", "dataset-escape", "dataset-item"})
     assert {k: (r.passed, r.skipped) for k, r in results.items()} == {
-        "dataset-run": (True, True), "dataset-escape": (True, True), "dataset-item": (True, False)}
+        "dataset-run": (True, False), "dataset-escape": (True, True), "dataset-item": (True, False)}
+    assert results["dataset-run"].reason == "3 items answered as rows of one run (RunExperiment is UNIMPLEMENTED)"
     assert results["dataset-escape"].reason == ("skipped: the runner runs dataset items only (RunExperiment is UNIMPLEMENTED): "
                                                 "its dataset runs need a dataset source on the gateway")
+    results = await check(RefusesWholeRuns, tmp_path, {"dataset-run", "dataset-escape"})
+    assert results["dataset-run"].passed and results["dataset-run"].reason == (
+        "3 items answered as rows of one run (RunExperiment answered 'this runner runs dataset items: give the gateway a dataset source')")
+    assert results["dataset-escape"].passed and not results["dataset-escape"].skipped
 
 
 # --- runners with the classic faults ------------------------------------------------
@@ -350,7 +365,8 @@ async def test_a_runner_that_never_calls_the_kits_model_is_told_where_to_point_i
         await runner.close()
     assert not results["cancel-model"].passed
     assert results["cancel-model"].reason == (
-        f"the runner never called the kit's model for a streaming run: start the runner with "
+        "the runner never called the kit's model for a streaming run (the run ended with gRPC UNKNOWN: Unexpected <class "
+        "'openai.APIConnectionError'>: Connection error.): start the runner with "
         f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 (any OPENAI_API_KEY) so its model calls come to the kit")
 
 

@@ -57,7 +57,7 @@ from .protocol import runner_pb2 as pb
 from .protocol import runner_pb2_grpc
 
 DATASET_NAME = "agentmark-gw-conformance.jsonl"
-DATASET_ROWS = [
+DATASET_ROWS: list[dict[str, Any]] = [
     {"input": {"question": "What is 2+2?"}, "expected_output": "4"},
     {"input": {"question": "What is the capital of France?"}, "expected_output": "Paris"},
     {"input": {"question": "Name a primary colour."}, "expected_output": "red"},
@@ -408,8 +408,13 @@ class Kit:
                     elif which == "error":
                         errors.append(event.error.message)
         except grpc.aio.AioRpcError as error:
-            self._items_only(error)
+            if self.wants_rendered and error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return await self._dataset_as_items("RunExperiment is UNIMPLEMENTED")
             raise
+        if self.wants_rendered and len(errors) == 1 and not rows:
+            # A runner on rendered prompts may leave whole runs to a gateway
+            # with a dataset source, which sends it items: check those instead.
+            return await self._dataset_as_items(f"RunExperiment answered {_clip(errors[0], 70)}")
         if errors and not rows:
             hint = ""
             if self.dataset == DATASET_NAME and "dataset" in errors[0].lower():
@@ -419,24 +424,48 @@ class Kit:
             raise Failed(f"{len(rows)} rows and {len(errors)} error rows for a dataset of {len(DATASET_ROWS)}")
         if errors:
             raise Failed(f"{len(errors)} error row(s): {errors[0]}")
-        for row in rows:
-            # The proto's one rule, as the gateway applies it: an empty `_json`
-            # field is absent (a row's input is then null).
-            _valid_json(row.input_json or "null", "row.input_json")
-            evals = _valid_json(row.evals_json or "[]", "row.evals_json")
-            if not isinstance(evals, list) or not all(isinstance(e, dict) and "name" in e for e in evals):
-                raise Failed("row.evals_json must be an array of {name, ...} objects")
-            for field in ("expected_output_json", "actual_output_json"):
-                if row.HasField(field) and getattr(row, field):
-                    _valid_json(getattr(row, field), f"row.{field}")
-            if not row.run_id or row.run_name != "conformance":
-                raise Failed(f"run_id must be set and run_name must be the experiment id (got {row.run_name!r})")
-        if len({row.run_id for row in rows}) != 1:
-            raise Failed("rows of one run carry different run ids")
+        _check_rows(rows, "conformance")
         inputs = sorted(json.dumps(json.loads(r.input_json or "null"), sort_keys=True) for r in rows)
         if self.dataset == DATASET_NAME and inputs != sorted(json.dumps(r["input"], sort_keys=True) for r in DATASET_ROWS):
             raise Failed("row inputs are not the dataset's inputs")
         return f"{len(rows)} rows, run id {rows[0].run_id[:8]}…"
+
+    async def _dataset_as_items(self, why: str) -> str:
+        """The kit's dataset as the gateway sends it to a runner that takes
+        items: one RunDatasetItem call per row, all of one run."""
+        run_id = str(uuid.uuid4())
+        rows = [await self._item(index, row["input"], row["expected_output"], run_id, "conformance")
+                for index, row in enumerate(DATASET_ROWS)]
+        _check_rows(rows, "conformance")
+        return f"{len(rows)} items answered as rows of one run ({why})"
+
+    async def _item(self, index: int, item_input: dict[str, Any], expected: Any, run_id: str, run_name: str) -> pb.DatasetRow:
+        """One dataset item, rendered with its input as props as the gateway
+        renders it; the runner's row, checked, or Failed saying what to fix."""
+        request = pb.DatasetItemRequest(
+            kind=pb.PROMPT_KIND_TEXT, index=index, input_json=json.dumps(item_input), expected_output_json=json.dumps(expected),
+            rendered=await _render(pb.PROMPT_KIND_TEXT, TEXT_AST, item_input), run_id=run_id, run_name=run_name,
+            dataset_path=DATASET_NAME, item_name=f"conformance-item-{index}", prompt_name="conformance-text", prompt_path="conformance.prompt.mdx",
+        )
+        try:
+            answer = await self.stub.RunDatasetItem(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise Failed("Describe asks for rendered prompts but RunDatasetItem is UNIMPLEMENTED: implement it, "
+                             "the gateway sends such runners their dataset runs item by item.") from None
+            raise
+        kinds = [e.WhichOneof("event") for e in answer.events]
+        if kinds == ["error"]:
+            raise Failed(f"RunDatasetItem answered an error for a plain item: {answer.events[0].error.message!r}. A runner that asks "
+                         "for rendered prompts gets dataset runs item by item: call the model with the item's rendered prompt and answer its row.")
+        if kinds != ["row"]:
+            raise Failed(f"RunDatasetItem answered {kinds or 'no event'}: answer exactly one event, the item's row (or one error).")
+        row = answer.events[0].row
+        if (row.run_id, row.run_name) != (run_id, run_name):
+            raise Failed(f"the row's run_id/run_name are {row.run_id!r}/{row.run_name!r}: copy the request's run_id and run_name into the row.")
+        if json.loads(row.input_json or "null") != item_input:
+            raise Failed("the row's input_json is not the item's input: copy the request's input_json into the row.")
+        return row
 
     async def get_evals(self) -> str:
         response = await self.stub.GetEvals(pb.GetEvalsRequest(), timeout=self.timeout)
@@ -498,8 +527,9 @@ class Kit:
         assert self.model is not None  # run() keeps these checks for a kit serving its model
         return self.model
 
-    def _no_call(self, what: str) -> Failed:
-        return Failed(f"the runner never called the kit's model for {what}: start the runner with "
+    def _no_call(self, what: str, outcome: str = "") -> Failed:
+        said = f" (the run ended with {outcome if len(outcome) <= 120 else outcome[:119] + '…'})" if outcome else ""
+        return Failed(f"the runner never called the kit's model for {what}{said}: start the runner with "
                       f"OPENAI_BASE_URL={self._need_model().url} (any OPENAI_API_KEY) so its model calls come to the kit")
 
     async def _model_request(self, nonce: str, what: str) -> Any:
@@ -521,8 +551,13 @@ class Kit:
                                       rendered=rendered if self.wants_rendered else None)
             try:
                 check_prompt_stream(await self._events(request), "text")
-            except Failed as failure:
-                raise Failed(f"{label}: {failure}") from None
+            except (Failed, grpc.aio.AioRpcError) as failure:
+                # A run that failed before reaching the kit's model most often
+                # means the runner's model is somewhere else.
+                outcome = str(failure) if isinstance(failure, Failed) else f"gRPC {failure.code().name}: {failure.details()}"
+                if not model.find(run_nonce):
+                    raise self._no_call(f"the prompt with {label}", outcome) from None
+                raise Failed(f"{label}: {outcome}") from None
             found = model.find(run_nonce)
             if not found:
                 raise self._no_call(f"the prompt with {label}")
@@ -540,17 +575,26 @@ class Kit:
         model = self._need_model()
         nonce = f"kit-{uuid.uuid4().hex[:12]}"
         request = await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST, props={"question": f"{SLOW_MARKER} {nonce}"})
+        await self._serving()  # an unreachable runner is reported as such, not as a model elsewhere
         call = self.stub.RunPrompt(request, timeout=self.timeout)
+        first = asyncio.ensure_future(call.read())
+        arrived = asyncio.ensure_future(model.wait_for(nonce, timeout=min(self.timeout, 15)))
         try:
-            record = await model.wait_for(nonce, timeout=min(self.timeout, 15))
+            await asyncio.wait({first, arrived}, return_when=asyncio.FIRST_COMPLETED)
+            error = first.exception() if first.done() else None
+            if isinstance(error, grpc.aio.AioRpcError) and not model.find(nonce):
+                raise self._no_call("a streaming run", f"gRPC {error.code().name}: {error.details()}")
+            record = await arrived
             if record is None:
                 raise self._no_call("a streaming run")
             # The model is answering (slowly); give the runner a moment to pass the first piece on.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(call.read(), 2)
+            with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+                await asyncio.wait_for(asyncio.shield(first), 2)
         finally:
             cancelled_at = time.monotonic()
             call.cancel()
+            arrived.cancel()
+            await asyncio.gather(first, arrived, return_exceptions=True)
         try:
             await asyncio.wait_for(record.done.wait(), CANCEL_BOUND)
         except TimeoutError:
@@ -627,31 +671,7 @@ class Kit:
         if not self.wants_rendered:
             raise Skipped("the runner does not ask for rendered prompts (Describe), so the gateway never calls RunDatasetItem")
         nonce = f"kit-{uuid.uuid4().hex[:12]}"
-        item_input = {"question": f"What is 2+2? ({nonce})"}
-        run_id, run_name = str(uuid.uuid4()), f"conformance-{nonce}"
-        request = pb.DatasetItemRequest(
-            kind=pb.PROMPT_KIND_TEXT, index=0, input_json=json.dumps(item_input), expected_output_json=json.dumps("4"),
-            rendered=await _render(pb.PROMPT_KIND_TEXT, TEXT_AST, item_input), run_id=run_id, run_name=run_name,
-            dataset_path=DATASET_NAME, item_name="conformance-item-0", prompt_name="conformance-text", prompt_path="conformance.prompt.mdx",
-        )
-        try:
-            answer = await self.stub.RunDatasetItem(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                raise Failed("Describe asks for rendered prompts but RunDatasetItem is UNIMPLEMENTED: implement it, "
-                             "the gateway sends such runners their dataset runs item by item.") from None
-            raise
-        kinds = [e.WhichOneof("event") for e in answer.events]
-        if kinds == ["error"]:
-            raise Failed(f"RunDatasetItem answered an error for a plain item: {answer.events[0].error.message!r}. A runner that asks "
-                         "for rendered prompts gets dataset runs item by item: call the model with the item's rendered prompt and answer its row.")
-        if kinds != ["row"]:
-            raise Failed(f"RunDatasetItem answered {kinds or 'no event'}: answer exactly one event, the item's row (or one error).")
-        row = answer.events[0].row
-        if (row.run_id, row.run_name) != (run_id, run_name):
-            raise Failed(f"the row's run_id/run_name are {row.run_id!r}/{row.run_name!r}: copy the request's run_id and run_name into the row.")
-        if json.loads(row.input_json or "null") != item_input:
-            raise Failed("the row's input_json is not the item's input: copy the request's input_json into the row.")
+        await self._item(0, {"question": f"What is 2+2? ({nonce})"}, "4", str(uuid.uuid4()), f"conformance-{nonce}")
         await self._model_request(nonce, "the dataset item")
         return "one row, of the request's run"
 
@@ -736,6 +756,24 @@ async def _render(kind: pb.PromptKind, ast: dict[str, Any], props: dict[str, Any
         return await render(KIND_NAMES[kind], ast, props)
     except Refusal as refusal:
         raise Failed(refusal.message) from None
+
+
+def _check_rows(rows: list[pb.DatasetRow], run_name: str) -> None:
+    """Rows of one run: JSON where JSON is due, one run id, the run's name."""
+    for row in rows:
+        # The proto's one rule, as the gateway applies it: an empty `_json`
+        # field is absent (a row's input is then null).
+        _valid_json(row.input_json or "null", "row.input_json")
+        evals = _valid_json(row.evals_json or "[]", "row.evals_json")
+        if not isinstance(evals, list) or not all(isinstance(e, dict) and "name" in e for e in evals):
+            raise Failed("row.evals_json must be an array of {name, ...} objects")
+        for field in ("expected_output_json", "actual_output_json"):
+            if row.HasField(field) and getattr(row, field):
+                _valid_json(getattr(row, field), f"row.{field}")
+        if not row.run_id or row.run_name != run_name:
+            raise Failed(f"run_id must be set and run_name must be the experiment id (got {row.run_name!r})")
+    if len({row.run_id for row in rows}) != 1:
+        raise Failed("rows of one run carry different run ids")
 
 
 def _first_difference(expected: list[tuple[str, str]], sent: list[tuple[str, str]]) -> str:
