@@ -218,7 +218,7 @@ async def rust_runner(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPath
     port = free_port()
     env = {**os.environ, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake_openai.url}  # type: ignore[attr-defined]
     process = await asyncio.create_subprocess_exec(
-        str(RUST_RUNNER_TARGET / "debug" / "agentmark-runner-rust"), "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
+        str(RUST_RUNNER_TARGET / "debug" / "agentmark-runner-rust"), "--listen", f"127.0.0.1:{port}",
         env=env, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
