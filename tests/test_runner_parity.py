@@ -1,0 +1,76 @@
+"""The Rust example runner, which has no template code, answers every
+AgentMark fixture prompt exactly as the Python reference runner does.
+
+Each prompt event goes through a real gateway in front of each runner (the
+Rust one asks the gateway to render with AgentMark's engine; the Python one
+renders with it itself), both runners calling the same fake OpenAI-compatible
+server. The NDJSON answers must be equal, and so must the requests the model
+received: that is where a rendering difference would show, since the fake
+model's answer does not depend on most of the prompt."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import AGENTMARK, agentmark_json, signed
+from .servers.fake_openai import FakeOpenAI
+from .test_rendered_prompts import TEMPLATED
+
+pytestmark = pytest.mark.e2e
+
+# Props for the fixtures whose prompts have no `test_settings.props` of their own.
+PROPS = {"userMessage": "What is 4+4?", "imageLink": "https://example.com/a.png"}
+NEEDS_PROPS = {"math", "attachments"}
+
+
+def _event(ast: dict[str, Any], stream: bool, props: dict[str, Any] | None) -> dict[str, Any]:
+    data: dict[str, Any] = {"ast": ast, "options": {"shouldStream": stream}}
+    if props is not None:
+        data["customProps"] = props
+    return {"event": {"type": "prompt-run", "data": data}}
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for path in sorted((AGENTMARK / "ast").glob("*.json")):
+        ast = json.loads(path.read_text())
+        props = PROPS if path.stem in NEEDS_PROPS else None
+        for stream in (True, False):
+            cases.append(pytest.param(_event(ast, stream, props), id=f"ast-{path.stem}-{'stream' if stream else 'whole'}"))
+    for path in sorted((AGENTMARK / "events").glob("prompt-run-*.json")):
+        cases.append(pytest.param(json.loads(path.read_text()), id=f"event-{path.stem}"))
+    # A filter and a conditional, with the test props and with custom props.
+    cases.append(pytest.param(_event(TEMPLATED, True, None), id="templated-test-props"))
+    cases.append(pytest.param(_event(TEMPLATED, False, {"name": "bob", "vip": False}), id="templated-custom-props"))
+    return cases
+
+
+async def _answer(url: str, event: dict[str, Any], fake_openai: FakeOpenAI) -> dict[str, Any]:
+    """What a client sees, and what the model was sent, for one event."""
+    before = len(fake_openai.requests)
+    raw, headers = signed(event)
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(url + "/", content=raw, headers=headers)
+    lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+    return {
+        "status": response.status_code,
+        "streaming": response.headers.get("agentmark-streaming"),
+        "content-type": response.headers.get("content-type"),
+        "answer": lines,
+        "model was sent": fake_openai.requests[before:],
+    }
+
+
+@pytest.mark.parametrize("event", _cases())
+async def test_rust_runner_answers_fixture_prompts_as_the_python_runner(
+    event: dict[str, Any], gateway: str, rust_gateway: str, fake_openai: FakeOpenAI
+) -> None:
+    python = await _answer(gateway, event, fake_openai)
+    rust = await _answer(rust_gateway, event, fake_openai)
+    assert python["status"] == 200 and python["answer"], python
+    assert len(python["model was sent"]) == 1
+    assert rust == python
