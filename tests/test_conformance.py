@@ -164,3 +164,38 @@ async def test_an_empty_json_field_is_absent_for_the_kit_as_for_the_gateway() ->
     finally:
         await server.stop(0)
     assert not result.passed and result.reason == "row inputs are not the dataset's inputs"
+
+
+class RenderedOnly(Runner):
+    """Asks for rendered prompts and has no `RunDatasetItem`: the kit renders
+    its prompts as the gateway would, and checks `RunExperiment` instead."""
+
+    wants_rendered_prompts = True
+
+    def __init__(self) -> None:
+        self.seen: list[PromptRequest] = []
+
+    async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+        self.seen.append(request)
+        if request.rendered is None:
+            yield events.error("came unrendered")
+            return
+        yield events.text_delta(request.rendered.messages[-1].content[0].text)
+        yield events.finish("stop")
+
+    async def run_experiment(self, request):  # type: ignore[no-untyped-def]
+        for row in conformance.DATASET_ROWS:
+            yield events.dataset_row(input=row["input"], actual_output="x", run_id="r", run_name=request.experiment_id)
+
+
+async def test_a_runner_that_asks_for_rendered_prompts_gets_them_from_the_kit() -> None:
+    runner = RenderedOnly()
+    server, port = await start(runner, "127.0.0.1:0")
+    try:
+        results = await conformance.run_kit(f"127.0.0.1:{port}", timeout=5, only={"text-stream", "dataset-run"})
+    finally:
+        await server.stop(0)
+    assert [(r.id, r.passed) for r in results] == [("text-stream", True), ("dataset-run", True)], results
+    rendered = runner.seen[-1].rendered
+    assert rendered is not None
+    assert [(m.role, m.content[0].text) for m in rendered.messages] == [("system", "Answer briefly."), ("user", "What is 2+2?")]

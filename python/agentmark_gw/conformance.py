@@ -11,6 +11,10 @@ runner contract (protos/agentmark/runner/v1/runner.proto, docs/runners.md):
 - a cancelled stream and expired deadlines leave the runner healthy and answering;
 - a malformed AST is refused cleanly: an error event or INVALID_ARGUMENT.
 
+A runner whose `Describe` asks for rendered prompts gets them as the gateway
+sends them: `rendered` by AgentMark's engine beside the AST, and the dataset
+check as one `RunDatasetItem` per row of the kit's dataset.
+
 The runner needs a model to answer with (a real one, or a fake
 OpenAI-compatible server) and, for the dataset check, the kit's dataset in
 its data directory: `agentmark-gw conformance --write-dataset DIR` puts it there.
@@ -24,6 +28,7 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,6 +90,7 @@ IMAGE_AST = _ast("name: conformance-image\nimage_config:\n  model_name: conforma
 SPEECH_AST = _ast("name: conformance-speech\nspeech_config:\n  model_name: conformance-model\n  voice: alloy\n  output_format: mp3",
                   _tag("SpeechPrompt", _text("Hello.")))
 QUESTION = {"question": "What is 2+2?"}
+_KIND_NAMES = {pb.PROMPT_KIND_TEXT: "text", pb.PROMPT_KIND_OBJECT: "object", pb.PROMPT_KIND_IMAGE: "image", pb.PROMPT_KIND_SPEECH: "speech"}
 
 
 @dataclass
@@ -199,13 +205,46 @@ class Kit:
         self.channel = grpc.aio.insecure_channel(target)
         self.stub = runner_pb2_grpc.RunnerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self._rendered: bool | None = None  # what `Describe` said, once asked
 
     async def close(self) -> None:
         await self.channel.close()
 
+    async def _wants_rendered(self) -> bool:
+        """Whether the runner asks (`Describe`) for prompts rendered by the
+        gateway. UNIMPLEMENTED, a runner older than `Describe`, means no."""
+        if self._rendered is None:
+            try:
+                info = await self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self._rendered = False
+            else:
+                self._rendered = info.rendered_prompts
+        return self._rendered
+
+    async def _as_gateway_sends(self, request: pb.RunPromptRequest) -> pb.RunPromptRequest:
+        """`request` with `rendered`, for a runner that asks for it."""
+        if not await self._wants_rendered():
+            return request
+        from .gateway import rendering
+        from .gateway.errors import Refusal
+
+        try:
+            rendered = await rendering.render(_KIND_NAMES[request.kind], json.loads(request.ast_json), json.loads(request.custom_props_json or "{}"))
+        except (ValueError, Refusal):
+            # The malformed-AST check: a gateway would refuse it (400); sent
+            # unrendered, the runner must still refuse it cleanly.
+            return request
+        sent = pb.RunPromptRequest()
+        sent.CopyFrom(request)
+        sent.rendered.CopyFrom(rendered)
+        return sent
+
     async def _events(self, request: pb.RunPromptRequest) -> list[pb.RunnerEvent]:
         events: list[pb.RunnerEvent] = []
-        async for batch in self.stub.RunPrompt(request, timeout=self.timeout):
+        async for batch in self.stub.RunPrompt(await self._as_gateway_sends(request), timeout=self.timeout):
             events.extend(batch.events)
         return events
 
@@ -249,24 +288,24 @@ class Kit:
         return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_SPEECH, SPEECH_AST, stream=False, props={})), "speech")
 
     async def dataset_run(self) -> str:
-        request = pb.RunExperimentRequest(
-            kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(TEXT_AST), experiment_id="conformance", dataset_path=self.dataset,
-            concurrency=2, data_json=json.dumps({"datasetPath": self.dataset}),
-        )
-        rows, errors = [], []
-        async for batch in self.stub.RunExperiment(request, timeout=self.timeout):
-            for event in batch.events:
-                which = event.WhichOneof("event")
-                if which == "row":
-                    rows.append(event.row)
-                elif which == "error":
-                    errors.append(event.error.message)
+        items = await self._dataset_items() if await self._wants_rendered() else None
+        # Items are the kit's own rows, whatever --dataset names: such a runner reads no dataset.
+        events, ours = items or [], True
+        if items is None:
+            request = pb.RunExperimentRequest(
+                kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(TEXT_AST), experiment_id="conformance", dataset_path=self.dataset,
+                concurrency=2, data_json=json.dumps({"datasetPath": self.dataset}),
+            )
+            events = [event async for batch in self.stub.RunExperiment(request, timeout=self.timeout) for event in batch.events]
+            ours = self.dataset == DATASET_NAME
+        rows = [event.row for event in events if event.WhichOneof("event") == "row"]
+        errors = [event.error.message for event in events if event.WhichOneof("event") == "error"]
         if errors and not rows:
             hint = ""
-            if self.dataset == DATASET_NAME and "dataset" in errors[0].lower():
+            if items is None and ours and "dataset" in errors[0].lower():
                 hint = " (write the kit's dataset into the runner's data directory: agentmark-gw conformance --write-dataset DIR)"
             raise Failed(f"only error rows: {errors[0]}{hint}")
-        if len(rows) + len(errors) != len(DATASET_ROWS) and self.dataset == DATASET_NAME:
+        if len(rows) + len(errors) != len(DATASET_ROWS) and ours:
             raise Failed(f"{len(rows)} rows and {len(errors)} error rows for a dataset of {len(DATASET_ROWS)}")
         if errors:
             raise Failed(f"{len(errors)} error row(s): {errors[0]}")
@@ -285,9 +324,38 @@ class Kit:
         if len({row.run_id for row in rows}) != 1:
             raise Failed("rows of one run carry different run ids")
         inputs = sorted(json.dumps(json.loads(r.input_json or "null"), sort_keys=True) for r in rows)
-        if self.dataset == DATASET_NAME and inputs != sorted(json.dumps(r["input"], sort_keys=True) for r in DATASET_ROWS):
+        if ours and inputs != sorted(json.dumps(r["input"], sort_keys=True) for r in DATASET_ROWS):
             raise Failed("row inputs are not the dataset's inputs")
         return f"{len(rows)} rows, run id {rows[0].run_id[:8]}…"
+
+    async def _dataset_items(self) -> list[pb.ExperimentEvent] | None:
+        """The kit's dataset as a gateway with a dataset source sends it to a
+        runner that asks for rendered prompts: one `RunDatasetItem` per row,
+        each answered by exactly one event. None when the runner has no
+        `RunDatasetItem` (UNIMPLEMENTED): a gateway without a dataset source
+        sends it `RunExperiment`, so that is checked instead."""
+        from .gateway import rendering
+
+        run_id = str(uuid.uuid4())
+
+        async def item(index: int, row: dict[str, Any]) -> pb.ExperimentEvent:
+            request = pb.DatasetItemRequest(
+                kind=pb.PROMPT_KIND_TEXT, index=index, input_json=json.dumps(row["input"]),
+                expected_output_json=json.dumps(row["expected_output"]), rendered=await rendering.render("text", TEXT_AST, row["input"]),
+                run_id=run_id, run_name="conformance", dataset_path=DATASET_NAME, prompt_name="conformance-text",
+            )
+            answer = await self.stub.RunDatasetItem(request, timeout=self.timeout)
+            if len(answer.events) != 1 or answer.events[0].WhichOneof("event") not in ("row", "error"):
+                raise Failed(f"RunDatasetItem must answer exactly one row or error event, got {[e.WhichOneof('event') for e in answer.events]}")
+            return answer.events[0]
+
+        try:
+            # The kit's three rows in flight at once, as a gateway keeps a run's items.
+            return list(await asyncio.gather(*(item(i, row) for i, row in enumerate(DATASET_ROWS))))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise
 
     async def get_evals(self) -> str:
         response = await self.stub.GetEvals(pb.GetEvalsRequest(), timeout=self.timeout)
@@ -303,7 +371,7 @@ class Kit:
         return "acknowledged"
 
     async def cancelled_stream(self) -> str:
-        call = self.stub.RunPrompt(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST), timeout=self.timeout)
+        call = self.stub.RunPrompt(await self._as_gateway_sends(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), timeout=self.timeout)
         first = await call.read()
         call.cancel()
         if first is grpc.aio.EOF:
@@ -314,9 +382,10 @@ class Kit:
         return "cancelled after the first message; the runner answers the next run"
 
     async def deadlines(self) -> str:
+        request = await self._as_gateway_sends(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST))
         for _ in range(5):
             try:
-                async for _batch in self.stub.RunPrompt(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST), timeout=0.001):
+                async for _batch in self.stub.RunPrompt(request, timeout=0.001):
                     pass
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
