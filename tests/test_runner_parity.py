@@ -74,3 +74,20 @@ async def test_rust_runner_answers_fixture_prompts_as_the_python_runner(
     assert python["status"] == 200 and python["answer"], python
     assert len(python["model was sent"]) == 1
     assert rust == python
+
+
+async def test_a_long_streamed_object_grows_by_the_same_steps(gateway: str, rust_gateway: str, fake_openai: FakeOpenAI) -> None:
+    """Object deltas come from re-reading the partial JSON as it grows: both
+    runners must show the same partial objects, through escapes, surrogate
+    pairs (the fake model sends JSON with \\u escapes), numbers and nesting."""
+    reply = {"answer": 'say "hi", é and 😀 \\ ' * 8, "steps": [1, 2.5, True, None, {"k": "v"}], "n": -12}
+    event = _event(agentmark_json("ast/math.json"), True, PROPS)
+    saved, fake_openai.object_reply = fake_openai.object_reply, reply
+    try:
+        python = await _answer(gateway, event, fake_openai)
+        rust = await _answer(rust_gateway, event, fake_openai)
+    finally:
+        fake_openai.object_reply = saved
+    deltas = [line["result"] for line in python["answer"] if "result" in line]
+    assert len(deltas) > 5 and deltas[-1] == reply
+    assert rust == python
