@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from agentmark_gw.gateway import create_app
-from agentmark_gw.runner.agentmark_cloud import AgentMarkCloud, ConnectionSettingsError
+from agentmark_gw.agentmark_api import AgentMarkCloud, ConnectionSettingsError
 
 from .conftest import AGENTMARK, HttpServer, agentmark_json, free_port, gateway_config, signed, wait_for_port
 from .servers.fake_agentmark_api import FakeAgentMarkApi

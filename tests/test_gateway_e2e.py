@@ -462,18 +462,18 @@ async def test_an_unexpected_error_mid_stream_ends_it_with_an_error_line() -> No
     class Call:
         cancelled = False
 
-        def cancel(self) -> None:
-            self.cancelled = True
-
     from agentmark_gw.protocol import runner_pb2 as pb
 
     batches = iter([pb.RunnerEvents(events=[events.text_delta(text)]).SerializeToString() for text in "ab"])
 
     class Opened:
-        call, first, pending = Call(), next(batches), None
+        call, runner = Call(), "scripted"
 
         async def next(self) -> bytes | None:
             return next(batches, None)
+
+        def cancel(self) -> None:
+            self.call.cancelled = True
 
     sent: list[dict[str, object]] = []
 

@@ -36,18 +36,19 @@ FINISH = pb.RunnerEvents(events=[events.finish("stop")]).SerializeToString()
 class _Call:
     cancelled = False
 
-    def cancel(self) -> None:
-        self.cancelled = True
-
 
 class _Opened:
-    """A runner call: each item of `script` is a message, or a silence (seconds)."""
+    """A runner call (a `RunnerStream`): each item of `script` is a message,
+    or a silence (seconds)."""
+
+    runner = "scripted"
 
     def __init__(self, script: list[bytes | float]) -> None:
         self.call = _Call()
         self._script = iter(script)
-        self.first = next(self._script)  # type: ignore[assignment]
-        self.pending = None
+
+    def cancel(self) -> None:
+        self.call.cancelled = True
 
     async def next(self) -> bytes | None:
         for item in self._script:

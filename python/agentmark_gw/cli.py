@@ -203,7 +203,7 @@ def reference_runner(data_dir: str) -> Any:
     from agentmark.prompt_core import FileLoader, create_agentmark
 
     from .runner import BUILTIN_SCORERS, AgentMarkRunner, OpenAIExecutor, connect_agentmark
-    from .runner.agentmark_cloud import ConnectionSettingsError
+    from .agentmark_api import ConnectionSettingsError
 
     if not Path(data_dir).is_dir():
         raise CommandError(f"--data-dir {data_dir}: no such directory")
@@ -242,7 +242,7 @@ def _serve_runner_metrics(address: str) -> None:
 
 def _check_agentmark_connection() -> int:
     """`runner --check`: which mode, and in cloud mode one request to AgentMark."""
-    from .runner.agentmark_cloud import API_KEY_ENV, APP_ID_ENV, AgentMarkCloud, ConnectionSettingsError
+    from .agentmark_api import API_KEY_ENV, APP_ID_ENV, AgentMarkCloud, ConnectionSettingsError
 
     try:
         cloud = AgentMarkCloud.from_env()
@@ -271,7 +271,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             path = _save_secret(secret, config.secret_file)
             print(f"generated a webhook secret (saved to {path}; `agentmark-gw send` uses it):\n  {secret}", flush=True)
         config = replace(config, secrets=(secret,))
-    config = replace(config, log_format="text")
+    # Runners that take dataset items (none here, but any the user adds) read the same folder.
+    config = replace(config, log_format="text", datasets_dir=config.datasets_dir or args.data_dir)
     # One process, so always Hypercorn (`server` is for `serve`); the loop is as configured.
     if config.loop == "uvloop":
         import uvloop

@@ -111,6 +111,17 @@ class GatewayConfig:
     max_dataset_concurrency: int = setting(
         32, "A dataset run's `concurrency` is lowered to this before it reaches the runner (which may start that many workers at once)."
     )
+    datasets_dir: str | None = setting(
+        None,
+        "A folder holding the app's build output (`agentmark build`: datasets as `.jsonl`). With it, dataset runs for "
+        "runners that ask for rendered prompts are read, sampled and rendered here and sent to them item by item. "
+        "Without it, `AGENTMARK_API_KEY` and `AGENTMARK_APP_ID` in the environment make AgentMark's API the source.",
+    )
+    spread_dataset_runs: bool = setting(
+        True,
+        "Spread one dataset run's items over every healthy runner that takes items (an item whose runner fails is "
+        "retried on another); false keeps each run on one runner.",
+    )
     health_interval: float = setting(5.0, "Seconds between `grpc.health.v1` checks of each runner.")
     health_timeout: float = setting(2.0, "Seconds one health check may take.")
     heartbeat_interval: float = setting(
@@ -452,4 +463,6 @@ def _validated(config: GatewayConfig) -> GatewayConfig:
         path = getattr(config, name)
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{name}: no such file {path}")
+    if config.datasets_dir is not None and not Path(config.datasets_dir).is_dir():
+        raise ConfigError(f"datasets_dir: no such folder {config.datasets_dir}")
     return config

@@ -232,9 +232,9 @@ class WebhookEndpoint:
             record.status = 200
             await reply.body(200, body)
         elif isinstance(event, DatasetRun):
-            opened = await serving.pool.open_experiment_stream(event, metadata)
-            record.runner = opened.runner
-            return await self._stream(reply, opened, _accel.ExperimentFramer(), record)
+            experiment = await serving.pool.open_experiment_stream(event, metadata)
+            record.runner = experiment.runner
+            return await self._stream(reply, experiment, _accel.ExperimentFramer(), record)
         elif isinstance(event, GetEvals):
             names = await serving.pool.get_evals(metadata)
             record.status = 200
@@ -243,7 +243,7 @@ class WebhookEndpoint:
             await self._acknowledge(event, serving, reply, record)
         return True
 
-    async def _stream(self, reply: responses.Reply, opened: responses.OpenStream, framer: responses.Framer, record: RequestRecord) -> bool:
+    async def _stream(self, reply: responses.Reply, opened: responses.RunnerStream, framer: responses.Framer, record: RequestRecord) -> bool:
         metrics = self.metrics
         record.streaming = True
         record.status = 200

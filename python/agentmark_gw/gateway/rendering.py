@@ -37,17 +37,42 @@ def _agentmark() -> Any:
     return _client
 
 
-async def render(kind: str, ast: dict[str, Any], custom_props: Any) -> pb.RenderedPrompt:
-    """The prompt as AgentMark renders it; `Refusal` 400 when it cannot."""
+class CannotRender(Refusal):
+    """AgentMark's engine refused the prompt; its own words."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"Cannot render the prompt: {str(error).strip() or type(error).__name__}", 400)
+
+
+async def load(kind: str, ast: dict[str, Any]) -> Any:
+    """AgentMark's prompt object for `ast`; `CannotRender` when it refuses."""
     client = _agentmark()
-    load = {"text": client.load_text_prompt, "object": client.load_object_prompt,
-            "image": client.load_image_prompt, "speech": client.load_speech_prompt}[kind]
+    loader = {"text": client.load_text_prompt, "object": client.load_object_prompt,
+              "image": client.load_image_prompt, "speech": client.load_speech_prompt}[kind]
     try:
-        prompt = await load(ast)
-        props = custom_props if isinstance(custom_props, dict) and custom_props else None
-        formatted = await prompt.format(props=props) if props else await prompt.format_with_test_props()
+        return await loader(ast)
     except Exception as exc:  # noqa: BLE001 - AgentMark's engine raises plain errors; its text is the answer
-        raise Refusal(f"Cannot render the prompt: {str(exc).strip() or type(exc).__name__}", 400) from None
+        raise CannotRender(exc) from None
+
+
+async def render(kind: str, ast: dict[str, Any], custom_props: Any) -> pb.RenderedPrompt:
+    """The prompt as AgentMark renders it for a prompt run: props from
+    `customProps`, else the frontmatter's `test_settings.props`."""
+    prompt = await load(kind, ast)
+    props = custom_props if isinstance(custom_props, dict) and custom_props else None
+    try:
+        formatted = await prompt.format(props=props) if props else await prompt.format_with_test_props()
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise CannotRender(exc) from None
+    return rendered_prompt(kind, formatted.model_dump(by_alias=False))
+
+
+async def render_loaded(kind: str, prompt: Any, props: dict[str, Any]) -> pb.RenderedPrompt:
+    """A loaded prompt rendered with `props` (a dataset row's input)."""
+    try:
+        formatted = await prompt.format(props=props)
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise CannotRender(exc) from None
     return rendered_prompt(kind, formatted.model_dump(by_alias=False))
 
 

@@ -15,13 +15,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol
 
-from grpc.aio import AioRpcError
-
 from .. import _accel
 from .errors import ExecutionFailed, Refusal
-from .runners import OpenStream, refusal_for
+from .runners import RunnerStream
 
-__all__ = ["JSON", "STREAM_HEADERS", "Framer", "OpenStream", "Reply", "fold", "stream"]
+__all__ = ["JSON", "STREAM_HEADERS", "Framer", "Reply", "RunnerStream", "fold", "stream"]
 
 log = logging.getLogger("agentmark_gw.gateway")
 
@@ -78,7 +76,7 @@ class Reply:
 ERROR_LINE_START = b'{"type":"error"'
 
 
-async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Callable[[int], None], heartbeat: float = 0.0) -> bool:
+async def stream(reply: Reply, opened: RunnerStream, framer: Framer, on_chunk: Callable[[int], None], heartbeat: float = 0.0) -> bool:
     """Stream a runner's answer as NDJSON: one write per runner message (a
     batch of lines), heartbeats in long silences, `on_chunk(size)` before
     each write. The runner call is cancelled however the stream ends: at its
@@ -97,7 +95,7 @@ async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Cal
             try:
                 # With the runner slow to start, the response began before its
                 # first message; `out`'s heartbeats cover the wait.
-                message = opened.first if opened.pending is None else await opened.next()
+                message = await opened.next()
                 while message is not None:
                     chunk = framer.feed(message)
                     if chunk:
@@ -107,9 +105,9 @@ async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Cal
                         failed = ERROR_LINE_START in chunk
                         break
                     message = await opened.next()
-            except AioRpcError as error:
+            except Refusal as refusal:  # the runner failed mid-stream
                 failed = True
-                await out.write(framer.fail(refusal_for(error, opened.expose_internals).message))
+                await out.write(framer.fail(refusal.message))
             done = framer.close()
             if done:
                 failed = failed or ERROR_LINE_START in done  # "runner ended the stream without finishing"
@@ -122,7 +120,7 @@ async def stream(reply: Reply, opened: OpenStream, framer: Framer, on_chunk: Cal
         await out.end()
     finally:
         out.close()
-        opened.call.cancel()
+        opened.cancel()
     # Dataset runs go on past a failed row; their framer counts error lines.
     return not failed and not getattr(framer, "errors", 0)
 
@@ -223,7 +221,7 @@ class _Writes:
             self._timer = self._loop.call_at(self._last + self._interval, self._due)
 
 
-async def fold(opened: OpenStream, kind: str, limit: int) -> tuple[bytes, str | None]:
+async def fold(opened: RunnerStream, kind: str, limit: int) -> tuple[bytes, str | None]:
     """Collect a whole run into its one JSON envelope (non-streaming answers).
     Returns the envelope and the run's trace id, if it had one.
 
@@ -234,7 +232,7 @@ async def fold(opened: OpenStream, kind: str, limit: int) -> tuple[bytes, str | 
     folder = _accel.EnvelopeFolder(kind)
     received = 0
     try:
-        message = opened.first if opened.pending is None else await opened.next()
+        message = await opened.next()
         while message is not None:
             received += len(message)
             if received > limit:
@@ -243,10 +241,8 @@ async def fold(opened: OpenStream, kind: str, limit: int) -> tuple[bytes, str | 
             if folder.terminated:
                 break
             message = await opened.next()
-    except AioRpcError as error:
-        raise refusal_for(error, opened.expose_internals) from None
     finally:
-        opened.call.cancel()
+        opened.cancel()
     body = folder.close()
     if folder.error is not None:
         raise ExecutionFailed(folder.error)

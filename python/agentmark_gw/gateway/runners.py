@@ -23,9 +23,9 @@ import contextlib
 import itertools
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import orjson
@@ -33,7 +33,7 @@ from grpc.aio import AioRpcError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..protocol import runner_pb2 as pb
-from . import rendering
+from . import datasets, rendering
 from .config import GatewayConfig
 from .errors import Refusal, RunnerUnavailable
 
@@ -133,26 +133,50 @@ def refusal_for(error: AioRpcError, expose_internals: bool = False) -> Refusal:
     return Refusal(f"Runner failed: {describe(error)}", HTTP_STATUS.get(code, 502))
 
 
-@dataclass
+class RunnerStream(Protocol):
+    """A runner's answer, as `responses` reads it: raw messages (serialized
+    `RunnerEvents` or `ExperimentEvents`), None at the end. A gRPC failure
+    comes out of `next` as the project's own `Refusal`: nothing gRPC leaves
+    this module."""
+
+    runner: str
+
+    async def next(self) -> bytes | None: ...
+    def cancel(self) -> None: ...
+
+
 class OpenStream:
     """A streaming call whose first message has arrived (or the stream
     ended); or, for a runner slow to start, whose first read is still
     `pending` (see `RunnerPool.patience`)."""
 
-    call: grpc.aio.UnaryStreamCall
-    first: bytes | None
-    runner: str
-    pending: asyncio.Future[bytes | None] | None = None
-    expose_internals: bool = False  # see `refusal_for`
+    __slots__ = ("call", "runner", "expose_internals", "_first", "_held", "_pending")
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall, first: bytes | None, runner: str,
+                 pending: asyncio.Future[bytes | None] | None = None, expose_internals: bool = False) -> None:
+        self.call = call
+        self.runner = runner
+        self.expose_internals = expose_internals  # see `refusal_for`
+        self._first = first
+        self._pending = pending
+        self._held = True  # the first message (or its pending read) is not taken yet
 
     async def next(self) -> bytes | None:
         """The first message (once), then each next one; None at the end."""
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            return await pending
-        # `read` inlined: this is every streamed token's read, one coroutine fewer.
-        message = await self.call.read()
+        try:
+            if self._held:
+                self._held = False
+                return self._first if self._pending is None else await self._pending
+            # `read` inlined: this is every streamed token's read, one coroutine fewer.
+            message = await self.call.read()
+        except AioRpcError as error:
+            raise refusal_for(error, self.expose_internals) from None
         return None if message is grpc.aio.EOF else message
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        self.call.cancel()
 
 
 async def read(call: grpc.aio.UnaryStreamCall) -> bytes | None:
@@ -161,7 +185,7 @@ async def read(call: grpc.aio.UnaryStreamCall) -> bytes | None:
     return None if message is grpc.aio.EOF else message
 
 
-class Runner:
+class RunnerClient:
     """One runner target: its channel, its callables, and what we know of its health."""
 
     def __init__(self, target: str, options: list[tuple[str, Any]]) -> None:
@@ -170,6 +194,7 @@ class Runner:
         # Streamed answers stay raw bytes (no response_deserializer).
         self.run_prompt = self.channel.unary_stream(_METHOD + "RunPrompt")
         self.run_experiment = self.channel.unary_stream(_METHOD + "RunExperiment")
+        self.run_dataset_item = self.channel.unary_unary(_METHOD + "RunDatasetItem")  # the row stays raw bytes
         self.get_evals = self.channel.unary_unary(_METHOD + "GetEvals", response_deserializer=pb.GetEvalsResponse.FromString)
         self.handle_alert = self.channel.unary_unary(_METHOD + "HandleAlert", response_deserializer=pb.AlertResponse.FromString)
         self.describe_call = self.channel.unary_unary(_METHOD + "Describe", response_deserializer=pb.RunnerInfo.FromString)
@@ -236,7 +261,11 @@ class RunnerPool:
             ("grpc.initial_reconnect_backoff_ms", 500),
             ("grpc.max_reconnect_backoff_ms", 5_000),
         ]
-        self.runners = [Runner(target, options) for target in config.runners]
+        self.runners = [RunnerClient(target, options) for target in config.runners]
+        # Where dataset runs for item-taking runners are read; None: runners read their own.
+        self.datasets = datasets.source_for(config.datasets_dir)
+        if self.datasets is not None:
+            log.info("dataset runs for runners that take items are read from %s", self.datasets.describe())
         self._turn = itertools.count()
         self._on_health = on_health
         self._health_task: asyncio.Task[None] | None = None
@@ -276,7 +305,7 @@ class RunnerPool:
     def ready(self) -> bool:
         return any(r.healthy for r in self.runners)
 
-    def _candidates(self) -> list[Runner]:
+    def _candidates(self) -> list[RunnerClient]:
         """Every runner once, starting at the next in turn; healthy ones first,
         unknown next, unhealthy last (they may have come back since)."""
         start = next(self._turn) % len(self.runners)
@@ -305,24 +334,26 @@ class RunnerPool:
             rest = _json({k: v for k, v in data.items() if k != "ast"})  # the AST goes once, in ast_json
             for_rendering = pb.RunPromptRequest(**fields, data_json=rest, rendered=rendered).SerializeToString()
 
-        def start(runner: Runner, **kw: Any) -> grpc.aio.UnaryStreamCall:
+        def start(runner: RunnerClient, **kw: Any) -> grpc.aio.UnaryStreamCall:
             return runner.run_prompt(for_rendering if runner.wants_rendered else request, metadata=metadata, **kw)
 
         patience = self._config.heartbeat_interval if run.should_stream else None
         return await self._open(start, self._config.deadlines.prompt_run, patience)
 
-    async def open_experiment_stream(self, run: Any, metadata: Metadata = ()) -> OpenStream:
+    async def open_experiment_stream(self, run: Any, metadata: Metadata = ()) -> RunnerStream:
+        """A dataset run: item by item from the gateway's dataset source when
+        a runner that takes items is up, else one `RunExperiment` call."""
+        if self.datasets is not None and any(r.wants_rendered and r.healthy is not False for r in self.runners):
+            return await ItemsRun.open(self, run, metadata)
         data = run.data
         sampling = data.get("sampling")
-        concurrency = data.get("concurrency")
         ast_json = _json(data["ast"])
         request = pb.RunExperimentRequest(
             kind=_KIND[run.kind],
             ast_json=ast_json,
             experiment_id=_str(data.get("experimentId")) or "experiment",
             dataset_path=_str(data.get("datasetPath")),
-            # Checked by `webhook`; bounded here, since a runner may start that many workers at once.
-            concurrency=min(concurrency, self._config.max_dataset_concurrency) if isinstance(concurrency, int) else 0,
+            concurrency=self.dataset_concurrency(run.data, 0),
             prompt_path=_str(data.get("promptPath")),
             commit_sha=_str(data.get("commitSha")),
             sampling_json=_json(sampling) if sampling is not None else "",
@@ -331,6 +362,17 @@ class RunnerPool:
         return await self._open(
             lambda r, **kw: r.run_experiment(request, metadata=metadata, **kw), self._config.deadlines.dataset_run, self._config.heartbeat_interval
         )
+
+    def dataset_concurrency(self, data: dict[str, Any], default: int) -> int:
+        # Checked by `webhook`; bounded here, since a runner may start that many workers at once.
+        concurrency = data.get("concurrency")
+        return min(concurrency, self._config.max_dataset_concurrency) if isinstance(concurrency, int) else default
+
+    def item_runners(self, avoid: set[str]) -> list[RunnerClient]:
+        """The runners that take dataset items, the next in turn first;
+        healthy before unknown before unhealthy, and any in `avoid` (they
+        failed this run) last of all."""
+        return sorted((r for r in self._candidates() if r.wants_rendered), key=lambda r: r.target in avoid)
 
     async def get_evals(self, metadata: Metadata = ()) -> list[str]:
         request = pb.GetEvalsRequest().SerializeToString()
@@ -347,7 +389,7 @@ class RunnerPool:
         (or ends the stream) within `patience_seconds`; past that, the stream
         is answered with its first read still pending."""
 
-        async def attempt(runner: Runner, remaining: float) -> OpenStream:
+        async def attempt(runner: RunnerClient, remaining: float) -> OpenStream:
             call = start(runner, timeout=remaining)
             expose = self._config.expose_internals
             if patience is None:
@@ -380,7 +422,7 @@ class RunnerPool:
     async def _unary(self, call: Callable[..., Awaitable[Any]], timeout: float) -> Any:
         return await self._with_failover(lambda runner, remaining: call(runner, timeout=remaining), timeout)
 
-    async def _with_failover(self, attempt: Callable[[Runner, float], Awaitable[T]], timeout: float) -> T:
+    async def _with_failover(self, attempt: Callable[[RunnerClient, float], Awaitable[T]], timeout: float) -> T:
         """`attempt` on each runner in turn until one answers; the deadline
         covers the whole of it, failovers included. Only UNAVAILABLE moves on
         to the next runner: nothing was produced, so nothing is lost or doubled."""
@@ -399,7 +441,7 @@ class RunnerPool:
                 tried.append(runner.target)
         raise self._none_left(tried)
 
-    def _mark_down(self, runner: Runner, error: AioRpcError) -> None:
+    def _mark_down(self, runner: RunnerClient, error: AioRpcError) -> None:
         # Health is the health checks' to say: a runner may answer UNAVAILABLE
         # itself (say, when its model provider is down) while being up.
         log.warning("runner %s unavailable (%s); trying the next", runner.target, describe(error))
@@ -411,3 +453,151 @@ class RunnerPool:
             # Each was logged by `_mark_down`; addresses are the network's layout.
             return RunnerUnavailable(f"Runner unavailable: tried {len(tried)} runner(s); the gateway's log names them")
         return RunnerUnavailable(f"Runner unavailable: tried {', '.join(tried)}")
+
+
+# The default in-flight items of a run whose event gives no `concurrency`
+# (AgentMark's own experiment default).
+DEFAULT_ITEM_CONCURRENCY = 10
+_END = object()
+
+
+class ItemsRun:
+    """A dataset run the gateway reads itself (see `datasets`), answered
+    through `RunDatasetItem`, one call per item: up to the run's concurrency
+    in flight, spread over the runners that take items (or kept on one, with
+    `spread_dataset_runs` off), answers in completion order. An item whose
+    call fails with UNAVAILABLE (its runner died or is unreachable) is sent to
+    another runner, so every item is answered once.
+
+    Memory stays bounded whatever the dataset's size: an item is read only
+    when a slot is free, and a slot frees when its answer has been taken by
+    the stream (`next`), so at most `concurrency` items are read and not yet
+    written. To `responses` it looks like any other `RunnerStream`."""
+
+    def __init__(self, pool: RunnerPool, run: Any, metadata: Metadata) -> None:
+        config = pool._config
+        self.runner = "items"
+        self._pool = pool
+        self._metadata = metadata
+        self._expose = config.expose_internals
+        self._spread = config.spread_dataset_runs
+        self._deadline = asyncio.get_running_loop().time() + config.deadlines.dataset_run
+        self._slots = asyncio.Semaphore(max(1, pool.dataset_concurrency(run.data, DEFAULT_ITEM_CONCURRENCY)))
+        self._answers: asyncio.Queue[Any] = asyncio.Queue()  # bytes, a fatal Refusal, or _END
+        self._calls: set[asyncio.Task[None]] = set()
+        self._down: set[str] = set()  # runners that failed during this run
+        self._sticky: str | None = None  # the run's one runner, when not spreading
+        self._run = run
+        self._fields: dict[str, Any] = {}
+        self._feeder: asyncio.Task[None] | None = None
+        self._held: Any = None  # the first answer, taken while opening
+
+    @classmethod
+    async def open(cls, pool: RunnerPool, run: Any, metadata: Metadata) -> ItemsRun:
+        """Start the run; a run that cannot start at all (no runner reachable
+        for its first item) is refused before the response begins."""
+        self = cls(pool, run, metadata)
+        self._feeder = asyncio.create_task(self._feed())
+        self._held = await self._answers.get()
+        if isinstance(self._held, Refusal):
+            self.cancel()
+            raise self._held
+        return self
+
+    async def next(self) -> bytes | None:
+        answer, self._held = (self._held, None) if self._held is not None else (await self._answers.get(), None)
+        if answer is _END:
+            return None
+        if isinstance(answer, Refusal):
+            raise answer
+        self._slots.release()
+        return answer  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+        for call in list(self._calls):
+            call.cancel()
+
+    async def _feed(self) -> None:
+        data = self._run.data
+        try:
+            plan = datasets.plan(self._run.kind, data)
+            self._fields = {
+                "kind": _KIND[self._run.kind],
+                "run_id": str(uuid.uuid4()),
+                "run_name": _str(data.get("experimentId")) or "experiment",
+                "dataset_path": plan.dataset_path,
+                "prompt_name": plan.prompt_name,
+                "prompt_path": _str(data.get("promptPath")),
+                "commit_sha": _str(data.get("commitSha")),
+                "eval_names": plan.eval_names,
+            }
+            sampling = data.get("sampling")
+            async for item in datasets.items(self._pool.datasets, plan, data["ast"], sampling if isinstance(sampling, dict) else None):  # type: ignore[arg-type]
+                await self._slots.acquire()
+                call = asyncio.create_task(self._answer(item))
+                self._calls.add(call)
+                call.add_done_callback(self._calls.discard)
+        except (datasets.DatasetError, Refusal) as error:
+            text = error.message if isinstance(error, Refusal) else str(error)
+            # As a runner reading its own dataset answers: one error row, then the rows already under way.
+            self._answers.put_nowait(_error_event(f"cannot load the dataset: {text}"))
+        except Exception:  # noqa: BLE001 - the run ends with an error row, never a traceback
+            log.exception("reading a dataset run's items failed")
+            self._answers.put_nowait(_error_event("cannot load the dataset: internal gateway error"))
+        finally:
+            if self._calls:
+                await asyncio.gather(*self._calls, return_exceptions=True)
+            self._answers.put_nowait(_END)
+
+    async def _answer(self, item: datasets.Item) -> None:
+        if item.error:
+            self._answers.put_nowait(_error_event(item.error))
+            return
+        request = pb.DatasetItemRequest(
+            **self._fields,
+            index=item.index,
+            input_json=_json(item.input),
+            expected_output_json=_json(item.expected_output) if item.has_expected_output else "",
+            rendered=item.rendered,
+            item_name=item.name,
+        ).SerializeToString()
+        tried: set[str] = set()
+        loop = asyncio.get_running_loop()
+        while True:
+            runner = self._pick(tried)
+            remaining = self._deadline - loop.time()
+            if runner is None or remaining <= 0:
+                self._answers.put_nowait(self._pool._none_left(sorted(tried)) if remaining > 0 else Refusal("Runner did not answer before the deadline", 504))
+                return
+            tried.add(runner.target)
+            try:
+                answer = await runner.run_dataset_item(request, metadata=self._metadata, timeout=remaining)
+            except AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._pool._mark_down(runner, error)
+                    self._down.add(runner.target)
+                    continue  # nothing was answered: the item goes to another runner
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self._answers.put_nowait(Refusal("Runner did not answer before the deadline", 504))
+                    return
+                self._answers.put_nowait(_error_event(refusal_for(error, self._expose).message))
+                return
+            self._answers.put_nowait(answer)
+            return
+
+    def _pick(self, tried: set[str]) -> RunnerClient | None:
+        """The runner for an item's next attempt: the next in turn (or the
+        run's one runner), never one this item has tried already."""
+        candidates = [r for r in self._pool.item_runners(self._down) if r.target not in tried]
+        if not self._spread:
+            stay = [r for r in candidates if r.target == self._sticky and r.target not in self._down]
+            candidates = stay or candidates
+            self._sticky = candidates[0].target if candidates else None
+        return candidates[0] if candidates else None
+
+
+def _error_event(message: str) -> bytes:
+    """One item's error row, as a runner would have sent it."""
+    return pb.ExperimentEvents(events=[pb.ExperimentEvent(error=pb.Error(message=message))]).SerializeToString()

@@ -21,17 +21,19 @@ Never imports the gateway.
 
 from . import events
 from .agentmark_bridge import AgentMarkRunner
-from .agentmark_cloud import AgentMarkCloud, connect_agentmark
+from ..agentmark_api import AgentMarkCloud
+from .agentmark_cloud import connect_agentmark
 from .openai_executor import OpenAIExecutor, Tool
 from .scorers import BUILTIN_SCORERS
 from .server import serve, serve_async, start
-from .service import AlertRequest, ExperimentRequest, PromptRequest, Runner, RunnerServicer
+from .service import AlertRequest, DatasetItem, ExperimentRequest, PromptRequest, Runner, RunnerServicer
 
 __all__ = [
     "AgentMarkCloud",
     "AgentMarkRunner",
     "AlertRequest",
     "BUILTIN_SCORERS",
+    "DatasetItem",
     "OpenAIExecutor",
     "Tool",
     "ExperimentRequest",

@@ -80,6 +80,30 @@ class ExperimentRequest:
 
 
 @dataclass(frozen=True)
+class DatasetItem:
+    """One dataset item the gateway read, sampled and rendered, for a runner
+    whose `wants_rendered_prompts` is true: call the model with `rendered`,
+    score `eval_names`, answer its row (`events.dataset_row`, with `run_id`
+    and `run_name` as given) or an `events.row_error`."""
+
+    kind: str
+    index: int
+    input: Any
+    expected_output: Any  # None when the row has none
+    rendered: pb.RenderedPrompt
+    eval_names: list[str]
+    run_id: str
+    run_name: str
+    dataset_path: str
+    item_name: str
+    prompt_name: str
+    prompt_path: str
+    commit_sha: str
+    trace_context: dict[str, str] = field(default_factory=dict)
+    time_remaining: float | None = None
+
+
+@dataclass(frozen=True)
 class AlertRequest:
     id: str
     type: str
@@ -121,6 +145,11 @@ class Runner:
 
     async def run_experiment(self, request: ExperimentRequest) -> AsyncIterator[pb.ExperimentEvent]:
         yield events.row_error(f"{type(self).__name__} does not run dataset experiments")
+
+    async def run_dataset_item(self, item: DatasetItem) -> pb.ExperimentEvent:
+        """One item of a dataset run the gateway reads itself (only for a
+        runner with `wants_rendered_prompts`); its row or its error."""
+        return events.row_error(f"{type(self).__name__} does not run dataset items")
 
     async def get_evals(self) -> Sequence[str]:
         return []
@@ -196,6 +225,27 @@ def experiment_request(message: pb.RunExperimentRequest, context: grpc.aio.Servi
         commit_sha=message.commit_sha,
         sampling=_parse(message.sampling_json, "sampling_json", None),
         data_json=message.data_json,
+        **_call_details(context),
+    )
+
+
+def dataset_item(message: pb.DatasetItemRequest, context: grpc.aio.ServicerContext | None = None) -> DatasetItem:
+    if message.kind not in KINDS:
+        raise InvalidRequest("kind is not set")
+    return DatasetItem(
+        kind=KINDS[message.kind],
+        index=message.index,
+        input=_parse(message.input_json, "input_json", None),
+        expected_output=_parse(message.expected_output_json, "expected_output_json", None),
+        rendered=message.rendered,
+        eval_names=list(message.eval_names),
+        run_id=message.run_id,
+        run_name=message.run_name,
+        dataset_path=message.dataset_path,
+        item_name=message.item_name,
+        prompt_name=message.prompt_name,
+        prompt_path=message.prompt_path,
+        commit_sha=message.commit_sha,
         **_call_details(context),
     )
 
@@ -310,6 +360,18 @@ class RunnerServicer(runner_pb2_grpc.RunnerServicer):
             lambda exc: events.row_error(self._failure(exc)),
         ):
             yield batch
+
+    async def RunDatasetItem(self, request: pb.DatasetItemRequest, context: grpc.aio.ServicerContext) -> pb.ExperimentEvents:  # noqa: N802
+        try:
+            item = dataset_item(request, context)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            answer = await self._runner.run_dataset_item(item)
+        except Exception as exc:  # noqa: BLE001 - the item's error row; the run goes on
+            log.exception("run_dataset_item failed")
+            answer = events.row_error(self._failure(exc))
+        return pb.ExperimentEvents(events=[answer])
 
     async def GetEvals(self, request: pb.GetEvalsRequest, context: grpc.aio.ServicerContext) -> pb.GetEvalsResponse:  # noqa: N802
         try:
