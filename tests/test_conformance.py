@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from agentmark_gw import conformance
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, Runner, events, start
-from agentmark_gw.runner.service import PromptRequest
+from agentmark_gw.runner.service import DatasetItem, PromptRequest
 
 from .servers.fake_openai import FakeOpenAI
 
@@ -167,13 +168,13 @@ async def test_an_empty_json_field_is_absent_for_the_kit_as_for_the_gateway() ->
 
 
 class RenderedOnly(Runner):
-    """Asks for rendered prompts and has no `RunDatasetItem`: the kit renders
-    its prompts as the gateway would, and checks `RunExperiment` instead."""
+    """Asks for rendered prompts: the kit renders its prompts as the gateway
+    would, and sends its dataset as rendered items."""
 
     wants_rendered_prompts = True
 
     def __init__(self) -> None:
-        self.seen: list[PromptRequest] = []
+        self.seen: list[Any] = []
 
     async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
         self.seen.append(request)
@@ -183,9 +184,9 @@ class RenderedOnly(Runner):
         yield events.text_delta(request.rendered.messages[-1].content[0].text)
         yield events.finish("stop")
 
-    async def run_experiment(self, request):  # type: ignore[no-untyped-def]
-        for row in conformance.DATASET_ROWS:
-            yield events.dataset_row(input=row["input"], actual_output="x", run_id="r", run_name=request.experiment_id)
+    async def run_dataset_item(self, item: DatasetItem) -> pb.ExperimentEvent:
+        self.seen.append(item)
+        return events.dataset_row(input=item.input, actual_output=item.rendered.messages[-1].content[0].text, run_id=item.run_id, run_name=item.run_name)
 
 
 async def test_a_runner_that_asks_for_rendered_prompts_gets_them_from_the_kit() -> None:
@@ -196,6 +197,7 @@ async def test_a_runner_that_asks_for_rendered_prompts_gets_them_from_the_kit() 
     finally:
         await server.stop(0)
     assert [(r.id, r.passed) for r in results] == [("text-stream", True), ("dataset-run", True)], results
-    rendered = runner.seen[-1].rendered
-    assert rendered is not None
-    assert [(m.role, m.content[0].text) for m in rendered.messages] == [("system", "Answer briefly."), ("user", "What is 2+2?")]
+    prompt, *items = runner.seen
+    assert [(m.role, m.content[0].text) for m in prompt.rendered.messages] == [("system", "Answer briefly."), ("user", "What is 2+2?")]
+    # Each row of the kit's dataset, rendered with its input as the props.
+    assert sorted(item.rendered.messages[-1].content[0].text for item in items) == sorted(row["input"]["question"] for row in conformance.DATASET_ROWS)

@@ -242,14 +242,20 @@ async def test_agentmark_sdk_spans_join_the_callers_trace_and_reach_the_done_lin
 
 
 async def test_dataset_run_on_the_rust_runner(rust_gateway: str, client: httpx.AsyncClient) -> None:
-    """The Rust example scores no evals; its rows are otherwise complete."""
+    """The gateway in front of the thin Rust runner reads the dataset from its
+    `datasets_dir` and sends the rows as rendered items; the runner answers
+    each with its row, the prompt's eval scored."""
     response, lines = await stream_lines(client, rust_gateway + "/", agentmark_json("events/dataset-run.json"))
     assert response.status_code == 200
     rows = [line for line in lines if line["type"] == "dataset"]
     assert len(rows) == 6 and len(lines) == 6
     for row in rows:
-        assert row["runName"] == "sentiment-baseline" and row["result"]["evals"] == []
-        assert row["result"]["actualOutput"] == {"sentiment": sentiment_of(row["result"]["input"]["text"])}
+        assert row["runName"] == "sentiment-baseline"
+        result = row["result"]
+        assert result["actualOutput"] == {"sentiment": sentiment_of(result["input"]["text"])}
+        should_pass = json.loads(result["expectedOutput"]) == result["actualOutput"]
+        assert result["evals"] == [{"name": "exact_match_json", "score": int(should_pass), "passed": should_pass, "label": "match" if should_pass else "mismatch"}]
+    assert len({row["runId"] for row in rows}) == 1
 
 
 async def test_a_long_answer_in_a_dataset_row(any_gateway: str, client: httpx.AsyncClient, tmp_path: Any) -> None:

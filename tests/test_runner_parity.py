@@ -91,3 +91,47 @@ async def test_a_long_streamed_object_grows_by_the_same_steps(gateway: str, rust
     deltas = [line["result"] for line in python["answer"] if "result" in line]
     assert len(deltas) > 5 and deltas[-1] == reply
     assert rust == python
+
+
+def _dataset_cases() -> list[Any]:
+    def run(sampling: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+        event = agentmark_json("events/dataset-run.json")
+        event["event"]["data"].update(changes)
+        if sampling is not None:
+            event["event"]["data"]["sampling"] = sampling
+        return event
+
+    return [
+        pytest.param(run(), id="sentiment-with-its-eval"),
+        pytest.param(run({"rows": [0, 2, 5]}), id="sampled-rows"),
+        pytest.param(run({"sample": 50, "seed": 7}), id="seeded-sample"),
+        pytest.param(run(ast=agentmark_json("ast/text.json"), datasetPath="math.jsonl", experimentId="math"), id="text-prompt"),
+        pytest.param(run(datasetPath="missing.jsonl"), id="missing-dataset"),
+    ]
+
+
+def _rows(lines: list[dict[str, Any]]) -> tuple[list[str], set[Any]]:
+    """A run's lines in a comparable order (rows come in completion order),
+    without the run id, which each run draws afresh; and its run ids."""
+    run_ids = {line.pop("runId", None) for line in lines}
+    return sorted(json.dumps(line, sort_keys=True) for line in lines), run_ids
+
+
+@pytest.mark.parametrize("event", _dataset_cases())
+async def test_rust_runner_answers_dataset_runs_as_the_python_runner(
+    event: dict[str, Any], gateway: str, rust_gateway: str, fake_openai: FakeOpenAI
+) -> None:
+    """The Python runner reads, samples and renders the dataset itself; the
+    gateway does that for the Rust runner (its `datasets_dir` holds the same
+    fixture datasets), which only calls the model and scores."""
+    python = await _answer(gateway, event, fake_openai)
+    rust = await _answer(rust_gateway, event, fake_openai)
+    python_rows, python_runs = _rows(python.pop("answer"))
+    rust_rows, rust_runs = _rows(rust.pop("answer"))
+    assert python["status"] == 200 and python_rows
+    assert rust_rows == python_rows
+    assert len(python_runs) == len(rust_runs) == 1
+    # Sent in completion order too.
+    sent = [sorted(json.dumps(body, sort_keys=True) for body in answer.pop("model was sent")) for answer in (python, rust)]
+    assert sent[1] == sent[0]
+    assert rust == python

@@ -291,7 +291,7 @@ class Kit:
         items = await self._dataset_items() if await self._wants_rendered() else None
         # Items are the kit's own rows, whatever --dataset names: such a runner reads no dataset.
         events, ours = items or [], True
-        if items is None:
+        if items is None:  # the runner reads the dataset itself
             request = pb.RunExperimentRequest(
                 kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(TEXT_AST), experiment_id="conformance", dataset_path=self.dataset,
                 concurrency=2, data_json=json.dumps({"datasetPath": self.dataset}),
@@ -328,12 +328,10 @@ class Kit:
             raise Failed("row inputs are not the dataset's inputs")
         return f"{len(rows)} rows, run id {rows[0].run_id[:8]}…"
 
-    async def _dataset_items(self) -> list[pb.ExperimentEvent] | None:
+    async def _dataset_items(self) -> list[pb.ExperimentEvent]:
         """The kit's dataset as a gateway with a dataset source sends it to a
         runner that asks for rendered prompts: one `RunDatasetItem` per row,
-        each answered by exactly one event. None when the runner has no
-        `RunDatasetItem` (UNIMPLEMENTED): a gateway without a dataset source
-        sends it `RunExperiment`, so that is checked instead."""
+        each answered by exactly one event."""
         from .gateway import rendering
 
         run_id = str(uuid.uuid4())
@@ -354,7 +352,8 @@ class Kit:
             return list(await asyncio.gather(*(item(i, row) for i, row in enumerate(DATASET_ROWS))))
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return None
+                raise Failed("RunDatasetItem is UNIMPLEMENTED: a runner that asks for rendered prompts gets dataset runs as items "
+                             "from a gateway with a dataset source (datasets_dir); implement it") from None
             raise
 
     async def get_evals(self) -> str:
