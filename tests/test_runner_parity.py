@@ -135,3 +135,19 @@ async def test_rust_runner_answers_dataset_runs_as_the_python_runner(
     sent = [sorted(json.dumps(body, sort_keys=True) for body in answer.pop("model was sent")) for answer in (python, rust)]
     assert sent[1] == sent[0]
     assert rust == python
+
+
+@pytest.mark.parametrize("failures", [2, 5])
+async def test_rate_limits_are_retried_as_the_python_runner_retries_them(
+    failures: int, gateway: str, rust_gateway: str, fake_openai: FakeOpenAI
+) -> None:
+    """Two retries before the first token: 2 rate limits are ridden out, 5 are the answer."""
+    import uuid
+
+    seen = {}
+    for runner, url in (("python", gateway), ("rust", rust_gateway)):
+        message = f"flaky:{failures}:{runner}-{uuid.uuid4().hex}"  # the fake counts attempts per message
+        answer = await _answer(url, _event(agentmark_json("ast/text.json"), True, {"userMessage": message}), fake_openai)
+        seen[runner] = (answer["answer"], fake_openai.attempts[message])
+    assert seen["python"][1] == 3
+    assert seen["rust"] == seen["python"]

@@ -181,6 +181,12 @@ fn truthy(value: Option<&Value>) -> bool {
     }
 }
 
+/// The prompt's `max_retries`, or the Python executor's default.
+fn retries(prompt: &Prompt) -> u32 {
+    let given = prompt.settings.get("max_retries").and_then(Value::as_u64);
+    given.map_or(crate::openai::DEFAULT_RETRIES, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 /// A text setting, or `default` when it is absent or empty.
 fn text_setting<'a>(prompt: &'a Prompt, key: &str, default: &'a str) -> &'a str {
     prompt.settings.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or(default)
@@ -219,7 +225,7 @@ async fn chat(
         // An example with no tools of its own: say so, as the Python runner does for tools it lacks.
         return Err(format!("tools not registered with the executor: {}", prompt.tools.join(", ")));
     }
-    let stream = client.chat_stream(&chat_body(prompt)).await?;
+    let stream = client.chat_stream(&chat_body(prompt), retries(prompt)).await?;
     futures::pin_mut!(stream);
     let (mut reason, mut usage, mut text) = ("stop".to_string(), None, String::new());
     // The object shown so far, and the length (in characters) of the text it was read from.
@@ -283,7 +289,7 @@ async fn image(client: &Client, prompt: &Prompt) -> Result<Option<Vec<pb::Runner
             body[parameter] = s[setting].clone();
         }
     }
-    let answer = client.images(&body).await?;
+    let answer = client.images(&body, retries(prompt)).await?;
     let items = answer["data"]
         .as_array()
         .map(Vec::as_slice)
@@ -308,7 +314,7 @@ async fn speech(client: &Client, prompt: &Prompt) -> Result<Option<Vec<pb::Runne
     if truthy(prompt.settings.get("speed")) {
         body["speed"] = prompt.settings["speed"].clone();
     }
-    let audio = client.speech(&body).await?;
+    let audio = client.speech(&body, retries(prompt)).await?;
     let mime_type = match format.as_str() {
         "mp3" => "audio/mpeg",
         "wav" => "audio/wav",
