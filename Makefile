@@ -46,6 +46,10 @@ fuzz: ## Fuzz the Rust core's raw-bytes entry points for 60 s (cargo fuzz)
 bench: $(STAMP) ## Micro-benchmarks: the Rust core against its Python twin
 	$(VENV)/python -m pytest benchmarks --benchmark-only -p no:cacheprovider
 
+.PHONY: bench-datasets
+bench-datasets: $(STAMP) ## One 200-row dataset run spread over 1 and 3 runners, 200 ms model (benchmarks/README.md)
+	$(VENV)/python -m benchmarks.dataset_spread
+
 .PHONY: bench-e2e
 bench-e2e: $(STAMP) ## End to end: gateway (Hypercorn, Granian, asyncio loop) vs bare Quart vs AgentMark's server: paced token streams (100-1,000 at once), then wrk; added latency, RSS (about 20 min, more on a busy machine)
 	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }

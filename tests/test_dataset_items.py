@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 from agentmark.prompt_core import create_agentmark
-
+from agentmark_gw.agentmark_api import AgentMarkCloud
 from agentmark_gw.gateway import create_app
 from agentmark_gw.gateway.datasets import AgentMarkDatasets, DatasetError
-from agentmark_gw.agentmark_api import AgentMarkCloud
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.runner import DatasetItem, events, start
 
@@ -168,6 +167,8 @@ async def test_a_run_spreads_over_three_runners_and_survives_one_dying(tmp_path:
             killer = asyncio.create_task(kill_the_second())
             status, lines = await run(gateway.url, dataset_event(name, concurrency=6))
             await asyncio.wait_for(killer, 5)
+            async with httpx.AsyncClient(timeout=10) as client:
+                metrics = (await client.get(gateway.url + "/metrics")).text
     finally:
         await asyncio.gather(*(server.stop(0) for server, _ in served))
     assert status == 200
@@ -179,6 +180,8 @@ async def test_a_run_spreads_over_three_runners_and_survives_one_dying(tmp_path:
     assert sum(r.most_in_flight for r in runners) >= 3  # spread: more than one runner worked at once
     # The dead runner's unanswered items went to another: each still answered once (above).
     assert any("unavailable" in r.getMessage() and "trying the next" in r.getMessage() for r in caplog.records)
+    counted = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("agentmark_gw_dataset_items_total{")}
+    assert counted["answered"] == 60 and counted["retried"] >= 1 and counted.get("error", 0) == 0
 
 
 async def test_concurrency_bounds_items_in_flight_and_one_runner_per_run_when_asked(tmp_path: Path) -> None:
@@ -254,3 +257,50 @@ async def test_a_gateway_with_agentmark_credentials_reads_datasets_from_agentmar
     finally:
         await server.stop(0)
     assert [line["result"]["input"] for line in lines if line["type"] == "dataset"] == [{"text": "only in AgentMark"}]
+
+
+def test_the_spread_benchmark_runs() -> None:
+    """`make bench-datasets`, tiny: every run answers every row."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dataset_spread", "--rows", "12", "--model-seconds", "0.01", "--concurrency", "4", "--capacity", "2"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == 4 and all(line.split("|")[3].strip() == "12" for line in table), done.stdout
+
+
+async def test_a_client_going_away_cancels_the_items_in_flight(tmp_path: Path) -> None:
+    name = write_dataset(tmp_path, 50)
+    runner = ItemRunner(seconds=30.0)  # every item waits: the run is all in flight
+    cancelled: list[int] = []
+    answer = runner.run_dataset_item
+
+    async def recording(item: DatasetItem) -> pb.ExperimentEvent:
+        try:
+            return await answer(item)
+        except asyncio.CancelledError:
+            cancelled.append(item.index)
+            raise
+
+    runner.run_dataset_item = recording  # type: ignore[method-assign]
+    [(server, target)] = await serve_runners(runner)
+    try:
+        async with HttpServer(create_app(gateway_config(target, datasets_dir=str(tmp_path), heartbeat_interval=0.2))) as gateway:
+            raw, headers = signed(dataset_event(name, concurrency=4))
+            async with httpx.AsyncClient(timeout=30) as client:
+                async with client.stream("POST", gateway.url + "/", content=raw, headers=headers) as response:
+                    assert response.status_code == 200
+                    while len(runner.items) < 4:
+                        await asyncio.sleep(0.02)
+            for _ in range(100):  # the client left: within a second or so, each call is cancelled
+                if len(cancelled) == 4:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await server.stop(0)
+    assert sorted(cancelled) == [0, 1, 2, 3] and len(runner.items) == 4  # nothing more was read or sent

@@ -64,7 +64,7 @@ def create_app(config: GatewayConfig, tracer_provider: TracerProvider | None = N
         if not config.expose_internals:
             for target, label in runner_labels.items():
                 log.info("%s is %s", label, target)
-        pool = RunnerPool(config, on_health=runner_health)
+        pool = RunnerPool(config, on_health=runner_health, on_item=lambda outcome: metrics.dataset_items.labels(outcome).inc())
         await pool.start()
         outbox = await asyncio.to_thread(Outbox, config.alerts_db)
 

@@ -207,7 +207,10 @@ def plan(kind: str, data: dict[str, Any]) -> RunPlan:
 
 async def items(source: DatasetSource, run: RunPlan, ast: dict[str, Any], sampling: dict[str, Any] | None) -> AsyncIterator[Item]:
     """The run's items in order, read, sampled and rendered one at a time."""
-    from agentmark.prompt_core.sampling import should_include_row, validate_sampling_options
+    from agentmark.prompt_core.sampling import (
+        should_include_row,
+        validate_sampling_options,
+    )
 
     prompt = await rendering.load(run.kind, ast)
     options: Any = sampling or {}

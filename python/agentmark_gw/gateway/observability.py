@@ -67,6 +67,11 @@ class Metrics:
         self.outbox_depth = Gauge(
             "agentmark_gw_alert_outbox_depth", "Alert deliveries waiting in the outbox", registry=registry, multiprocess_mode="max"
         )
+        self.dataset_items = Counter(
+            "agentmark_gw_dataset_items", "Dataset items the gateway sent to runners (RunDatasetItem), by outcome: "
+            "answered (a row), error (an error row), retried (sent to another runner after UNAVAILABLE)",
+            ["outcome"], registry=registry,
+        )
         self.inflight_streams = Gauge(
             "agentmark_gw_inflight_streams", "Streaming responses in progress", registry=registry, multiprocess_mode="livesum"
         )

@@ -247,7 +247,9 @@ class RunnerClient:
 
 
 class RunnerPool:
-    def __init__(self, config: GatewayConfig, on_health: Callable[[str, bool], None] | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, on_health: Callable[[str, bool], None] | None = None, on_item: Callable[[str], None] | None = None
+    ) -> None:
         self._config = config
         options = [
             ("grpc.lb_policy_name", "round_robin"),
@@ -268,6 +270,7 @@ class RunnerPool:
             log.info("dataset runs for runners that take items are read from %s", self.datasets.describe())
         self._turn = itertools.count()
         self._on_health = on_health
+        self.on_item = on_item or (lambda outcome: None)  # a dataset item's outcome, for the metrics
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -490,22 +493,37 @@ class ItemsRun:
         self._run = run
         self._fields: dict[str, Any] = {}
         self._feeder: asyncio.Task[None] | None = None
-        self._held: Any = None  # the first answer, taken while opening
+        self._first: asyncio.Future[Any] | None = None  # the first answer, awaited while opening
 
     @classmethod
     async def open(cls, pool: RunnerPool, run: Any, metadata: Metadata) -> ItemsRun:
         """Start the run; a run that cannot start at all (no runner reachable
-        for its first item) is refused before the response begins."""
+        for its first item) is refused before the response begins. As with
+        a slow prompt run, a first answer that takes longer than the
+        heartbeat interval is not waited for: the stream starts, and its
+        heartbeats cover the wait."""
         self = cls(pool, run, metadata)
         self._feeder = asyncio.create_task(self._feed())
-        self._held = await self._answers.get()
-        if isinstance(self._held, Refusal):
+        first = asyncio.ensure_future(self._answers.get())
+        patience = pool._config.heartbeat_interval or None
+        try:
+            done, _ = await asyncio.wait({first}, timeout=patience)
+        except BaseException:
+            first.cancel()
             self.cancel()
-            raise self._held
+            raise
+        if done and isinstance(first.result(), Refusal):
+            self.cancel()
+            raise first.result()
+        self._first = first
         return self
 
     async def next(self) -> bytes | None:
-        answer, self._held = (self._held, None) if self._held is not None else (await self._answers.get(), None)
+        if self._first is not None:
+            first, self._first = self._first, None
+            answer = await first
+        else:
+            answer = await self._answers.get()
         if answer is _END:
             return None
         if isinstance(answer, Refusal):
@@ -514,6 +532,8 @@ class ItemsRun:
         return answer  # type: ignore[no-any-return]
 
     def cancel(self) -> None:
+        if self._first is not None:
+            self._first.cancel()
         if self._feeder is not None:
             self._feeder.cancel()
         for call in list(self._calls):
@@ -521,6 +541,7 @@ class ItemsRun:
 
     async def _feed(self) -> None:
         data = self._run.data
+        started = False  # an item was read: a later failure is mid-way
         try:
             plan = datasets.plan(self._run.kind, data)
             self._fields = {
@@ -535,6 +556,7 @@ class ItemsRun:
             }
             sampling = data.get("sampling")
             async for item in datasets.items(self._pool.datasets, plan, data["ast"], sampling if isinstance(sampling, dict) else None):  # type: ignore[arg-type]
+                started = True
                 await self._slots.acquire()
                 call = asyncio.create_task(self._answer(item))
                 self._calls.add(call)
@@ -542,7 +564,7 @@ class ItemsRun:
         except (datasets.DatasetError, Refusal) as error:
             text = error.message if isinstance(error, Refusal) else str(error)
             # As a runner reading its own dataset answers: one error row, then the rows already under way.
-            self._answers.put_nowait(_error_event(f"cannot load the dataset: {text}"))
+            self._answers.put_nowait(_error_event(f"cannot {'read' if started else 'load'} the dataset: {text}"))
         except Exception:  # noqa: BLE001 - the run ends with an error row, never a traceback
             log.exception("reading a dataset run's items failed")
             self._answers.put_nowait(_error_event("cannot load the dataset: internal gateway error"))
@@ -553,6 +575,7 @@ class ItemsRun:
 
     async def _answer(self, item: datasets.Item) -> None:
         if item.error:
+            self._pool.on_item("error")
             self._answers.put_nowait(_error_event(item.error))
             return
         request = pb.DatasetItemRequest(
@@ -578,12 +601,15 @@ class ItemsRun:
                 if error.code() == grpc.StatusCode.UNAVAILABLE:
                     self._pool._mark_down(runner, error)
                     self._down.add(runner.target)
+                    self._pool.on_item("retried")
                     continue  # nothing was answered: the item goes to another runner
                 if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     self._answers.put_nowait(Refusal("Runner did not answer before the deadline", 504))
                     return
+                self._pool.on_item("error")
                 self._answers.put_nowait(_error_event(refusal_for(error, self._expose).message))
                 return
+            self._pool.on_item("answered")
             self._answers.put_nowait(answer)
             return
 
