@@ -20,6 +20,18 @@ pub enum Kind {
     Speech,
 }
 
+impl Kind {
+    /// As AgentMark names the kind (`text_config` is a text prompt, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Object => "object",
+            Kind::Image => "image",
+            Kind::Speech => "speech",
+        }
+    }
+}
+
 /// A prompt ready for the model: the `*_config` settings, and its text.
 #[derive(Debug)]
 pub struct Prompt {

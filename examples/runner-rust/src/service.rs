@@ -365,7 +365,7 @@ async fn dataset_item(client: &Client, item: pb::DatasetItemRequest) -> pb::Expe
     };
     let prompt = match prompt::from_rendered(rendered) {
         Ok(prompt) if matches!(prompt.kind, Kind::Text | Kind::Object) => prompt,
-        Ok(prompt) => return row_error(format!("dataset runs support text and object prompts, not {:?}", prompt.kind).to_lowercase()),
+        Ok(prompt) => return row_error(format!("dataset runs support text and object prompts, not {}", prompt.kind.name())),
         Err(message) => return row_error(message),
     };
     // Empty is absent, and so is null: a row without an expected output.
