@@ -361,7 +361,7 @@ async fn answer(client: &Client, prompt: &Prompt) -> Result<(Value, Option<u64>)
 /// event for the item: the gateway goes on with the rest of the run.
 async fn dataset_item(client: &Client, item: pb::DatasetItemRequest) -> pb::ExperimentEvent {
     let Some(rendered) = &item.rendered else {
-        return row_error(format!("dataset item {} came without its rendered prompt; {NOT_RENDERED}", item.index));
+        return row_error(format!("dataset item {} came without its rendered prompt, which this runner needs to run it", item.index));
     };
     let prompt = match prompt::from_rendered(rendered) {
         Ok(prompt) if matches!(prompt.kind, Kind::Text | Kind::Object) => prompt,
