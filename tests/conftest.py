@@ -196,14 +196,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-async def rust_runner(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def rust_runner(fake_openai: FakeOpenAI) -> AsyncIterator[str]:
     """The Rust example runner (examples/runner-rust), built with cargo and run
-    as a process, its model calls going to the fake API. Its data directory
-    holds the conformance kit's dataset and AgentMark's fixture datasets."""
-    import shutil
-
-    from agentmark_gw import conformance
-
+    as a process, its model calls going to the fake API. A thin runner: it
+    reads no datasets, the gateway sends it rendered items."""
     # The same command `make test` starts in the background: waits for that build, or does it.
     build = await asyncio.create_subprocess_exec(
         "cargo", "build", "--quiet", "-p", "agentmark-runner-rust", "--target-dir", str(RUST_RUNNER_TARGET),
@@ -211,14 +207,10 @@ async def rust_runner(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPath
     )
     _, err = await asyncio.wait_for(build.communicate(), 900)
     assert build.returncode == 0, err.decode()[-3000:]
-    data = tmp_path_factory.mktemp("rust-runner-data")
-    conformance.write_dataset(data)
-    for dataset in (AGENTMARK / "datasets").glob("*.jsonl"):
-        shutil.copy(dataset, data)
     port = free_port()
     env = {**os.environ, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake_openai.url}  # type: ignore[attr-defined]
     process = await asyncio.create_subprocess_exec(
-        str(RUST_RUNNER_TARGET / "debug" / "agentmark-runner-rust"), "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
+        str(RUST_RUNNER_TARGET / "debug" / "agentmark-runner-rust"), "--listen", f"127.0.0.1:{port}",
         env=env, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
@@ -231,8 +223,10 @@ async def rust_runner(fake_openai: FakeOpenAI, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 async def rust_gateway(rust_runner: str) -> AsyncIterator[str]:
-    """The gateway in front of the Rust example runner."""
-    async with HttpServer(create_app(gateway_config(rust_runner))) as server:
+    """The gateway in front of the Rust example runner, reading dataset runs
+    from AgentMark's fixture datasets (`datasets_dir`) and sending them to
+    the runner item by item, rendered."""
+    async with HttpServer(create_app(gateway_config(rust_runner, datasets_dir=str(AGENTMARK / "datasets")))) as server:
         yield server.url
 
 

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -17,7 +18,7 @@ import pytest
 from agentmark_gw import conformance
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, Runner, events, start
-from agentmark_gw.runner.service import PromptRequest
+from agentmark_gw.runner.service import DatasetItem, PromptRequest
 
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
@@ -185,3 +186,39 @@ async def test_an_empty_required_json_field_fails_the_kit_as_it_fails_the_gatewa
         response = await client.post(scripted_gateway + "/", content=raw, headers=headers)
     lines = [json.loads(line) for line in response.text.splitlines()]
     assert lines[-1] == {"type": "error", "error": "runner sent invalid JSON in tool_call.args_json"}
+
+
+class RenderedOnly(Runner):
+    """Asks for rendered prompts: the kit renders its prompts as the gateway
+    would, and sends its dataset as rendered items."""
+
+    wants_rendered_prompts = True
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    async def run_prompt(self, request: PromptRequest) -> AsyncIterator[pb.RunnerEvent]:
+        self.seen.append(request)
+        if request.rendered is None:
+            yield events.error("came unrendered")
+            return
+        yield events.text_delta(request.rendered.messages[-1].content[0].text)
+        yield events.finish("stop")
+
+    async def run_dataset_item(self, item: DatasetItem) -> pb.ExperimentEvent:
+        self.seen.append(item)
+        return events.dataset_row(input=item.input, actual_output=item.rendered.messages[-1].content[0].text, run_id=item.run_id, run_name=item.run_name)
+
+
+async def test_a_runner_that_asks_for_rendered_prompts_gets_them_from_the_kit() -> None:
+    runner = RenderedOnly()
+    server, port = await start(runner, "127.0.0.1:0")
+    try:
+        results = await conformance.run_kit(f"127.0.0.1:{port}", timeout=5, only={"text-stream", "dataset-run"})
+    finally:
+        await server.stop(0)
+    assert [(r.id, r.passed) for r in results] == [("text-stream", True), ("dataset-run", True)], results
+    prompt, *items = runner.seen
+    assert [(m.role, m.content[0].text) for m in prompt.rendered.messages] == [("system", "Answer briefly."), ("user", "What is 2+2?")]
+    # Each row of the kit's dataset, rendered with its input as the props.
+    assert sorted(item.rendered.messages[-1].content[0].text for item in items) == sorted(row["input"]["question"] for row in conformance.DATASET_ROWS)

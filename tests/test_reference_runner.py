@@ -242,14 +242,20 @@ async def test_agentmark_sdk_spans_join_the_callers_trace_and_reach_the_done_lin
 
 
 async def test_dataset_run_on_the_rust_runner(rust_gateway: str, client: httpx.AsyncClient) -> None:
-    """The Rust example scores no evals; its rows are otherwise complete."""
+    """The gateway in front of the thin Rust runner reads the dataset from its
+    `datasets_dir` and sends the rows as rendered items; the runner answers
+    each with its row, the prompt's eval scored."""
     response, lines = await stream_lines(client, rust_gateway + "/", agentmark_json("events/dataset-run.json"))
     assert response.status_code == 200
     rows = [line for line in lines if line["type"] == "dataset"]
     assert len(rows) == 6 and len(lines) == 6
     for row in rows:
-        assert row["runName"] == "sentiment-baseline" and row["result"]["evals"] == []
-        assert row["result"]["actualOutput"] == {"sentiment": sentiment_of(row["result"]["input"]["text"])}
+        assert row["runName"] == "sentiment-baseline"
+        result = row["result"]
+        assert result["actualOutput"] == {"sentiment": sentiment_of(result["input"]["text"])}
+        should_pass = json.loads(result["expectedOutput"]) == result["actualOutput"]
+        assert result["evals"] == [{"name": "exact_match_json", "score": int(should_pass), "passed": should_pass, "label": "match" if should_pass else "mismatch"}]
+    assert len({row["runId"] for row in rows}) == 1
 
 
 async def test_a_long_answer_in_a_dataset_row(any_gateway: str, client: httpx.AsyncClient, tmp_path: Any) -> None:
@@ -262,3 +268,64 @@ async def test_a_long_answer_in_a_dataset_row(any_gateway: str, client: httpx.As
     _, lines = await stream_lines(client, any_gateway + "/", event)
     rows = [line for line in lines if line["type"] == "dataset"]
     assert rows and all(len(row["result"]["actualOutput"]) == 6000 for row in rows)
+
+
+# --- the thin Rust runner, directly over gRPC -----------------------------------------
+
+
+async def _rust_item(rust_runner: str, user_message: str, **fields: Any) -> list[Any]:
+    """The Rust runner's answer to one dataset item of the text fixture, rendered as the gateway renders it."""
+    import grpc
+
+    from agentmark_gw.gateway import rendering
+    from agentmark_gw.protocol import runner_pb2 as pb
+    from agentmark_gw.protocol import runner_pb2_grpc
+
+    item = {"userMessage": user_message}
+    request = pb.DatasetItemRequest(
+        kind=pb.PROMPT_KIND_TEXT, index=3, input_json=json.dumps(item), rendered=await rendering.render("text", agentmark_json("ast/text.json"), item),
+        run_id="run-1", run_name="nightly", **fields,
+    )
+    async with grpc.aio.insecure_channel(rust_runner) as channel:
+        answer = await runner_pb2_grpc.RunnerStub(channel).RunDatasetItem(request, timeout=10)
+    return list(answer.events)
+
+
+async def test_the_rust_runner_answers_a_dataset_item_with_one_scored_row(rust_runner: str, fake_openai: FakeOpenAI) -> None:
+    saved, fake_openai.reply = fake_openai.reply, " 4 "
+    try:
+        (event,) = await _rust_item(rust_runner, "What is 2+2?", expected_output_json='"4"', eval_names=["exact_match", "exact_match_json", "tone"])
+    finally:
+        fake_openai.reply = saved
+    row = event.row
+    assert (row.input_json, row.expected_output_json, row.actual_output_json) == ('{"userMessage": "What is 2+2?"}', '"4"', '" 4 "')
+    assert (row.run_id, row.run_name, row.tokens, row.trace_id) == ("run-1", "nightly", 12 + 3, "")  # " 4 " comes in three pieces
+    # Scored as the Python SDK's built-ins score them; an eval it does not know is left out.
+    assert json.loads(row.evals_json) == [
+        {"name": "exact_match", "score": 1, "passed": True, "label": "match"},
+        {"name": "exact_match_json", "score": 1, "passed": True, "label": "match"},
+    ]
+    assert fake_openai.requests[-1]["messages"][1] == {"role": "user", "content": "What is 2+2?"}
+
+
+async def test_a_model_failure_is_an_error_event_for_that_item(rust_runner: str) -> None:
+    (event,) = await _rust_item(rust_runner, "fail:500", eval_names=["exact_match"])
+    assert event.WhichOneof("event") == "error" and event.error.message == "model API error 500: scripted failure 500"
+
+
+async def test_the_thin_rust_runner_says_what_an_older_gateway_lacks(rust_runner: str) -> None:
+    """It renders nothing and reads no dataset: an unrendered prompt, or a
+    whole dataset run, gets one error saying what the gateway needs."""
+    import grpc
+
+    from agentmark_gw.protocol import runner_pb2 as pb
+    from agentmark_gw.protocol import runner_pb2_grpc
+
+    async with grpc.aio.insecure_channel(rust_runner) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        info = await stub.Describe(pb.DescribeRequest(), timeout=10)
+        prompt = [e async for batch in stub.RunPrompt(pb.RunPromptRequest(kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(agentmark_json("ast/text.json"))), timeout=10) for e in batch.events]
+        experiment = [e async for batch in stub.RunExperiment(pb.RunExperimentRequest(kind=pb.PROMPT_KIND_TEXT, dataset_path="math.jsonl"), timeout=10) for e in batch.events]
+    assert info.rendered_prompts and list(info.eval_names) == ["exact_match", "exact_match_json"]
+    assert [e.WhichOneof("event") for e in prompt] == ["error"] and "rendered by the gateway" in prompt[0].error.message
+    assert [e.WhichOneof("event") for e in experiment] == ["error"] and "datasets_dir" in experiment[0].error.message

@@ -23,9 +23,9 @@ points at) and checks what the runner actually sent it:
 - a runner that asks for rendered prompts answers `RunDatasetItem` with
   exactly one row of the request's run.
 
-A runner whose `Describe` asks for rendered prompts gets
-`RunPromptRequest.rendered` on every prompt run, built by the gateway's own
-rendering module, as the gateway sends it.
+A runner whose `Describe` asks for rendered prompts gets them as the gateway
+sends them: `rendered` by AgentMark's engine beside the AST, and the dataset
+check as one `RunDatasetItem` per row of the kit's dataset.
 
 The runner needs a model to answer with (a real one, or a fake
 OpenAI-compatible server) and, for the dataset check, the kit's dataset in
@@ -116,6 +116,7 @@ IMAGE_AST = _ast("name: conformance-image\nimage_config:\n  model_name: conforma
 SPEECH_AST = _ast("name: conformance-speech\nspeech_config:\n  model_name: conformance-model\n  voice: alloy\n  output_format: mp3",
                   _tag("SpeechPrompt", _text("Hello.")))
 QUESTION = {"question": "What is 2+2?"}
+_KIND_NAMES = {pb.PROMPT_KIND_TEXT: "text", pb.PROMPT_KIND_OBJECT: "object", pb.PROMPT_KIND_IMAGE: "image", pb.PROMPT_KIND_SPEECH: "speech"}
 
 
 # -- templates, for the rendering check (--serve-model) ------------------------
@@ -208,16 +209,12 @@ class Skipped(Exception):
 
 
 def _prompt_request(kind: pb.PromptKind, ast: Any, *, stream: bool = True, props: dict[str, Any] | None = None,
-                    rendered: pb.RenderedPrompt | None = None, extra: dict[str, Any] | None = None) -> pb.RunPromptRequest:
-    """A prompt run as the gateway sends it; with `rendered`, as it sends one
-    to a runner that asked for rendered prompts (then `data_json` leaves the AST out)."""
+                    extra: dict[str, Any] | None = None) -> pb.RunPromptRequest:
+    """A prompt run; `extra` adds fields to the event `data` (`data_json`)."""
     ast_json = ast if isinstance(ast, str) else json.dumps(ast)
     props_json = json.dumps(props if props is not None else QUESTION)
-    data: dict[str, Any] = {"customProps": props, "conformance": True, **(extra or {})}
-    if rendered is None:
-        data["ast"] = ast if not isinstance(ast, str) else None
-    return pb.RunPromptRequest(kind=kind, ast_json=ast_json, custom_props_json=props_json, should_stream=stream,
-                               prompt_path="conformance.prompt.mdx", data_json=json.dumps(data), rendered=rendered)
+    data = {"ast": ast if not isinstance(ast, str) else None, "customProps": props, "conformance": True, **(extra or {})}
+    return pb.RunPromptRequest(kind=kind, ast_json=ast_json, custom_props_json=props_json, should_stream=stream, prompt_path="conformance.prompt.mdx", data_json=json.dumps(data))
 
 
 def _valid_json(text: str, field: str) -> Any:
@@ -320,37 +317,46 @@ class Kit:
         ])
         self.stub = runner_pb2_grpc.RunnerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.info: pb.RunnerInfo | None = None  # the runner's Describe answer; None: it has none
+        self._rendered: bool | None = None  # what `Describe` said, once asked
 
     async def close(self) -> None:
         await self.channel.close()
 
-    async def _describe(self) -> None:
-        """Ask once, as the gateway does when a runner becomes healthy.
-        UNIMPLEMENTED (any runner written before Describe) or no answer: None."""
-        try:
-            self.info = await self.stub.Describe(pb.DescribeRequest(), timeout=min(self.timeout, 10))
-        except grpc.aio.AioRpcError:
-            self.info = None
-
-    @property
-    def wants_rendered(self) -> bool:
-        return bool(self.info and self.info.rendered_prompts)
-
-    async def _prompt(self, kind: pb.PromptKind, ast: Any, *, stream: bool = True, props: dict[str, Any] | None = None,
-                      extra: dict[str, Any] | None = None) -> pb.RunPromptRequest:
-        """A prompt run, with `rendered` for a runner that asked, as the gateway sends it."""
-        rendered = None
-        if self.wants_rendered and isinstance(ast, dict):
+    async def _wants_rendered(self) -> bool:
+        """Whether the runner asks (`Describe`) for prompts rendered by the
+        gateway. UNIMPLEMENTED, a runner older than `Describe`, means no."""
+        if self._rendered is None:
             try:
-                rendered = await _render(kind, ast, props if props is not None else QUESTION)
-            except Failed:
-                rendered = None  # the malformed-AST check: the runner must refuse the AST itself
-        return _prompt_request(kind, ast, stream=stream, props=props, rendered=rendered, extra=extra)
+                info = await self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self._rendered = False
+            else:
+                self._rendered = info.rendered_prompts
+        return self._rendered
+
+    async def _as_gateway_sends(self, request: pb.RunPromptRequest) -> pb.RunPromptRequest:
+        """`request` with `rendered`, for a runner that asks for it."""
+        if not await self._wants_rendered():
+            return request
+        from .gateway import rendering
+        from .gateway.errors import Refusal
+
+        try:
+            rendered = await rendering.render(_KIND_NAMES[request.kind], json.loads(request.ast_json), json.loads(request.custom_props_json or "{}"))
+        except (ValueError, Refusal):
+            # The malformed-AST check: a gateway would refuse it (400); sent
+            # unrendered, the runner must still refuse it cleanly.
+            return request
+        sent = pb.RunPromptRequest()
+        sent.CopyFrom(request)
+        sent.rendered.CopyFrom(rendered)
+        return sent
 
     async def _events(self, request: pb.RunPromptRequest) -> list[pb.RunnerEvent]:
         events: list[pb.RunnerEvent] = []
-        async for batch in self.stub.RunPrompt(request, timeout=self.timeout):
+        async for batch in self.stub.RunPrompt(await self._as_gateway_sends(request), timeout=self.timeout):
             events.extend(batch.events)
         return events
 
@@ -374,13 +380,13 @@ class Kit:
         return "SERVING"
 
     async def text_streaming(self) -> str:
-        return check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
+        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
 
     async def text_not_streaming(self) -> str:
-        return check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST, stream=False)), "text")
+        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST, stream=False)), "text")
 
     async def object_prompt(self) -> str:
-        events = await self._events(await self._prompt(pb.PROMPT_KIND_OBJECT, OBJECT_AST))
+        events = await self._events(_prompt_request(pb.PROMPT_KIND_OBJECT, OBJECT_AST))
         summary = check_prompt_stream(events, "object")
         final = next(e for e in events if e.WhichOneof("event") == "object_final")
         if not isinstance(json.loads(final.object_final.value_json), dict):
@@ -388,84 +394,79 @@ class Kit:
         return summary
 
     async def image_prompt(self) -> str:
-        return check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_IMAGE, IMAGE_AST, stream=False, props={})), "image")
+        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_IMAGE, IMAGE_AST, stream=False, props={})), "image")
 
     async def speech_prompt(self) -> str:
-        return check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_SPEECH, SPEECH_AST, stream=False, props={})), "speech")
+        return check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_SPEECH, SPEECH_AST, stream=False, props={})), "speech")
 
     async def dataset_run(self) -> str:
-        request = pb.RunExperimentRequest(
-            kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(TEXT_AST), experiment_id="conformance", dataset_path=self.dataset,
-            concurrency=2, data_json=json.dumps({"datasetPath": self.dataset}),
-        )
-        rows, errors = [], []
-        try:
-            async for batch in self.stub.RunExperiment(request, timeout=self.timeout):
-                for event in batch.events:
-                    which = event.WhichOneof("event")
-                    if which == "row":
-                        rows.append(event.row)
-                    elif which == "error":
-                        errors.append(event.error.message)
-        except grpc.aio.AioRpcError as error:
-            if self.wants_rendered and error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return await self._dataset_as_items("RunExperiment is UNIMPLEMENTED")
-            raise
-        if self.wants_rendered and len(errors) == 1 and not rows:
-            # A runner on rendered prompts may leave whole runs to a gateway
-            # with a dataset source, which sends it items: check those instead.
-            return await self._dataset_as_items(f"RunExperiment answered {_clip(errors[0], 70)}")
+        items = await self._dataset_items() if await self._wants_rendered() else None
+        # Items are the kit's own rows, whatever --dataset names: such a runner reads no dataset.
+        events, ours = items or [], True
+        if items is None:  # the runner reads the dataset itself
+            request = pb.RunExperimentRequest(
+                kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(TEXT_AST), experiment_id="conformance", dataset_path=self.dataset,
+                concurrency=2, data_json=json.dumps({"datasetPath": self.dataset}),
+            )
+            events = [event async for batch in self.stub.RunExperiment(request, timeout=self.timeout) for event in batch.events]
+            ours = self.dataset == DATASET_NAME
+        rows = [event.row for event in events if event.WhichOneof("event") == "row"]
+        errors = [event.error.message for event in events if event.WhichOneof("event") == "error"]
         if errors and not rows:
             hint = ""
-            if self.dataset == DATASET_NAME and "dataset" in errors[0].lower():
+            if items is None and ours and "dataset" in errors[0].lower():
                 hint = " (write the kit's dataset into the runner's data directory: agentmark-gw conformance --write-dataset DIR)"
             raise Failed(f"only error rows: {errors[0]}{hint}")
-        if len(rows) + len(errors) != len(DATASET_ROWS) and self.dataset == DATASET_NAME:
+        if len(rows) + len(errors) != len(DATASET_ROWS) and ours:
             raise Failed(f"{len(rows)} rows and {len(errors)} error rows for a dataset of {len(DATASET_ROWS)}")
         if errors:
             raise Failed(f"{len(errors)} error row(s): {errors[0]}")
-        _check_rows(rows, "conformance")
+        for row in rows:
+            # The proto's one rule, as the gateway applies it: an empty `_json`
+            # field is absent (a row's input is then null).
+            _valid_json(row.input_json or "null", "row.input_json")
+            evals = _valid_json(row.evals_json or "[]", "row.evals_json")
+            if not isinstance(evals, list) or not all(isinstance(e, dict) and "name" in e for e in evals):
+                raise Failed("row.evals_json must be an array of {name, ...} objects")
+            for field in ("expected_output_json", "actual_output_json"):
+                if row.HasField(field) and getattr(row, field):
+                    _valid_json(getattr(row, field), f"row.{field}")
+            if not row.run_id or row.run_name != "conformance":
+                raise Failed(f"run_id must be set and run_name must be the experiment id (got {row.run_name!r})")
+        if len({row.run_id for row in rows}) != 1:
+            raise Failed("rows of one run carry different run ids")
         inputs = sorted(json.dumps(json.loads(r.input_json or "null"), sort_keys=True) for r in rows)
-        if self.dataset == DATASET_NAME and inputs != sorted(json.dumps(r["input"], sort_keys=True) for r in DATASET_ROWS):
+        if ours and inputs != sorted(json.dumps(r["input"], sort_keys=True) for r in DATASET_ROWS):
             raise Failed("row inputs are not the dataset's inputs")
         return f"{len(rows)} rows, run id {rows[0].run_id[:8]}…"
 
-    async def _dataset_as_items(self, why: str) -> str:
-        """The kit's dataset as the gateway sends it to a runner that takes
-        items: one RunDatasetItem call per row, all of one run."""
+    async def _dataset_items(self) -> list[pb.ExperimentEvent]:
+        """The kit's dataset as a gateway with a dataset source sends it to a
+        runner that asks for rendered prompts: one `RunDatasetItem` per row,
+        each answered by exactly one event."""
         run_id = str(uuid.uuid4())
-        rows = [await self._item(index, row["input"], row["expected_output"], run_id, "conformance")
-                for index, row in enumerate(DATASET_ROWS)]
-        _check_rows(rows, "conformance")
-        return f"{len(rows)} items answered as rows of one run ({why})"
+        # The kit's three rows in flight at once, as a gateway keeps a run's items.
+        return list(await asyncio.gather(*(self._send_item(i, row["input"], row["expected_output"], run_id, "conformance")
+                                           for i, row in enumerate(DATASET_ROWS))))
 
-    async def _item(self, index: int, item_input: dict[str, Any], expected: Any, run_id: str, run_name: str) -> pb.DatasetRow:
-        """One dataset item, rendered with its input as props as the gateway
-        renders it; the runner's row, checked, or Failed saying what to fix."""
+    async def _send_item(self, index: int, item_input: dict[str, Any], expected: Any, run_id: str, run_name: str) -> pb.ExperimentEvent:
+        """One dataset item as the gateway sends it (rendered with its input as
+        the props); the runner's one answer, a row or an error event."""
         request = pb.DatasetItemRequest(
             kind=pb.PROMPT_KIND_TEXT, index=index, input_json=json.dumps(item_input), expected_output_json=json.dumps(expected),
             rendered=await _render(pb.PROMPT_KIND_TEXT, TEXT_AST, item_input), run_id=run_id, run_name=run_name,
-            dataset_path=DATASET_NAME, item_name=f"conformance-item-{index}", prompt_name="conformance-text", prompt_path="conformance.prompt.mdx",
+            dataset_path=DATASET_NAME, prompt_name="conformance-text",
         )
         try:
             answer = await self.stub.RunDatasetItem(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                raise Failed("Describe asks for rendered prompts but RunDatasetItem is UNIMPLEMENTED: implement it, "
-                             "the gateway sends such runners their dataset runs item by item.") from None
+                raise Failed("RunDatasetItem is UNIMPLEMENTED: a runner that asks for rendered prompts gets dataset runs as items "
+                             "from a gateway with a dataset source (datasets_dir); implement it") from None
             raise
-        kinds = [e.WhichOneof("event") for e in answer.events]
-        if kinds == ["error"]:
-            raise Failed(f"RunDatasetItem answered an error for a plain item: {answer.events[0].error.message!r}. A runner that asks "
-                         "for rendered prompts gets dataset runs item by item: call the model with the item's rendered prompt and answer its row.")
-        if kinds != ["row"]:
-            raise Failed(f"RunDatasetItem answered {kinds or 'no event'}: answer exactly one event, the item's row (or one error).")
-        row = answer.events[0].row
-        if (row.run_id, row.run_name) != (run_id, run_name):
-            raise Failed(f"the row's run_id/run_name are {row.run_id!r}/{row.run_name!r}: copy the request's run_id and run_name into the row.")
-        if json.loads(row.input_json or "null") != item_input:
-            raise Failed("the row's input_json is not the item's input: copy the request's input_json into the row.")
-        return row
+        if len(answer.events) != 1 or answer.events[0].WhichOneof("event") not in ("row", "error"):
+            raise Failed(f"RunDatasetItem must answer exactly one row or error event, got {[e.WhichOneof('event') for e in answer.events]}")
+        return answer.events[0]
 
     async def get_evals(self) -> str:
         response = await self.stub.GetEvals(pb.GetEvalsRequest(), timeout=self.timeout)
@@ -481,18 +482,18 @@ class Kit:
         return "acknowledged"
 
     async def cancelled_stream(self) -> str:
-        call = self.stub.RunPrompt(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST), timeout=self.timeout)
+        call = self.stub.RunPrompt(await self._as_gateway_sends(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), timeout=self.timeout)
         first = await call.read()
         call.cancel()
         if first is grpc.aio.EOF:
             raise Failed("the stream ended before its first message")
         await asyncio.sleep(0.2)
         await self._serving()
-        check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
+        check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
         return "cancelled after the first message; the runner answers the next run"
 
     async def deadlines(self) -> str:
-        request = await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST)
+        request = await self._as_gateway_sends(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST))
         for _ in range(5):
             try:
                 async for _batch in self.stub.RunPrompt(request, timeout=0.001):
@@ -501,14 +502,14 @@ class Kit:
                 if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise Failed(f"an expired deadline gave {error.code().name}, not DEADLINE_EXCEEDED") from None
         await self._serving()
-        check_prompt_stream(await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
+        check_prompt_stream(await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST)), "text")
         return "5 expired deadlines; the runner answers the next run"
 
     async def malformed_ast(self) -> str:
         outcomes = []
         for label, ast in (("not JSON", "{not json"), ("no frontmatter", {"type": "root", "children": []})):
             try:
-                events = await self._events(await self._prompt(pb.PROMPT_KIND_TEXT, ast))
+                events = await self._events(_prompt_request(pb.PROMPT_KIND_TEXT, ast))
             except grpc.aio.AioRpcError as error:
                 if error.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
                     raise Failed(f"{label}: gRPC {error.code().name}; expected an error event or INVALID_ARGUMENT") from None
@@ -541,14 +542,13 @@ class Kit:
     async def rendered_templates(self) -> str:
         model = self._need_model()
         nonce = f"kit-{uuid.uuid4().hex[:12]}"
-        mode = "RunPromptRequest.rendered" if self.wants_rendered else "the runner's own rendering"
+        mode = "RunPromptRequest.rendered" if await self._wants_rendered() else "the runner's own rendering"
         prompts = templated_prompts(nonce)
         for label, ast, props, run_nonce in prompts:
             # What AgentMark's runtime renders, through the gateway's own module (the same call the gateway makes).
             rendered = await _render(pb.PROMPT_KIND_TEXT, ast, props or {})
             expected = [(m.role, "".join(part.text for part in m.content if part.WhichOneof("part") == "text")) for m in rendered.messages]
-            request = _prompt_request(pb.PROMPT_KIND_TEXT, ast, stream=False, props=props or {},
-                                      rendered=rendered if self.wants_rendered else None)
+            request = _prompt_request(pb.PROMPT_KIND_TEXT, ast, stream=False, props=props or {})  # `_events` adds `rendered` for a runner that asks
             try:
                 check_prompt_stream(await self._events(request), "text")
             except (Failed, grpc.aio.AioRpcError) as failure:
@@ -574,7 +574,7 @@ class Kit:
     async def cancel_stops_model(self) -> str:
         model = self._need_model()
         nonce = f"kit-{uuid.uuid4().hex[:12]}"
-        request = await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST, props={"question": f"{SLOW_MARKER} {nonce}"})
+        request = await self._as_gateway_sends(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST, props={"question": f"{SLOW_MARKER} {nonce}"}))
         await self._serving()  # an unreachable runner is reported as such, not as a model elsewhere
         call = self.stub.RunPrompt(request, timeout=self.timeout)
         first = asyncio.ensure_future(call.read())
@@ -609,7 +609,7 @@ class Kit:
 
     async def large_request(self) -> str:
         filler = "x" * LARGE_REQUEST_BYTES
-        request = await self._prompt(pb.PROMPT_KIND_TEXT, TEXT_AST, extra={"conformanceFiller": filler})
+        request = await self._as_gateway_sends(_prompt_request(pb.PROMPT_KIND_TEXT, TEXT_AST, extra={"conformanceFiller": filler}))
         try:
             events = await self._events(request)
         except grpc.aio.AioRpcError as error:
@@ -651,7 +651,7 @@ class Kit:
         except grpc.aio.AioRpcError as error:
             if error.code() in REFUSALS:
                 return
-            self._items_only(error)
+            await self._items_only(error)
             raise
         if rows:
             raise Failed(f"datasetPath {shown!r} gave {rows} row(s): the runner read a file outside its data directory. Resolve "
@@ -659,19 +659,29 @@ class Kit:
         if not errors:
             raise Failed(f"datasetPath {shown!r} got no answer: refuse a path outside the data directory with an error row.")
 
-    def _items_only(self, error: grpc.aio.AioRpcError) -> None:
+    async def _items_only(self, error: grpc.aio.AioRpcError) -> None:
         """Skipped, for a runner that asks for rendered prompts and leaves
         RunExperiment UNIMPLEMENTED: it runs dataset items only, and reads no
         dataset file (the gateway reads them, from its dataset source)."""
-        if self.wants_rendered and error.code() == grpc.StatusCode.UNIMPLEMENTED:
+        if error.code() == grpc.StatusCode.UNIMPLEMENTED and await self._wants_rendered():
             raise Skipped("the runner runs dataset items only (RunExperiment is UNIMPLEMENTED): "
                           "its dataset runs need a dataset source on the gateway") from None
 
     async def dataset_item(self) -> str:
-        if not self.wants_rendered:
+        if not await self._wants_rendered():
             raise Skipped("the runner does not ask for rendered prompts (Describe), so the gateway never calls RunDatasetItem")
         nonce = f"kit-{uuid.uuid4().hex[:12]}"
-        await self._item(0, {"question": f"What is 2+2? ({nonce})"}, "4", str(uuid.uuid4()), f"conformance-{nonce}")
+        item_input = {"question": f"What is 2+2? ({nonce})"}
+        run_id, run_name = str(uuid.uuid4()), f"conformance-{nonce}"
+        event = await self._send_item(0, item_input, "4", run_id, run_name)
+        if event.WhichOneof("event") == "error":
+            raise Failed(f"RunDatasetItem answered an error for a plain item: {event.error.message!r}. A runner that asks "
+                         "for rendered prompts gets dataset runs item by item: call the model with the item's rendered prompt and answer its row.")
+        if (event.row.run_id, event.row.run_name) != (run_id, run_name):
+            raise Failed(f"the row's run_id/run_name are {event.row.run_id!r}/{event.row.run_name!r}: "
+                         "copy the request's run_id and run_name into the row.")
+        if json.loads(event.row.input_json or "null") != item_input:
+            raise Failed("the row's input_json is not the item's input: copy the request's input_json into the row.")
         await self._model_request(nonce, "the dataset item")
         return "one row, of the request's run"
 
@@ -702,7 +712,6 @@ class Kit:
     )
 
     async def run(self, only: set[str] | None = None) -> list[Result]:
-        await self._describe()
         results = []
         for check_id, name, method in self.CHECKS + self.MODEL_CHECKS:
             chosen = not only or check_id in only or name in only
@@ -743,9 +752,6 @@ def unknown_checks(names: set[str]) -> list[str]:
     return sorted(names - known)
 
 
-KIND_NAMES = {pb.PROMPT_KIND_TEXT: "text", pb.PROMPT_KIND_OBJECT: "object", pb.PROMPT_KIND_IMAGE: "image", pb.PROMPT_KIND_SPEECH: "speech"}
-
-
 async def _render(kind: pb.PromptKind, ast: dict[str, Any], props: dict[str, Any]) -> pb.RenderedPrompt:
     """The prompt as the gateway renders it for a runner that asked: its own
     rendering module, AgentMark's runtime underneath. Failed when it cannot."""
@@ -753,27 +759,9 @@ async def _render(kind: pb.PromptKind, ast: dict[str, Any], props: dict[str, Any
     from .gateway.rendering import render
 
     try:
-        return await render(KIND_NAMES[kind], ast, props)
+        return await render(_KIND_NAMES[kind], ast, props)
     except Refusal as refusal:
         raise Failed(refusal.message) from None
-
-
-def _check_rows(rows: list[pb.DatasetRow], run_name: str) -> None:
-    """Rows of one run: JSON where JSON is due, one run id, the run's name."""
-    for row in rows:
-        # The proto's one rule, as the gateway applies it: an empty `_json`
-        # field is absent (a row's input is then null).
-        _valid_json(row.input_json or "null", "row.input_json")
-        evals = _valid_json(row.evals_json or "[]", "row.evals_json")
-        if not isinstance(evals, list) or not all(isinstance(e, dict) and "name" in e for e in evals):
-            raise Failed("row.evals_json must be an array of {name, ...} objects")
-        for field in ("expected_output_json", "actual_output_json"):
-            if row.HasField(field) and getattr(row, field):
-                _valid_json(getattr(row, field), f"row.{field}")
-        if not row.run_id or row.run_name != run_name:
-            raise Failed(f"run_id must be set and run_name must be the experiment id (got {row.run_name!r})")
-    if len({row.run_id for row in rows}) != 1:
-        raise Failed("rows of one run carry different run ids")
 
 
 def _first_difference(expected: list[tuple[str, str]], sent: list[tuple[str, str]]) -> str:

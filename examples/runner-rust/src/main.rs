@@ -4,48 +4,51 @@
 //! and `grpc.health.v1`, running prompts against any OpenAI-compatible API
 //! (`OPENAI_API_KEY`, `OPENAI_BASE_URL`):
 //!
-//!     agentmark-runner-rust --listen 127.0.0.1:50051 --data-dir ./data
+//!     agentmark-runner-rust --listen 127.0.0.1:50051
 //!
-//! Copy it as the start of your own runner: `prompt.rs` renders ASTs,
-//! `openai.rs` talks to the model, `service.rs` is the contract.
+//! A thin runner: it asks the gateway (`Describe`) for prompts and dataset
+//! items rendered by AgentMark's own engine, so it has no template code and
+//! reads no datasets; it calls the model and scores. Copy it as the start of
+//! your own runner: `prompt.rs` turns rendered prompts into model inputs,
+//! `openai.rs` talks to the model, `scorers.rs` scores dataset rows,
+//! `service.rs` is the contract.
 
 mod openai;
+mod partial_json;
 mod prompt;
+mod scorers;
 mod service;
 
 pub mod pb {
     tonic::include_proto!("agentmark.runner.v1");
 }
 
-use std::path::PathBuf;
-
 use pb::runner_server::RunnerServer;
 
 struct Options {
     listen: std::net::SocketAddr,
-    data_dir: PathBuf,
 }
 
 fn options() -> Result<Options, String> {
     let mut listen = "127.0.0.1:50051".to_string();
-    let mut data_dir = PathBuf::from(".");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs HOST:PORT")?,
-            "--data-dir" => data_dir = args.next().ok_or("--data-dir needs a directory")?.into(),
+            "--data-dir" => {
+                return Err("--data-dir is gone: the gateway reads datasets now (its `datasets_dir` setting) and sends this \
+runner one rendered item at a time"
+                    .into())
+            }
             "-h" | "--help" => {
-                println!("usage: agentmark-runner-rust [--listen HOST:PORT] [--data-dir DIR]");
+                println!("usage: agentmark-runner-rust [--listen HOST:PORT]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let listen = listen.parse().map_err(|_| format!("--listen {listen} is not HOST:PORT"))?;
-    if !data_dir.is_dir() {
-        return Err(format!("--data-dir {}: no such directory", data_dir.display()));
-    }
-    Ok(Options { listen, data_dir })
+    Ok(Options { listen })
 }
 
 #[tokio::main]
@@ -58,7 +61,7 @@ async fn main() {
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<RunnerServer<service::RustRunner>>().await;
-    let runner = service::RustRunner::new(openai::Client::from_env(), options.data_dir);
+    let runner = service::RustRunner::new(openai::Client::from_env());
 
     let listener = tokio::net::TcpListener::bind(options.listen).await.unwrap_or_else(|e| {
         eprintln!("error: cannot listen on {}: {e}", options.listen);
@@ -71,7 +74,7 @@ async fn main() {
     };
     tonic::transport::Server::builder()
         .add_service(health)
-        // Requests carry whole prompt ASTs and the gateway allows 10 MiB bodies;
+        // Requests carry whole prompt ASTs beside the rendered prompt, and the gateway allows 10 MiB bodies;
         // answers can carry images. tonic's default of 4 MiB is too small for both.
         .add_service(RunnerServer::new(runner).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)

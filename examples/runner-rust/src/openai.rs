@@ -1,8 +1,22 @@
 //! A small client for OpenAI-compatible APIs: streamed chat completions
 //! (server-sent events), image generation and speech.
+//!
+//! A call answered 429 or 5xx, or whose connection fails, is tried again
+//! `retries` times with exponential backoff and jitter, as the Python
+//! reference executor does: only before the answer starts, since after the
+//! first token a retry would repeat what the client already has.
+
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use serde_json::Value;
+
+/// Retries when the prompt's settings name no `max_retries`.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// A frontmatter's `max_retries` is bounded here, so a typo cannot retry for hours.
+const MOST_RETRIES: u32 = 10;
+/// The first wait; each retry doubles it, times a jitter of 0.5 to 1.5.
+const BACKOFF: Duration = Duration::from_millis(500);
 
 pub const MISSING_CREDENTIALS: &str = "The runner has no OpenAI credentials: set OPENAI_API_KEY (and OPENAI_BASE_URL for an \
 OpenAI-compatible server) in the runner's environment, then restart it.";
@@ -29,31 +43,43 @@ impl Client {
         }
     }
 
-    async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, String> {
+    /// The answer's head, retried as the module says; the error is what the provider said.
+    async fn post(&self, path: &str, body: &Value, retries: u32) -> Result<reqwest::Response, String> {
         let key = self.api_key.as_deref().ok_or(MISSING_CREDENTIALS)?;
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base_url))
-            .bearer_auth(key)
-            .json(body)
-            .send()
-            .await
-            .map_err(|_| "model API error: Connection error.".to_string())?;
-        if response.status().is_success() {
+        let retries = retries.min(MOST_RETRIES);
+        let mut attempt = 0;
+        loop {
+            match self.post_once(key, path, body).await {
+                Ok(response) => return Ok(response),
+                Err((message, retryable)) if !retryable || attempt == retries => return Err(message),
+                Err(_) => {
+                    tokio::time::sleep(BACKOFF.mul_f64(f64::from(1u32 << attempt) * (0.5 + jitter()))).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// One try: the response, or the error and whether trying again may help.
+    async fn post_once(&self, key: &str, path: &str, body: &Value) -> Result<reqwest::Response, (String, bool)> {
+        let sent = self.http.post(format!("{}{path}", self.base_url)).bearer_auth(key).json(body).send().await;
+        let response = sent.map_err(|_| ("model API error: Connection error.".to_string(), true))?;
+        let status = response.status();
+        if status.is_success() {
             return Ok(response);
         }
-        let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
             .unwrap_or(text);
-        Err(format!("model API error {status}: {message}"))
+        let retryable = status.as_u16() == 429 || status.is_server_error();
+        Err((format!("model API error {}: {message}", status.as_u16()), retryable))
     }
 
     /// A streamed chat completion: each server-sent event's JSON, in order.
-    pub async fn chat_stream(&self, body: &Value) -> Result<impl Stream<Item = Result<Value, String>>, String> {
-        let response = self.post("/chat/completions", body).await?;
+    pub async fn chat_stream(&self, body: &Value, retries: u32) -> Result<impl Stream<Item = Result<Value, String>>, String> {
+        let response = self.post("/chat/completions", body, retries).await?;
         let bytes = response.bytes_stream();
         Ok(futures::stream::unfold((bytes, Vec::<u8>::new(), false), |(mut bytes, mut buffer, done)| async move {
             if done {
@@ -83,12 +109,21 @@ impl Client {
         }))
     }
 
-    pub async fn images(&self, body: &Value) -> Result<Value, String> {
-        self.post("/images/generations", body).await?.json().await.map_err(|e| format!("model API sent invalid JSON: {e}"))
+    pub async fn images(&self, body: &Value, retries: u32) -> Result<Value, String> {
+        self.post("/images/generations", body, retries).await?.json().await.map_err(|e| format!("model API sent invalid JSON: {e}"))
     }
 
-    pub async fn speech(&self, body: &Value) -> Result<Vec<u8>, String> {
-        let response = self.post("/audio/speech", body).await?;
+    pub async fn speech(&self, body: &Value, retries: u32) -> Result<Vec<u8>, String> {
+        let response = self.post("/audio/speech", body, retries).await?;
         Ok(response.bytes().await.map_err(|_| "model API error: Connection error.".to_string())?.to_vec())
     }
+}
+
+/// A number in [0, 1) for spreading retries apart: std's per-hasher random keys
+/// are enough here, so the example needs no random-number crate.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u8(0);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -1,14 +1,12 @@
-//! AgentMark prompts to model inputs.
+//! Prompts as the gateway sends them: rendered by AgentMark's own engine.
 //!
-//! Prompt runs arrive rendered by the gateway with AgentMark's own engine
-//! (`from_rendered`): this runner asks for that in `Describe`. Dataset runs
-//! still render their prompt here, until the gateway sends dataset items
-//! rendered too. That renderer (`render`) is an example, not AgentMark's: it understands the YAML
-//! frontmatter, the role tags (`System`, `User`, `Assistant`), the
-//! `ImagePrompt` and `SpeechPrompt` tags, text, and `{props.path}`
-//! expressions. Anything else (conditionals, loops, attachments) is refused
-//! with an error naming it, rather than rendered wrongly. The Python runner
-//! uses AgentMark's own renderer and supports everything.
+//! This runner answers `Describe` with `rendered_prompts: true`, so every
+//! prompt run and dataset item arrives with `rendered` filled in: templates,
+//! conditionals, loops, filters, components and attachments already applied.
+//! Nothing here interprets the AST; this module only turns the rendered
+//! prompt into what the OpenAI API takes, the way the Python reference
+//! executor (python/agentmark_gw/runner/openai_executor.py) does, so both
+//! runners send the model the same request.
 
 use serde_json::{json, Map, Value};
 
@@ -23,33 +21,34 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn config_key(self) -> &'static str {
+    /// As AgentMark names the kind (`text_config` is a text prompt, ...).
+    pub fn name(self) -> &'static str {
         match self {
-            Kind::Text => "text_config",
-            Kind::Object => "object_config",
-            Kind::Image => "image_config",
-            Kind::Speech => "speech_config",
+            Kind::Text => "text",
+            Kind::Object => "object",
+            Kind::Image => "image",
+            Kind::Speech => "speech",
         }
     }
 }
 
-/// A rendered prompt: the frontmatter's settings for its kind, and its text.
+/// A prompt ready for the model: the `*_config` settings, and its text.
 #[derive(Debug)]
 pub struct Prompt {
     pub kind: Kind,
+    /// The model settings, with `model_name` and, for object prompts, `schema`.
     pub settings: Map<String, Value>,
     /// Chat messages (`{"role", "content"}`) for text and object prompts.
     pub messages: Vec<Value>,
-    /// The `ImagePrompt` or `SpeechPrompt` text.
+    /// The image prompt, or the text to speak.
     pub media_text: String,
-    /// The `System` text, which speech uses as instructions.
+    /// Speech prompts' voice instructions.
     pub instructions: Option<String>,
-    pub test_settings: Map<String, Value>,
+    /// Tools the frontmatter names (this example registers none).
+    pub tools: Vec<String>,
 }
 
-/// A prompt the gateway rendered with AgentMark's own engine (this runner
-/// asks for them in `Describe`): templates, conditionals, filters and
-/// attachments already applied, so nothing here interprets the AST.
+/// The prompt the gateway rendered, as model inputs.
 pub fn from_rendered(rendered: &pb::RenderedPrompt) -> Result<Prompt, String> {
     let kind = match pb::PromptKind::try_from(rendered.kind) {
         Ok(pb::PromptKind::Text) => Kind::Text,
@@ -69,133 +68,142 @@ pub fn from_rendered(rendered: &pb::RenderedPrompt) -> Result<Prompt, String> {
     if !rendered.schema_json.is_empty() {
         settings.insert("schema".into(), parse(&rendered.schema_json, "schema_json")?);
     }
-    let messages = rendered.messages.iter().map(chat_message).collect::<Result<Vec<_>, _>>()?;
     let instructions = match kind {
         Kind::Speech if !rendered.instructions.is_empty() => Some(rendered.instructions.clone()),
         _ => None,
     };
-    let test_settings = Map::from_iter([("evals".to_string(), json!(rendered.eval_names))]);
-    Ok(Prompt { kind, settings, messages, media_text: rendered.text.clone(), instructions, test_settings })
-}
-
-/// One message in OpenAI's chat shape: plain text, or parts when it has images.
-fn chat_message(message: &pb::ChatMessage) -> Result<Value, String> {
-    use pb::content_part::Part;
-    let parts = message.content.iter().filter_map(|c| c.part.as_ref());
-    if parts.clone().all(|p| matches!(p, Part::Text(_))) {
-        let text: String = parts.map(|p| if let Part::Text(t) = p { t.as_str() } else { "" }).collect();
-        return Ok(json!({"role": message.role, "content": text}));
-    }
-    let content = parts
-        .map(|part| match part {
-            Part::Text(text) => Ok(json!({"type": "text", "text": text})),
-            Part::Image(image) => Ok(json!({"type": "image_url", "image_url": {"url": image.data}})),
-            Part::File(_) => Err("file attachments are not supported by this example runner".to_string()),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(json!({"role": message.role, "content": content}))
-}
-
-/// Render `ast` with `props` (the frontmatter's `test_settings.props` when `props` is empty).
-pub fn render(ast: &Value, props: &Value) -> Result<Prompt, String> {
-    let children = ast.get("children").and_then(Value::as_array).ok_or("the AST has no children")?;
-    let yaml = children
-        .iter()
-        .find(|c| c.get("type") == Some(&json!("yaml")))
-        .and_then(|c| c.get("value"))
-        .and_then(Value::as_str)
-        .ok_or("the AST has no YAML frontmatter")?;
-    let frontmatter: Value = serde_yaml::from_str(yaml).map_err(|e| format!("the frontmatter is not valid YAML: {e}"))?;
-    // AgentMark's precedence, should a prompt name several kinds.
-    let kind = [Kind::Speech, Kind::Image, Kind::Object, Kind::Text]
-        .into_iter()
-        .find(|k| frontmatter.get(k.config_key()).is_some_and(|v| !v.is_null()))
-        .ok_or("the frontmatter has no text_config, object_config, image_config or speech_config")?;
-    let object = |key: &str| frontmatter.get(key).and_then(Value::as_object).cloned().unwrap_or_default();
-    let settings = object(kind.config_key());
-    let test_settings = object("test_settings");
-    let empty = props.as_object().is_none_or(Map::is_empty);
-    let props = if empty { test_settings.get("props").cloned().unwrap_or(json!({})) } else { props.clone() };
-
-    let mut prompt = Prompt {
+    Ok(Prompt {
         kind,
         settings,
-        messages: Vec::new(),
-        media_text: String::new(),
-        instructions: None,
-        test_settings,
-    };
-    for child in &children[1..] {
-        if child.get("type") != Some(&json!("mdxJsxFlowElement")) {
-            return Err(format!("unsupported top-level node {}", node_type(child)));
-        }
-        let tag = child.get("name").and_then(Value::as_str).unwrap_or_default();
-        let text = render_children(child, &props)?;
-        match tag {
-            "System" | "User" | "Assistant" => {
-                if tag == "System" {
-                    prompt.instructions = Some(text.clone());
-                }
-                prompt.messages.push(json!({"role": tag.to_lowercase(), "content": text}));
+        messages: rendered.messages.iter().map(chat_message).collect(),
+        media_text: rendered.text.clone(),
+        instructions,
+        tools: rendered.tools.iter().map(|t| t.name.clone()).collect(),
+    })
+}
+
+/// One message in OpenAI's chat shape: plain text, or parts when it has
+/// attachments. Images go by URL (bare base64 as a data URL); chat
+/// completions take no files, so a file is named in a text note, never pasted.
+fn chat_message(message: &pb::ChatMessage) -> Value {
+    use pb::content_part::Part;
+    let parts = message.content.iter().filter_map(|c| c.part.as_ref());
+    // The gateway sends a message AgentMark rendered as plain text as one text part.
+    if parts.clone().all(|p| matches!(p, Part::Text(_))) {
+        let text: String = parts.map(|p| if let Part::Text(t) = p { t.as_str() } else { "" }).collect();
+        return json!({"role": message.role, "content": text});
+    }
+    let content: Vec<Value> = parts
+        .filter_map(|part| match part {
+            Part::Text(text) => Some(json!({"type": "text", "text": text})),
+            Part::Image(image) if !image.data.is_empty() => {
+                let url = if ["http://", "https://", "data:"].iter().any(|p| image.data.starts_with(p)) {
+                    image.data.clone()
+                } else {
+                    let mime_type = if image.mime_type.is_empty() { "image/png" } else { &image.mime_type };
+                    format!("data:{mime_type};base64,{}", image.data)
+                };
+                Some(json!({"type": "image_url", "image_url": {"url": url}}))
             }
-            "ImagePrompt" | "SpeechPrompt" => prompt.media_text = text,
-            other => return Err(format!("unsupported tag <{other}>")),
+            Part::File(file) if !file.data.is_empty() => {
+                let place = if ["http://", "https://"].iter().any(|p| file.data.starts_with(p)) {
+                    file.data.clone()
+                } else {
+                    let mime_type = if file.mime_type.is_empty() { "a file" } else { &file.mime_type };
+                    format!("{mime_type} (inline, not sent)")
+                };
+                Some(json!({"type": "text", "text": format!("[attached file: {place}]")}))
+            }
+            Part::Image(_) | Part::File(_) => None,
+        })
+        .collect();
+    json!({"role": message.role, "content": content})
+}
+
+/// The schema for OpenAI's strict structured output, and whether strict mode
+/// can take it: every object gets `additionalProperties: false` where the
+/// schema says nothing, and strict mode wants every property required. A
+/// schema with optional properties goes as it is, not strict.
+pub fn strict_schema(schema: &Value) -> (Value, bool) {
+    fn visit(node: &Value, strict: &mut bool) -> Value {
+        match node {
+            Value::Array(items) => Value::Array(items.iter().map(|n| visit(n, strict)).collect()),
+            Value::Object(map) => {
+                let mut map: Map<String, Value> = map.iter().map(|(k, v)| (k.clone(), visit(v, strict))).collect();
+                if map.get("type") == Some(&json!("object")) {
+                    if let Some(Value::Object(properties)) = map.get("properties") {
+                        let keys: std::collections::BTreeSet<&str> = properties.keys().map(String::as_str).collect();
+                        let required = map.get("required").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                        // A name that is not a string is never a property's name.
+                        let named: Option<std::collections::BTreeSet<&str>> = required.iter().map(Value::as_str).collect();
+                        let all_required = named.is_some_and(|named| named == keys);
+                        let closed = map.get("additionalProperties").is_none_or(|v| v == &json!(false));
+                        *strict &= all_required && closed;
+                        map.entry("additionalProperties").or_insert(json!(false));
+                    }
+                }
+                Value::Object(map)
+            }
+            other => other.clone(),
         }
     }
-    Ok(prompt)
-}
-
-fn node_type(node: &Value) -> String {
-    node.get("type").and_then(Value::as_str).unwrap_or("(untyped)").to_string()
-}
-
-fn render_children(node: &Value, props: &Value) -> Result<String, String> {
-    let children = node.get("children").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    let parts: Result<Vec<String>, String> = children.iter().map(|c| render_node(c, props)).collect();
-    let separator = if children.iter().all(|c| c.get("type") == Some(&json!("paragraph"))) { "\n\n" } else { "" };
-    Ok(parts?.join(separator))
-}
-
-fn render_node(node: &Value, props: &Value) -> Result<String, String> {
-    match node.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(node.get("value").and_then(Value::as_str).unwrap_or_default().to_string()),
-        Some("paragraph") => render_children(node, props),
-        Some("mdxTextExpression") => {
-            let expression = node.get("value").and_then(Value::as_str).unwrap_or_default().trim();
-            let path = expression.strip_prefix("props.").ok_or_else(|| format!("unsupported expression {{{expression}}}"))?;
-            let value = path.split('.').try_fold(props, |v, key| v.get(key)).unwrap_or(&Value::Null);
-            Ok(match value {
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            })
-        }
-        _ => Err(format!("unsupported node {}", node_type(node))),
-    }
+    let mut strict = true;
+    let converted = visit(schema, &mut strict);
+    (if strict { converted } else { schema.clone() }, strict)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pb::content_part::Part;
 
-    #[test]
-    fn renders_roles_and_props() {
-        let ast = json!({"type": "root", "children": [
-            {"type": "yaml", "value": "name: math\ntext_config:\n  model_name: m\ntest_settings:\n  props:\n    q: fallback"},
-            {"type": "mdxJsxFlowElement", "name": "System", "children": [{"type": "paragraph", "children": [{"type": "text", "value": "Be brief."}]}]},
-            {"type": "mdxJsxFlowElement", "name": "User", "children": [{"type": "paragraph", "children": [
-                {"type": "text", "value": "Q: "}, {"type": "mdxTextExpression", "value": "props.q"}]}]}
-        ]});
-        let prompt = render(&ast, &json!({"q": "2+2?"})).unwrap();
-        assert_eq!(prompt.kind, Kind::Text);
-        assert_eq!(prompt.messages[1], json!({"role": "user", "content": "Q: 2+2?"}));
-        let with_test_props = render(&ast, &json!({})).unwrap();
-        assert_eq!(with_test_props.messages[1]["content"], "Q: fallback");
+    fn part(p: Part) -> pb::ContentPart {
+        pb::ContentPart { part: Some(p) }
+    }
+
+    fn attachment(data: &str, mime_type: &str) -> pb::Attachment {
+        pb::Attachment { data: data.into(), mime_type: mime_type.into() }
     }
 
     #[test]
-    fn refuses_what_it_cannot_render() {
-        let ast = json!({"type": "root", "children": [{"type": "yaml", "value": "name: x"}]});
-        assert!(render(&ast, &json!({})).unwrap_err().contains("no text_config"));
+    fn text_only_messages_are_plain_strings() {
+        let message = pb::ChatMessage { role: "user".into(), content: vec![part(Part::Text("Hi".into()))] };
+        assert_eq!(chat_message(&message), json!({"role": "user", "content": "Hi"}));
+    }
+
+    #[test]
+    fn attachments_become_parts_as_the_python_executor_sends_them() {
+        let message = pb::ChatMessage {
+            role: "user".into(),
+            content: vec![
+                part(Part::Text("Look".into())),
+                part(Part::Image(attachment("https://example.com/a.png", ""))),
+                part(Part::Image(attachment("iVBOR", "image/jpeg"))),
+                part(Part::File(attachment("https://example.com/d.pdf", "application/pdf"))),
+                part(Part::File(attachment("JVBER", "application/pdf"))),
+                part(Part::Image(attachment("", "image/png"))),
+            ],
+        };
+        assert_eq!(
+            chat_message(&message)["content"],
+            json!([
+                {"type": "text", "text": "Look"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,iVBOR"}},
+                {"type": "text", "text": "[attached file: https://example.com/d.pdf]"},
+                {"type": "text", "text": "[attached file: application/pdf (inline, not sent)]"},
+            ])
+        );
+    }
+
+    #[test]
+    fn strict_schemas_close_objects_and_optional_properties_are_not_strict() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}}, "required": ["a"]});
+        let (converted, strict) = strict_schema(&schema);
+        assert!(strict);
+        assert_eq!(converted["additionalProperties"], json!(false));
+        assert_eq!(converted["properties"]["a"]["additionalProperties"], json!(false));
+        let optional = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        assert_eq!(strict_schema(&optional), (optional.clone(), false));
     }
 }

@@ -1,8 +1,7 @@
-//! The `Runner` service: prompts and dataset runs against an OpenAI-compatible API.
+//! The `Runner` service: prompts and dataset items, rendered by the gateway,
+//! run against an OpenAI-compatible API.
 
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 
 use base64::Engine;
 use futures::{Stream, StreamExt};
@@ -12,9 +11,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::openai::Client;
+use crate::partial_json::parse_partial;
 use crate::pb::runner_event::Event;
 use crate::pb::{self, experiment_event, runner_server};
 use crate::prompt::{self, Kind, Prompt};
+use crate::scorers;
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -29,14 +30,24 @@ const SETTINGS: [(&str, &str); 7] = [
     ("seed", "seed"),
 ];
 
+/// The answer to a prompt run from a gateway that did not render it: this
+/// runner has no template code, so it cannot run the AST itself.
+const NOT_RENDERED: &str = "This runner runs prompts rendered by the gateway and this one came unrendered: put it behind an \
+agentmark-gw that renders prompts (one that asks runners `Describe`).";
+
+/// The answer to `RunExperiment`: whole dataset runs would need the runner to
+/// read the dataset and render each row, which is the gateway's work here.
+const NOT_ITEMS: &str = "This runner runs dataset items rendered by the gateway (RunDatasetItem), not whole dataset runs: \
+give the gateway a dataset source (set `datasets_dir`, AGENTMARK_GW_DATASETS_DIR, or its AgentMark credentials) so it reads \
+the dataset and sends the items.";
+
 pub struct RustRunner {
     client: Client,
-    data_dir: PathBuf,
 }
 
 impl RustRunner {
-    pub fn new(client: Client, data_dir: PathBuf) -> Self {
-        Self { client, data_dir }
+    pub fn new(client: Client) -> Self {
+        Self { client }
     }
 }
 
@@ -46,13 +57,6 @@ fn event(e: Event) -> pb::RunnerEvent {
 
 fn error(message: impl Into<String>) -> pb::RunnerEvent {
     event(Event::Error(pb::Error { message: message.into() }))
-}
-
-fn parse_json(text: &str, field: &str) -> Result<Value, Status> {
-    if text.is_empty() {
-        return Ok(json!({}));
-    }
-    serde_json::from_str(text).map_err(|_| Status::invalid_argument(format!("{field} is not valid JSON")))
 }
 
 /// Send events as they come, each message carrying whatever else is already
@@ -86,41 +90,36 @@ impl runner_server::Runner for RustRunner {
 
     async fn run_prompt(&self, request: Request<pb::RunPromptRequest>) -> Result<Response<Self::RunPromptStream>, Status> {
         let request = request.into_inner();
-        let rendered = request.rendered.as_ref().map(prompt::from_rendered);
-        let ast = parse_json(&request.ast_json, "ast_json")?;
-        let props = parse_json(&request.custom_props_json, "custom_props_json")?;
+        let prompt = match &request.rendered {
+            Some(rendered) => prompt::from_rendered(rendered),
+            None => Err(NOT_RENDERED.to_string()),
+        };
         let client = self.client.clone();
         let (events, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
-            // A gateway that has not asked `Describe` (an older one) sends only the AST.
-            match rendered.unwrap_or_else(|| prompt::render(&ast, &props)) {
-                Ok(prompt) => run(&client, &prompt, &events).await,
+            match prompt {
+                Ok(prompt) => run(&client, &prompt, request.should_stream, &events).await,
                 Err(message) => {
-                    let _ = events.send(error(format!("cannot render the prompt: {message}"))).await;
+                    let _ = events.send(error(message)).await;
                 }
             }
         });
         Ok(Response::new(Box::pin(batched(receiver))))
     }
 
-    async fn run_experiment(&self, request: Request<pb::RunExperimentRequest>) -> Result<Response<Self::RunExperimentStream>, Status> {
-        let request = request.into_inner();
-        let ast = parse_json(&request.ast_json, "ast_json")?;
-        let client = self.client.clone();
-        let data_dir = self.data_dir.clone();
-        let (rows, receiver) = mpsc::channel(64);
-        tokio::spawn(async move {
-            if let Err(message) = run_dataset(client, &data_dir, &ast, request, &rows).await {
-                let _ = rows.send(row_error(message)).await;
-            }
-        });
-        let stream = ReceiverStream::new(receiver).map(|row| Ok(pb::ExperimentEvents { events: vec![row] }));
-        Ok(Response::new(Box::pin(stream)))
+    async fn run_experiment(&self, _request: Request<pb::RunExperimentRequest>) -> Result<Response<Self::RunExperimentStream>, Status> {
+        let answer = pb::ExperimentEvents { events: vec![row_error(NOT_ITEMS)] };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(answer)]))))
+    }
+
+    async fn run_dataset_item(&self, request: Request<pb::DatasetItemRequest>) -> Result<Response<pb::ExperimentEvents>, Status> {
+        // If the gateway gives up on the call, tonic drops this future, and the model request with it.
+        let answer = dataset_item(&self.client, request.into_inner()).await;
+        Ok(Response::new(pb::ExperimentEvents { events: vec![answer] }))
     }
 
     async fn get_evals(&self, _request: Request<pb::GetEvalsRequest>) -> Result<Response<pb::GetEvalsResponse>, Status> {
-        // This example scores no evals; dataset rows carry an empty list.
-        Ok(Response::new(pb::GetEvalsResponse { names: Vec::new() }))
+        Ok(Response::new(pb::GetEvalsResponse { names: scorers::NAMES.map(String::from).to_vec() }))
     }
 
     async fn describe(&self, _request: Request<pb::DescribeRequest>) -> Result<Response<pb::RunnerInfo>, Status> {
@@ -128,7 +127,7 @@ impl runner_server::Runner for RustRunner {
             rendered_prompts: true,
             name: env!("CARGO_PKG_NAME").into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            eval_names: Vec::new(),
+            eval_names: scorers::NAMES.map(String::from).to_vec(),
         }))
     }
 
@@ -145,10 +144,10 @@ fn row_error(message: impl Into<String>) -> pb::ExperimentEvent {
 
 /// One prompt run, its events sent to `events`; a send error means the
 /// gateway cancelled, and the run stops there.
-async fn run(client: &Client, prompt: &Prompt, events: &mpsc::Sender<pb::RunnerEvent>) {
+async fn run(client: &Client, prompt: &Prompt, should_stream: bool, events: &mpsc::Sender<pb::RunnerEvent>) {
     let work = async {
         match prompt.kind {
-            Kind::Text | Kind::Object => chat(client, prompt, events).await,
+            Kind::Text | Kind::Object => chat(client, prompt, should_stream, events).await,
             Kind::Image => image(client, prompt).await,
             Kind::Speech => speech(client, prompt).await,
         }
@@ -170,6 +169,29 @@ async fn run(client: &Client, prompt: &Prompt, events: &mpsc::Sender<pb::RunnerE
     }
 }
 
+/// JSON's truth as the Python runner tests settings (`if settings.get(...)`).
+fn truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|n| n != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+    }
+}
+
+/// The prompt's `max_retries`, or the Python executor's default.
+fn retries(prompt: &Prompt) -> u32 {
+    let given = prompt.settings.get("max_retries").and_then(Value::as_u64);
+    given.map_or(crate::openai::DEFAULT_RETRIES, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// A text setting, or `default` when it is absent or empty.
+fn text_setting<'a>(prompt: &'a Prompt, key: &str, default: &'a str) -> &'a str {
+    prompt.settings.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or(default)
+}
+
 fn chat_body(prompt: &Prompt) -> Value {
     let mut body = json!({
         "model": prompt.settings.get("model_name").cloned().unwrap_or(Value::Null),
@@ -183,19 +205,31 @@ fn chat_body(prompt: &Prompt) -> Value {
         }
     }
     if prompt.kind == Kind::Object {
-        let schema = prompt.settings.get("schema").cloned().unwrap_or(json!({}));
-        let name = prompt.settings.get("schema_name").and_then(Value::as_str).unwrap_or("output");
-        body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": true}});
+        let (schema, strict) = prompt::strict_schema(prompt.settings.get("schema").filter(|s| truthy(Some(s))).unwrap_or(&json!({})));
+        let name = text_setting(prompt, "schema_name", "output");
+        body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}});
     }
     body
 }
 
-/// Text streams its deltas as they come; object collects the JSON and sends
-/// the parsed value. Returns the closing events, or None if cancelled.
-async fn chat(client: &Client, prompt: &Prompt, events: &mpsc::Sender<pb::RunnerEvent>) -> Result<Option<Vec<pb::RunnerEvent>>, String> {
-    let stream = client.chat_stream(&chat_body(prompt)).await?;
+/// Text streams its deltas as they come. Object collects the JSON and sends
+/// the parsed value, and, when streaming, the object so far as it grows.
+/// Returns the closing events, or None if cancelled.
+async fn chat(
+    client: &Client,
+    prompt: &Prompt,
+    should_stream: bool,
+    events: &mpsc::Sender<pb::RunnerEvent>,
+) -> Result<Option<Vec<pb::RunnerEvent>>, String> {
+    if prompt.kind == Kind::Text && !prompt.tools.is_empty() {
+        // An example with no tools of its own: say so, as the Python runner does for tools it lacks.
+        return Err(format!("tools not registered with the executor: {}", prompt.tools.join(", ")));
+    }
+    let stream = client.chat_stream(&chat_body(prompt), retries(prompt)).await?;
     futures::pin_mut!(stream);
     let (mut reason, mut usage, mut text) = ("stop".to_string(), None, String::new());
+    // The object shown so far, and the length (in characters) of the text it was read from.
+    let (mut shown, mut parsed_at, mut length): (Option<Value>, usize, usize) = (None, 0, 0);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         for choice in chunk["choices"].as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -204,8 +238,22 @@ async fn chat(client: &Client, prompt: &Prompt, events: &mpsc::Sender<pb::Runner
                     if events.send(event(Event::TextDelta(pb::TextDelta { text: piece.into() }))).await.is_err() {
                         return Ok(None);
                     }
-                } else {
-                    text.push_str(piece);
+                    continue;
+                }
+                text.push_str(piece);
+                length += piece.chars().count();
+                // Re-reading the whole prefix costs its length, so read again only
+                // once it has grown by an eighth: the object still grows visibly,
+                // the total work stays O(n log n), and the steps are the Python runner's.
+                if should_stream && length - parsed_at >= (parsed_at / 8).max(8) {
+                    parsed_at = length;
+                    if let Some(partial) = parse_partial(&text).filter(|p| shown.as_ref().is_none_or(|s| !scorers::same(s, p))) {
+                        let delta = event(Event::ObjectDelta(pb::ObjectDelta { partial_json: partial.to_string() }));
+                        if events.send(delta).await.is_err() {
+                            return Ok(None);
+                        }
+                        shown = Some(partial);
+                    }
                 }
             }
             if let Some(r) = choice["finish_reason"].as_str() {
@@ -213,11 +261,15 @@ async fn chat(client: &Client, prompt: &Prompt, events: &mpsc::Sender<pb::Runner
             }
         }
         if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
-            usage = Some(pb::Usage {
-                input_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
-                output_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
-                total_tokens: u["total_tokens"].as_u64(),
-            });
+            let (input_tokens, output_tokens) = (u["prompt_tokens"].as_u64().unwrap_or(0), u["completion_tokens"].as_u64().unwrap_or(0));
+            let total = u["total_tokens"].as_u64();
+            // As the Python runner reports them: text treats a zero total as
+            // none given; object fills a missing total from the two parts.
+            let total_tokens = match prompt.kind {
+                Kind::Text => total.filter(|&t| t != 0),
+                _ => total.or(Some(input_tokens + output_tokens)),
+            };
+            usage = Some(pb::Usage { input_tokens, output_tokens, total_tokens });
         }
     }
     let mut closing = Vec::new();
@@ -232,13 +284,12 @@ async fn chat(client: &Client, prompt: &Prompt, events: &mpsc::Sender<pb::Runner
 async fn image(client: &Client, prompt: &Prompt) -> Result<Option<Vec<pb::RunnerEvent>>, String> {
     let s = &prompt.settings;
     let mut body = json!({"model": s.get("model_name"), "prompt": prompt.media_text, "response_format": "b64_json"});
-    if let Some(n) = s.get("num_images") {
-        body["n"] = n.clone();
+    for (setting, parameter) in [("num_images", "n"), ("size", "size")] {
+        if truthy(s.get(setting)) {
+            body[parameter] = s[setting].clone();
+        }
     }
-    if let Some(size) = s.get("size") {
-        body["size"] = size.clone();
-    }
-    let answer = client.images(&body).await?;
+    let answer = client.images(&body, retries(prompt)).await?;
     let items = answer["data"]
         .as_array()
         .map(Vec::as_slice)
@@ -250,18 +301,20 @@ async fn image(client: &Client, prompt: &Prompt) -> Result<Option<Vec<pb::Runner
 }
 
 async fn speech(client: &Client, prompt: &Prompt) -> Result<Option<Vec<pb::RunnerEvent>>, String> {
-    let s = &prompt.settings;
-    let format = s.get("output_format").and_then(Value::as_str).unwrap_or("mp3").to_string();
+    let format = text_setting(prompt, "output_format", "mp3").to_string();
     let mut body = json!({
-        "model": s.get("model_name"),
+        "model": prompt.settings.get("model_name"),
         "input": prompt.media_text,
-        "voice": s.get("voice").and_then(Value::as_str).unwrap_or("alloy"),
+        "voice": text_setting(prompt, "voice", "alloy"),
         "response_format": format,
     });
     if let Some(instructions) = &prompt.instructions {
         body["instructions"] = json!(instructions);
     }
-    let audio = client.speech(&body).await?;
+    if truthy(prompt.settings.get("speed")) {
+        body["speed"] = prompt.settings["speed"].clone();
+    }
+    let audio = client.speech(&body, retries(prompt)).await?;
     let mime_type = match format.as_str() {
         "mp3" => "audio/mpeg",
         "wav" => "audio/wav",
@@ -275,79 +328,11 @@ async fn speech(client: &Client, prompt: &Prompt) -> Result<Option<Vec<pb::Runne
     Ok(Some(vec![event(Event::Speech(speech)), event(Event::Finish(pb::Finish { reason: "stop".into(), usage: None }))]))
 }
 
-/// `dataset_path` under `data_dir`, or the refusal the Python runner gives.
-/// The check is on the path's own components first (`..` cannot climb out),
-/// so a refused path says nothing about what exists outside.
-fn resolve(data_dir: &Path, dataset_path: &str) -> Result<PathBuf, String> {
-    use std::path::Component;
-    let refuse = || "cannot load the dataset: Access denied: path outside allowed directory".to_string();
-    let mut inside = PathBuf::new();
-    for component in Path::new(dataset_path).components() {
-        match component {
-            Component::Normal(part) => inside.push(part),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !inside.pop() {
-                    return Err(refuse());
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return Err(refuse()),
-        }
-    }
-    let base = data_dir.canonicalize().map_err(|e| format!("cannot load the dataset: {e}"))?;
-    let path = base
-        .join(&inside)
-        .canonicalize()
-        .map_err(|_| format!("cannot load the dataset: Dataset not found: {dataset_path}"))?;
-    // A symbolic link inside may still point outside.
-    if path.starts_with(&base) { Ok(path) } else { Err(refuse()) }
-}
-
-async fn run_dataset(
-    client: Client,
-    data_dir: &Path,
-    ast: &Value,
-    request: pb::RunExperimentRequest,
-    rows: &mpsc::Sender<pb::ExperimentEvent>,
-) -> Result<(), String> {
-    let template = prompt::render(ast, &json!({"__probe": true})).map_err(|m| format!("cannot render the prompt: {m}"))?;
-    let dataset_path = if request.dataset_path.is_empty() {
-        template.test_settings.get("dataset").and_then(Value::as_str).unwrap_or_default().to_string()
-    } else {
-        request.dataset_path.clone()
-    };
-    if !dataset_path.ends_with(".jsonl") {
-        return Err("cannot load the dataset: Dataset must be a JSON Lines file (.jsonl)".into());
-    }
-    let path = resolve(data_dir, &dataset_path)?;
-    let text = tokio::fs::read_to_string(&path).await.map_err(|e| format!("cannot load the dataset: {e}"))?;
-    let items: Vec<Value> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or(Value::Null)).collect();
-    let run_id = uuid::Uuid::new_v4().to_string();
-    let concurrency = if request.concurrency == 0 { 4 } else { request.concurrency as usize };
-    let shared = Arc::new((client, ast.clone(), run_id, request.experiment_id.clone()));
-    let mut results = futures::stream::iter(items.into_iter().map(|item| {
-        let shared = Arc::clone(&shared);
-        async move { run_item(&shared.0, &shared.1, &item, &shared.2, &shared.3).await }
-    }))
-    .buffer_unordered(concurrency);
-    while let Some(row) = results.next().await {
-        if rows.send(row).await.is_err() {
-            return Ok(()); // cancelled
-        }
-    }
-    Ok(())
-}
-
-/// One dataset item as a row, or an error row; the run goes on either way.
-async fn run_item(client: &Client, ast: &Value, item: &Value, run_id: &str, run_name: &str) -> pb::ExperimentEvent {
-    let Some(input) = item.get("input") else { return row_error("dataset item has no input") };
-    let prompt = match prompt::render(ast, input) {
-        Ok(prompt) => prompt,
-        Err(message) => return row_error(format!("cannot render the prompt: {message}")),
-    };
+/// A prompt's whole answer: the output as JSON (text as a string), and its tokens.
+async fn answer(client: &Client, prompt: &Prompt) -> Result<(Value, Option<u64>), String> {
     let (events, mut receiver) = mpsc::channel(64);
     // Run and collect at once: a long answer must not fill the channel first.
-    let produce = async move { run(client, &prompt, &events).await };
+    let produce = async move { run(client, prompt, false, &events).await };
     let collect = async {
         let (mut text, mut value, mut tokens, mut failure) = (String::new(), None, None, None);
         while let Some(e) = receiver.recv().await {
@@ -363,18 +348,50 @@ async fn run_item(client: &Client, ast: &Value, item: &Value, run_id: &str, run_
     };
     let ((), (text, value, tokens, failure)) = tokio::join!(produce, collect);
     if let Some(message) = failure {
-        return row_error(message);
+        return Err(message);
     }
-    let actual = value.unwrap_or_else(|| Value::String(text).to_string());
+    let output = match value {
+        Some(json) => serde_json::from_str(&json).map_err(|e| format!("the object is not JSON: {e}"))?,
+        None => Value::String(text),
+    };
+    Ok((output, tokens))
+}
+
+/// One dataset item as its row (the model's answer, scored), or an error
+/// event for the item: the gateway goes on with the rest of the run.
+async fn dataset_item(client: &Client, item: pb::DatasetItemRequest) -> pb::ExperimentEvent {
+    let Some(rendered) = &item.rendered else {
+        return row_error(format!("dataset item {} came without its rendered prompt, which this runner needs to run it", item.index));
+    };
+    let prompt = match prompt::from_rendered(rendered) {
+        Ok(prompt) if matches!(prompt.kind, Kind::Text | Kind::Object) => prompt,
+        Ok(prompt) => return row_error(format!("dataset runs support text and object prompts, not {}", prompt.kind.name())),
+        Err(message) => return row_error(message),
+    };
+    // Empty is absent, and so is null: a row without an expected output.
+    let expected = match item.expected_output_json.as_str() {
+        "" => None,
+        text => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Null) => None,
+            Ok(value) => Some(value),
+            Err(_) => return row_error(format!("dataset item {}: expected_output_json is not JSON", item.index)),
+        },
+    };
+    let (output, tokens) = match answer(client, &prompt).await {
+        Ok(answer) => answer,
+        Err(message) => return row_error(message),
+    };
+    let evals: Vec<Value> = item.eval_names.iter().filter_map(|name| scorers::score(name, &output, expected.as_ref())).collect();
     let row = pb::DatasetRow {
-        input_json: input.to_string(),
-        expected_output_json: item.get("expected_output").filter(|v| !v.is_null()).map(Value::to_string),
-        actual_output_json: Some(actual),
+        input_json: item.input_json,
+        expected_output_json: expected.is_some().then_some(item.expected_output_json),
+        actual_output_json: Some(output.to_string()),
         tokens,
-        evals_json: "[]".into(),
+        evals_json: Value::Array(evals).to_string(),
+        // This example records no traces; a runner that does puts the item's trace id here.
         trace_id: String::new(),
-        run_id: run_id.into(),
-        run_name: run_name.into(),
+        run_id: item.run_id,
+        run_name: item.run_name,
     };
     pb::ExperimentEvent { event: Some(experiment_event::Event::Row(row)) }
 }
