@@ -340,12 +340,9 @@ class Kit:
         """`request` with `rendered`, for a runner that asks for it."""
         if not await self._wants_rendered():
             return request
-        from .gateway import rendering
-        from .gateway.errors import Refusal
-
         try:
-            rendered = await rendering.render(_KIND_NAMES[request.kind], json.loads(request.ast_json), json.loads(request.custom_props_json or "{}"))
-        except (ValueError, Refusal):
+            rendered = await _render(request.kind, json.loads(request.ast_json), json.loads(request.custom_props_json or "{}"))
+        except (ValueError, Failed):
             # The malformed-AST check: a gateway would refuse it (400); sent
             # unrendered, the runner must still refuse it cleanly.
             return request
