@@ -29,7 +29,7 @@ from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, Runner, events,
 from agentmark_gw.runner.service import DatasetItem
 from agentmark_gw.runner.server import SERVER_OPTIONS
 
-from .conftest import free_port, wait_for_port
+from .conftest import RUST_RUNNER_TARGET, free_port, wait_for_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -425,3 +425,24 @@ async def test_a_taken_model_port_is_one_plain_line() -> None:
         _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
     assert err.decode().splitlines()[-1] == f"error: --serve-model {port}: port {port} on 127.0.0.1 is in use"
+
+
+async def test_the_rust_example_passes_with_the_model_in_the_loop(rust_runner: str) -> None:
+    """examples/runner-rust, a runner with no template code, passes every
+    check with the kit's model in the loop. (`rust_runner` builds it; this
+    instance calls the kit's model instead of the fake API.)"""
+    port, runner_port = free_port(), free_port()
+    env = {**os.environ, "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": model_url(port)}
+    process = await asyncio.create_subprocess_exec(
+        str(RUST_RUNNER_TARGET / "debug" / "agentmark-runner-rust"), "--listen", f"127.0.0.1:{runner_port}",
+        env=env, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for_port(runner_port, timeout=30)
+        results = await conformance.run_kit(f"127.0.0.1:{runner_port}", timeout=20, serve_model=port)
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 20)
+    assert [f"{r.id}: {r.reason}" for r in results if not r.passed or r.skipped] == []
+    assert [r.id for r in results] == list(conformance.CHECK_IDS)
+    assert next(r for r in results if r.id == "rendered").reason.endswith("(RunPromptRequest.rendered)")
