@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agentmark_gw import _core, _fallback
 from agentmark_gw.protocol import runner_pb2 as pb
+from agentmark_gw.runner.agentmark_bridge import item_name
 
 settings.register_profile("fast", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("slow", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -167,6 +168,16 @@ def test_dataset_item_name_is_identical(text: str, index: int) -> None:
         except ValueError as exc:
             results.append(f"ValueError: {exc}")
     assert results[0] == results[1]
+
+
+@given(json_values, st.integers(0, 10**6))
+def test_the_reference_runner_names_items_as_agentmark_s_own_helper_does(value: object, index: int) -> None:
+    # AgentMark's private helper, which the runner used before: compared while it exists.
+    webhook_runner = pytest.importorskip("agentmark.prompt_core.webhook_runner")
+    theirs = getattr(webhook_runner, "_compute_dataset_item_name", None)
+    if theirs is None:
+        pytest.skip("AgentMark no longer has _compute_dataset_item_name")
+    assert item_name(value, index) == theirs(value, index)
 
 
 # Malformed protobuf the Python twin once accepted and Rust (prost) refuses,

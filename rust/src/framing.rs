@@ -35,8 +35,8 @@ fn checked<'a>(text: &'a str, field: &str) -> Result<&'a str, String> {
     }
 }
 
-/// `{"type":"error","error":...}\n`
-pub fn error_line(out: &mut Vec<u8>, message: &str) {
+/// `{"type":"error","error":...}\n`: the framers' terminal line.
+fn error_line(out: &mut Vec<u8>, message: &str) {
     out.extend_from_slice(b"{\"type\":\"error\",\"error\":");
     write_str(out, message);
     out.extend_from_slice(b"}\n");
