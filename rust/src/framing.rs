@@ -410,7 +410,7 @@ fn optional_json<'a>(value: &'a Option<String>, field: &str) -> Result<Option<&'
 
 /// Folds a whole prompt stream into the one JSON envelope of a
 /// non-streaming answer (`response-envelopes.json`, and the image and
-/// speech envelopes of PROTOCOL.md).
+/// speech envelopes docs/runners.md describes).
 pub struct EnvelopeFolder {
     kind: PromptKind,
     pub trace_id: String,
