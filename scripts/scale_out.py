@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run the gateway scaled out on loopback, behind Debian's nginx:
 
     nginx ──▶ M gateway processes (agentmark-gw serve --workers W) ──gRPC──▶ N runner processes
@@ -10,8 +9,8 @@ to send it an event; Ctrl-C or SIGTERM stops everything, front to back.
 tests/test_scale_out.py runs this same topology (tests/support/topology.py)
 and kills gateways and runners under load.
 
-    .venv/bin/python scripts/scale_out.py
-    .venv/bin/python scripts/scale_out.py --runner-command 'agentmark-gw runner --listen {listen} --data-dir ./agentmark'
+    .venv/bin/python -m scripts.scale_out        # from the checkout's root
+    .venv/bin/python -m scripts.scale_out --runner-command 'agentmark-gw runner --listen {listen} --data-dir ./agentmark'
 """
 
 from __future__ import annotations
@@ -24,9 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.support.topology import Settings, Topology, TopologyError  # noqa: E402
+from tests.support.topology import Settings, Topology, TopologyError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -22,7 +22,8 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner.agentmark_cloud import AgentMarkCloud, ConnectionSettingsError
 
-from .conftest import AGENTMARK, HttpServer, agentmark_json, free_port, gateway_config, signed, wait_for_port
+from .conftest import AGENTMARK, HttpServer, agentmark_json, gateway_config, signed
+from .support.processes import free_port, wait_for_port
 from .servers.fake_agentmark_api import FakeAgentMarkApi
 from .servers.fake_openai import FakeOpenAI
 

@@ -23,7 +23,8 @@ from quart import Quart, Response, request
 from agentmark_gw.gateway import create_app
 from agentmark_gw.gateway.alerts import HTTP_SIGNATURE_HEADER, Outbox, Sink
 
-from .conftest import SECRET, HttpServer, free_port, gateway_config, agentmark_json, signed, wait_for_port
+from .conftest import SECRET, HttpServer, gateway_config, agentmark_json, signed
+from .support.processes import free_port, wait_for_port
 from .servers.scripted_runner import ScriptedRunner
 from .test_cli import environment, run
 

@@ -18,7 +18,8 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events
 
-from .conftest import HttpServer, free_port, gateway_config, agentmark_json, signed, wait_for_port
+from .conftest import HttpServer, gateway_config, agentmark_json, signed
+from .support.processes import free_port, wait_for_port
 from .servers.scripted_runner import ScriptedRunner
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,8 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import AGENTMARK, free_port, agentmark_json, wait_for_port
+from .conftest import AGENTMARK, agentmark_json
+from .support.processes import free_port, wait_for_port
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
 from .test_signature import oracle

@@ -19,7 +19,8 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import SECRET, free_port, wait_for_port
+from .conftest import SECRET
+from .support.processes import free_port, wait_for_port
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
 from .test_cli import EXE, TEXT_EVENT, environment, run

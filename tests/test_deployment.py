@@ -21,7 +21,8 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import SECRET, free_port, agentmark_json, signed, wait_for_port
+from .conftest import SECRET, agentmark_json, signed
+from .support.processes import free_port, wait_for_port
 from .servers.scripted_runner import ScriptedRunner
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,8 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events
 
-from .conftest import BODY_LIMIT, SECRET, HttpServer, agentmark_json, free_port, gateway_config, signed
+from .conftest import BODY_LIMIT, SECRET, HttpServer, agentmark_json, gateway_config, signed
+from .support.processes import free_port
 from .servers.scripted_runner import ScriptedRunner
 from .test_gateway_e2e import stream_lines
 

@@ -14,7 +14,8 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events, start
 
-from .conftest import HttpServer, free_port, gateway_config, agentmark_json, signed
+from .conftest import HttpServer, gateway_config, agentmark_json, signed
+from .support.processes import free_port
 from .servers.scripted_runner import ScriptedRunner
 from .test_gateway_e2e import stream_lines
 

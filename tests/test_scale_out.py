@@ -1,6 +1,6 @@
 """Scaled out behind Debian's nginx: nginx on loopback in front of two
 gateway processes (each a Hypercorn parent with two workers) and three
-runner processes, started by the same code as scripts/scale_out.py
+runner processes, started by the same code as `python -m scripts.scale_out`
 (tests/support/topology.py). Streams pass through unbuffered and spread over
 every gateway and runner; a dataset run with 12 s silences survives nginx's
 5 s proxy_read_timeout; a gateway, then a runner, is SIGKILLed under load.
@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from .conftest import SECRET, agentmark_json, signed
-from .support.topology import NGINX, Process, Settings, Topology
+from .support.processes import Process
+from .support.topology import NGINX, Settings, Topology
 
 pytestmark = pytest.mark.e2e
 

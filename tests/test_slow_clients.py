@@ -31,10 +31,11 @@ import httpx
 import pytest
 
 from agentmark_gw.runner import events, start
-from benchmarks.soak import GatewayProcess, wait_until
 
 from .conftest import SECRET, agentmark_json, signed
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import wait_until
+from .support.stack import GatewayProcess
 
 pytestmark = pytest.mark.e2e
 
