@@ -30,8 +30,10 @@ test: $(STAMP) ## Install, then run every test: Rust unit tests, the benchmarks 
 	$(VENV)/python -m pytest
 
 .PHONY: lint
-lint: $(STAMP) ## Type-check the package (mypy) and the Rust crates (clippy)
+lint: $(STAMP) ## Lint (ruff, configured in pyproject.toml), type-check (mypy; stubtest: _core.pyi against the extension), clippy
+	$(VENV)/python -m ruff check .
 	$(VENV)/python -m mypy python/agentmark_gw --ignore-missing-imports --exclude 'protocol/'
+	$(VENV)/python -m mypy.stubtest agentmark_gw._core
 	cargo clippy --quiet --no-default-features -- -D warnings
 
 .PHONY: protos

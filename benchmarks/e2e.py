@@ -362,7 +362,7 @@ async def check(server: Server, scenario: str, request: Request, repeats: int = 
     for _ in range(repeats):
         try:
             reply = await e2e_client.one(HOST, server.port, "POST", request.path, request.body, request.headers, timeout=60.0)
-        except (OSError, e2e_client.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, OSError, e2e_client.ProtocolError, asyncio.IncompleteReadError) as exc:
             result = {"server": server.name, "scenario": scenario, "ok": False, "status": None, "lines": None, "problems": [f"{type(exc).__name__}: {exc}"]}
             return first if first is not None and not first["ok"] else result
         times.append(reply.total_s)
@@ -774,7 +774,7 @@ async def measure_paced(servers: dict[str, Server], server: Server, streams: int
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
 
     sampler = asyncio.create_task(sample_rss())
@@ -927,7 +927,9 @@ def markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     out = [
         f"## End to end, {meta['date']} ({meta['cpus']} CPUs, Python {meta['python']}, {meta['wrk']}, "
-        f"{meta['duration_s']} s per cell after {meta['warmup_s']} s warm-up{', QUICK' if meta['quick'] else ''}{', PROFILED (py-spy running)' if meta.get('profiled_with_py_spy') else ''}; commit {meta['commit']}, gateway core: {meta['gateway_implementation']}, trivial runner: {meta.get('runner_impl', 'sdk')})",
+        f"{meta['duration_s']} s per cell after {meta['warmup_s']} s warm-up{', QUICK' if meta['quick'] else ''}"
+        f"{', PROFILED (py-spy running)' if meta.get('profiled_with_py_spy') else ''}; commit {meta['commit']}, "
+        f"gateway core: {meta['gateway_implementation']}, trivial runner: {meta.get('runner_impl', 'sdk')})",
         "",
     ]
     bad = [c for c in report["checks"] if not c["ok"]]
@@ -979,7 +981,9 @@ def markdown(report: dict[str, Any]) -> str:
         out.append(
             f"NOISE: {len(noisy)} of {len(report['cells'])} cells ran while other work took more than {threshold:.0%} of the machine, "
             "even after measuring again: their requests/s understate, and ratios between a noisy and a quiet cell are skewed "
-            "(CPU per request is less affected). " + ", ".join(f"{c['scenario']} c={c['connections']} {c['server']} ({c['machine_cpu_other']:.0%})" for c in noisy) + "."
+            "(CPU per request is less affected). "
+            + ", ".join(f"{c['scenario']} c={c['connections']} {c['server']} ({c['machine_cpu_other']:.0%})" for c in noisy)
+            + "."
         )
         out.append("")
     if report["ttfb"]:
@@ -1046,7 +1050,8 @@ def _markdown_paced(report: dict[str, Any]) -> list[str]:
         "runner apart); gap: between consecutive tokens of a stream as our client read them (all streams pooled); wall: a stream's "
         "request to its end ÷ the schedule:",
         "",
-        "| streams | server | tokens | CPU µs/token | gap p50 / p99 / max ms | first token p50 ms | wall p50 / p99 ÷ schedule | worker RSS max MiB | client µs/token | machine busy (other), load | errors |",
+        "| streams | server | tokens | CPU µs/token | gap p50 / p99 / max ms | first token p50 ms | wall p50 / p99 ÷ schedule "
+        "| worker RSS max MiB | client µs/token | machine busy (other), load | errors |",
         "|---:|---|---:|---|---|---:|---|---:|---:|---|---:|",
     ]
     for c in cells:
@@ -1199,7 +1204,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(s for s in SERVERS if s != BASELINE),
                         help=f"comma-separated subset of {','.join(SERVERS)} ({BASELINE} needs --baseline; with it, it is added)")
     parser.add_argument("--baseline", metavar="REV",
-                        help=f"also run {BASELINE}: the gateway with python/ as at git revision REV (this checkout's Rust extension), beside the working tree's")
+                        help=f"also run {BASELINE}: the gateway with python/ as at git revision REV "
+                        "(this checkout's Rust extension), beside the working tree's")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--max-cell-seconds", type=int, default=60,
                         help="longest a cell may be stretched for a server slower than --duration allows (default 60)")
@@ -1224,11 +1230,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rss-seconds", type=int, default=4, help="memory: seconds of wrk per round (default 4)")
     parser.add_argument("--rss-connections", type=int, default=64, help="memory: wrk connections per round (default 64)")
     parser.add_argument("--paced-streams", default="100,500,1000", help="paced scenario: comma-separated concurrent stream counts (default 100,500,1000)")
-    parser.add_argument("--paced-tokens", type=int, default=payloads.PACED_TOKENS, help=f"paced scenario: text deltas per stream (default {payloads.PACED_TOKENS})")
+    parser.add_argument("--paced-tokens", type=int, default=payloads.PACED_TOKENS,
+                        help=f"paced scenario: text deltas per stream (default {payloads.PACED_TOKENS})")
     parser.add_argument("--paced-gap-ms", type=int, default=payloads.PACED_GAP_MS, help=f"paced scenario: ms between deltas (default {payloads.PACED_GAP_MS})")
     parser.add_argument("--paced-ramp", type=float, default=1.0, help="paced scenario: seconds over which a wave's streams start (default 1)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 s cells (12 s at most), 1 s warm-up, 64 TTFB and 64 paced requests, 3 memory rounds of 2 s, short waits, no re-measuring")
+                        help="smoke run: 2 s cells (12 s at most), 1 s warm-up, 64 TTFB and 64 paced requests, "
+                        "3 memory rounds of 2 s, short waits, no re-measuring")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown table here")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",

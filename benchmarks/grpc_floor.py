@@ -55,6 +55,10 @@ async def wave(port: int, request: bytes, streams: int, ramp: float, limit: floa
     return messages, completed
 
 
+def _per_message(cpu: float, messages: int) -> str:
+    return f"{1e6 * cpu / messages:.1f}" if messages else "n/a"
+
+
 async def main_async(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="grpc-floor-"))
     servers = e2e.build_servers(["gateway"], secrets.token_urlsafe(16), workdir)
@@ -74,9 +78,9 @@ async def main_async(args: argparse.Namespace) -> None:
             messages, completed = await wave(port, request, streams, 1.0, 3 * schedule + 30)
             elapsed = time.perf_counter() - started
             mine, theirs = sum(os.times()[:2]) - mine0, cpu_seconds(runner.pid) - runner0
-            per = (lambda cpu: f"{1e6 * cpu / messages:.1f}" if messages else "n/a")
             print(f"  {streams} calls: {messages} messages, {completed} calls completed in {elapsed:.1f} s; "
-                  f"client {per(mine)} µs/message, runner {per(theirs)} µs/message; load {os.getloadavg()[0]:.2f}")
+                  f"client {_per_message(mine, messages)} µs/message, runner {_per_message(theirs, messages)} µs/message; "
+                  f"load {os.getloadavg()[0]:.2f}")
     finally:
         runner.stop()
 

@@ -67,8 +67,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e
-from benchmarks import e2e_client  # a raw HTTP/1.1 client that costs little CPU
+from benchmarks import (
+    e2e,
+    e2e_client,  # a raw HTTP/1.1 client that costs little CPU
+)
 from tests.support.processes import HOST, ROOT, cpu_seconds, sign, status_kib, wait_until
 from tests.support.stack import DATASETS, GatewayProcess, start_reference_stack
 
@@ -281,7 +283,7 @@ class Load:
                 await connection.close()  # the request opens a new connection
             started = time.perf_counter()
             reply = await asyncio.wait_for(connection.request("POST", "/", body, headers), 60)
-        except (OSError, e2e_client.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (TimeoutError, OSError, e2e_client.ProtocolError, asyncio.IncompleteReadError, ValueError) as exc:
             tally.transport_errors += 1
             tally.note_wrong(f"{kind.name}: {type(exc).__name__}: {exc}")
             await connection.close()
@@ -382,7 +384,7 @@ async def run_soak(duration: float, rate: float, *, warmup: float | None = None,
     origin = time.monotonic()
     sampler = asyncio.create_task(sample_every(gateway, sample_interval, phase, samples, origin))
     load = Load(gateway.port, bodies, concurrency, fresh_share, idle_limit=keep_alive_timeout / 2)
-    started_at = dt.datetime.now(dt.timezone.utc)
+    started_at = dt.datetime.now(dt.UTC)
     try:
         start_rss, start_fds = gateway.rss_kib(), gateway.fds()
         log(f"warm-up: {warmup:.0f} s at {rate:g} req/s (gateway pid {gateway.pid}, RSS {start_rss / 1024:.1f} MiB, {start_fds} fds)")

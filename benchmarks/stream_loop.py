@@ -109,7 +109,8 @@ def main() -> int:
             if baseline:
                 rows[f"baseline {args.baseline}"] += _measure(baseline, args.messages, 1)
     best = {name: min(values) for name, values in rows.items()}
-    print(f"responses.stream, {args.messages} messages of one text delta, heartbeat 15 s, uvloop; best and median of {args.repeats} (µs per message), load {os.getloadavg()[0]:.2f}")
+    print(f"responses.stream, {args.messages} messages of one text delta, heartbeat 15 s, uvloop; "
+          f"best and median of {args.repeats} (µs per message), load {os.getloadavg()[0]:.2f}")
     for name, values in rows.items():
         ordered = sorted(values)
         print(f"  {name}: best {1e6 * best[name]:.2f}, median {1e6 * ordered[len(ordered) // 2]:.2f}")

@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runner-command", default="", metavar="CMD",
                         help="run this instead of the scripted runner; {listen}, {host}, {port} and {name} are filled in")
     parser.add_argument("--proxy-read-timeout", type=float, default=60.0, metavar="S", help="nginx's proxy_read_timeout (default 60)")
-    parser.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="S", help="the gateways' heartbeat_interval (default 15; keep it below the read timeout)")
+    parser.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="S",
+                        help="the gateways' heartbeat_interval (default 15; keep it below the read timeout)")
     parser.add_argument("--health-interval", type=float, default=5.0, metavar="S", help="seconds between runner health checks (default 5)")
     parser.add_argument("--shutdown-grace", type=float, default=30.0, metavar="S", help="seconds streams get to finish when stopping (default 30)")
     scripted = parser.add_argument_group("the scripted runner's defaults (a request may override them with a `scripted` object)")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             for process in topology.processes:
                 if not process.running and process.name not in reported:
                     reported.add(process.name)
-                    print(f"{process.name} exited with status {process.popen.returncode if process.popen else '?'}; see {process.log}", file=sys.stderr, flush=True)
+                    print(f"{process.name} exited ({process.exit_text()}); see {process.log}", file=sys.stderr, flush=True)
     finally:
         print("stopping: nginx, then the gateways, then the runners", flush=True)
         left = topology.stop()

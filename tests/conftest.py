@@ -20,8 +20,7 @@ from quart import Quart
 
 from agentmark_gw import _core, _fallback
 from agentmark_gw.gateway import GatewayConfig, create_app
-from agentmark_gw.runner import start
-from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor
+from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, start
 
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner

@@ -23,9 +23,9 @@ from agentmark_gw.gateway import create_app
 from agentmark_gw.runner.agentmark_cloud import AgentMarkCloud, ConnectionSettingsError
 
 from .conftest import AGENTMARK, HttpServer, agentmark_json, gateway_config, signed
-from .support.processes import free_port, wait_for_port
 from .servers.fake_agentmark_api import FakeAgentMarkApi
 from .servers.fake_openai import FakeOpenAI
+from .support.processes import free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 

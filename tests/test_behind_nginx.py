@@ -18,9 +18,9 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events
 
-from .conftest import HttpServer, gateway_config, agentmark_json, signed
-from .support.processes import free_port, wait_for_port
+from .conftest import HttpServer, agentmark_json, gateway_config, signed
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +88,9 @@ async def test_a_stream_passes_through_unbuffered(nginx: tuple[str, float], scri
     assert arrivals[-1][0] - arrivals[0][0] > 0.6  # lines arrived as written, not all at the end
 
 
-async def test_heartbeats_keep_a_silent_dataset_run_open_through_nginx(nginx: tuple[str, float], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_heartbeats_keep_a_silent_dataset_run_open_through_nginx(
+    nginx: tuple[str, float], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     url, read_timeout = nginx
     scripted_runner.pause = read_timeout * 2.5  # each row comes after a silence nginx would not sit through
     scripted_runner.experiment_script = [

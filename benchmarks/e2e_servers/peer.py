@@ -23,8 +23,6 @@ The peer reads `{type, data}` bodies: `benchmarks/e2e.py` sends it the
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 

@@ -35,9 +35,7 @@ import argparse
 import asyncio
 import functools
 import logging
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -46,7 +44,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.runner import events
 from agentmark_gw.runner.server import SERVER_OPTIONS
-
 from benchmarks.e2e_servers import payloads
 
 SERVICE_NAME = "agentmark.runner.v1.Runner"

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
@@ -128,7 +128,6 @@ def _checked_or_empty(text: str, field: str) -> str:
 
 # --- decoding ---------------------------------------------------------------
 
-M = TypeVar("M", bound=Message)
 
 # Python's protobuf is more forgiving than the Rust decoder (prost): it keeps
 # a known field sent with the wrong wire type as an unknown field, wraps
@@ -143,7 +142,7 @@ class _Malformed(Exception):
     pass
 
 
-def _decode(cls: type[M], data: bytes) -> M:
+def _decode[M: Message](cls: type[M], data: bytes) -> M:
     try:
         _walk(cls.DESCRIPTOR, memoryview(data), _RECURSION_LIMIT)
     except (_Malformed, IndexError):

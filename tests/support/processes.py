@@ -288,10 +288,8 @@ def socket_count(pid: int) -> int:
     """Open sockets of one process: client connections, its listener, gRPC channels."""
     count = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
+        with contextlib.suppress(OSError):  # closed meanwhile
             count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass  # closed meanwhile
     return count
 
 

@@ -311,7 +311,8 @@ def reference() -> str:
             lines.append(f"| `alert_sinks` | `{ENV_PREFIX}ALERT_SINKS` (JSON) | a list of tables | runner | {f.metadata['help']} |")
             continue
         if f.name == "state_dir":
-            lines.append(f"| `state_dir` | `{ENV_PREFIX}STATE_DIR` | a string | `$XDG_STATE_HOME/agentmark-gw/gateway-PORT` (PORT: `bind`'s) | {f.metadata['help']} |")
+            default = "`$XDG_STATE_HOME/agentmark-gw/gateway-PORT` (PORT: `bind`'s)"
+            lines.append(f"| `state_dir` | `{ENV_PREFIX}STATE_DIR` | a string | {default} | {f.metadata['help']} |")
             continue
         if f.name == "alerts_db":
             lines.append(f"| `alerts_db` | `{ENV_PREFIX}ALERTS_DB` | a string | `STATE_DIR/alerts.sqlite3` | {f.metadata['help']} |")

@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import math
 import re
-
-import orjson
-from dataclasses import dataclass
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import yaml
 
 from ..frontmatter import TooManyNodes, check_expansion
