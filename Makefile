@@ -30,8 +30,10 @@ test: $(STAMP) ## Install, then run every test: Rust unit tests, the benchmarks 
 	$(VENV)/python -m pytest
 
 .PHONY: lint
-lint: $(STAMP) ## Type-check the package (mypy) and the Rust crates (clippy)
+lint: $(STAMP) ## Lint (ruff, configured in pyproject.toml), type-check (mypy; stubtest: _core.pyi against the extension), clippy
+	$(VENV)/python -m ruff check .
 	$(VENV)/python -m mypy python/agentmark_gw --ignore-missing-imports --exclude 'protocol/'
+	$(VENV)/python -m mypy.stubtest agentmark_gw._core
 	cargo clippy --quiet --no-default-features -- -D warnings
 
 .PHONY: protos
@@ -53,7 +55,7 @@ bench-datasets: $(STAMP) ## One 200-row dataset run spread over 1 and 3 runners,
 .PHONY: bench-e2e
 bench-e2e: $(STAMP) ## End to end: gateway (Hypercorn, Granian, asyncio loop) vs bare Quart vs AgentMark's server: paced token streams (100-1,000 at once), then wrk; added latency, RSS (about 20 min, more on a busy machine)
 	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
-	$(VENV)/python benchmarks/e2e.py --duration 10 --out benchmarks/results/e2e.json --markdown benchmarks/results/e2e.md
+	$(VENV)/python -m benchmarks.e2e --duration 10 --out benchmarks/results/e2e.json --markdown benchmarks/results/e2e.md
 
 .PHONY: help
 help: ## Show this help
@@ -61,8 +63,8 @@ help: ## Show this help
 
 .PHONY: scale-out
 scale-out: $(STAMP) ## nginx in front of 2 gateways (2 workers each) and 3 runners, on loopback; Ctrl-C stops it
-	$(VENV)/python scripts/scale_out.py
+	$(VENV)/python -m scripts.scale_out
 
 .PHONY: soak
 soak: $(STAMP) ## Soak: 10 min of mixed events at 25 req/s; gateway RSS, fds and 5xx checked (benchmarks/results/soak.*)
-	$(VENV)/python benchmarks/soak.py --duration 600 --rate 25 --out benchmarks/results/soak.json --markdown benchmarks/results/soak.md
+	$(VENV)/python -m benchmarks.soak --duration 600 --rate 25 --out benchmarks/results/soak.json --markdown benchmarks/results/soak.md

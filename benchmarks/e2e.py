@@ -1,8 +1,11 @@
 """End-to-end benchmark: the gateway against a bare Quart app (the ceiling)
 and AgentMark's own webhook server (the peer), side by side in one run.
 
-    .venv/bin/python benchmarks/e2e.py --duration 8 --out benchmarks/results/e2e.json
-    .venv/bin/python benchmarks/e2e.py --quick          # smoke run, about 4 minutes
+    .venv/bin/python -m benchmarks.e2e --duration 8 --out benchmarks/results/e2e.json
+    .venv/bin/python -m benchmarks.e2e --quick          # smoke run, about 4 minutes
+
+(from the checkout's root: the benchmarks, and the test harness they start
+their processes with, tests/support/, are imported as packages from there).
 
 Needs `wrk` (apt-get install wrk); the event bodies are AgentMark's, from
 tests/fixtures/agentmark/events/. Prints Markdown tables; `--out` also writes
@@ -101,7 +104,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -111,19 +113,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import e2e_client
+from benchmarks.e2e_servers import payloads
+from tests.support.processes import CLK_TCK, HOST, ROOT, Process, cpu_seconds, free_port, rss_mb, sign, tail, wait_ok
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE / "e2e_servers"))
-
-import e2e_client  # noqa: E402
-import payloads  # noqa: E402
-
 EVENTS_DIR = ROOT / "tests" / "fixtures" / "agentmark" / "events"
 WRK_SCRIPT = HERE / "wrk" / "post.lua"
-HOST = "127.0.0.1"
 SIGNATURE_HEADER = "x-agentmark-signature-256"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Gateway variants: name -> (extra `agentmark-gw serve` flags, what they run).
 GATEWAY_VARIANTS = {
@@ -162,140 +159,7 @@ def log(message: str) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def sign(secret: str, body: bytes) -> str:
-    try:
-        from agentmark_gw import _core
-
-        return _core.sign(secret, body)
-    except ImportError:  # the extension is not built: its pure-Python twin
-        from agentmark_gw import _fallback
-
-        return _fallback.sign(secret, body)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 # --- processes ------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    log_path: Path
-    env: dict[str, str]
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        handle = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        try:
-            self.popen = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                env=self.env, cwd=ROOT, start_new_session=True,
-            )
-        finally:
-            handle.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def exit_text(self) -> str:
-        """How the process ended: a status, or the signal that ended it."""
-        code = None if self.popen is None else self.popen.poll()
-        if code is None:
-            return "running"
-        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM to the whole process group, SIGKILL after `grace` seconds."""
-        if self.popen is None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Anything left in the group (a child that outlived its parent).
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def process_tree(pid: int) -> list[int]:
-    children = _children()
-    tree: list[int] = []
-    todo = [pid]
-    while todo and len(tree) < 1000:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of the process tree under `pid`, with reaped children's."""
-    total = 0
-    for member in process_tree(pid):
-        try:
-            with open(f"/proc/{member}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # After the ")": state is field 3, so utime (14) is index 11.
-        total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
-    return total / CLK_TCK
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> list[float]:
-    """`field` of /proc/<pid>/status (VmRSS: now; VmHWM: the peak) of each
-    process in the tree under `pid`, the root first, in MiB."""
-    values = []
-    for member in process_tree(pid):
-        try:
-            with open(f"/proc/{member}/status") as f:
-                for line in f:
-                    if line.startswith(field + ":"):
-                        values.append(int(line.split()[1]) / 1024)
-                        break
-        except OSError:
-            continue
-    return values
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -317,7 +181,7 @@ def machine_busy() -> tuple[float, float]:
 class Server:
     name: str
     port: int
-    procs: dict[str, Proc]  # role -> process; the first is the HTTP server
+    procs: dict[str, Process]  # role -> process; the first is the HTTP server
     ready_path: str
     paths: dict[str, str]
     unwrap: bool  # send the `event` object, not the `{"event": ...}` file
@@ -351,7 +215,7 @@ def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = 
         port = free_port()
         servers["ceiling"] = Server(
             "ceiling", port,
-            {"ceiling": Proc("ceiling", [python, str(HERE / "e2e_servers" / "ceiling.py"), "--bind", f"{HOST}:{port}"], logs / "ceiling.log", base_env)},
+            {"ceiling": Process("ceiling", [python, "-m", "benchmarks.e2e_servers.ceiling", "--bind", f"{HOST}:{port}"], logs / "ceiling.log", base_env)},
             "/health", CEILING_PATHS, unwrap=False,
         )
     gateway_cli = Path(python).with_name("agentmark-gw")
@@ -360,7 +224,7 @@ def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = 
         if variant not in names:
             continue
         port, runner_port = free_port(), free_port()
-        runner_argv = [python, str(HERE / "e2e_servers" / "trivial_runner.py"), "--listen", f"{HOST}:{runner_port}", "--impl", runner_impl]
+        runner_argv = [python, "-m", "benchmarks.e2e_servers.trivial_runner", "--listen", f"{HOST}:{runner_port}", "--impl", runner_impl]
         argv, env = gateway_argv, {**base_env, "AGENTMARK_WEBHOOK_SECRET": secret}
         if variant == BASELINE:
             assert baseline is not None
@@ -370,12 +234,12 @@ def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = 
         servers[variant] = Server(
             variant, port,
             {
-                "gateway": Proc(
+                "gateway": Process(
                     variant,
                     argv + ["serve", "--runner", f"{HOST}:{runner_port}", "--bind", f"{HOST}:{port}", *flags],
                     logs / f"{variant}.log", env,
                 ),
-                "runner": Proc(f"{variant}-runner", runner_argv, logs / f"{variant}-runner.log", base_env),
+                "runner": Process(f"{variant}-runner", runner_argv, logs / f"{variant}-runner.log", base_env),
             },
             "/readyz", dict.fromkeys(SCENARIOS, "/"), unwrap=False, runner_port=runner_port,
         )
@@ -383,28 +247,14 @@ def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = 
         port = free_port()
         servers["peer"] = Server(
             "peer", port,
-            {"peer": Proc("peer", [python, str(HERE / "e2e_servers" / "peer.py"), "--port", str(port)], logs / "peer.log", base_env)},
+            {"peer": Process("peer", [python, "-m", "benchmarks.e2e_servers.peer", "--port", str(port)], logs / "peer.log", base_env)},
             "/health", dict.fromkeys(SCENARIOS, "/"), unwrap=True,
         )
     return servers
 
 
 async def wait_ready(server: Server, timeout: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        for proc in server.procs.values():
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited ({proc.exit_text()}):\n{proc.log_tail()}")
-        try:
-            reply = await e2e_client.one(HOST, server.port, "GET", server.ready_path, timeout=2.0)
-            if reply.status == 200:
-                return
-            last = f"{reply.status} {reply.body[:200]!r}"
-        except (OSError, e2e_client.ProtocolError, asyncio.TimeoutError) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"{server.name} not ready after {timeout:.0f} s: {last}")
+    await wait_ok(server.name, server.url_base + server.ready_path, list(server.procs.values()), timeout)
 
 
 # --- bodies and the correctness check --------------------------------------------
@@ -512,7 +362,7 @@ async def check(server: Server, scenario: str, request: Request, repeats: int = 
     for _ in range(repeats):
         try:
             reply = await e2e_client.one(HOST, server.port, "POST", request.path, request.body, request.headers, timeout=60.0)
-        except (OSError, e2e_client.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, OSError, e2e_client.ProtocolError, asyncio.IncompleteReadError) as exc:
             result = {"server": server.name, "scenario": scenario, "ok": False, "status": None, "lines": None, "problems": [f"{type(exc).__name__}: {exc}"]}
             return first if first is not None and not first["ok"] else result
         times.append(reply.total_s)
@@ -643,7 +493,7 @@ def cell_seconds(connections: int, alone_ms: float | None, args: argparse.Namesp
 
 
 def all_pids(servers: dict[str, Server]) -> list[int]:
-    return [proc.pid for server in servers.values() for proc in server.procs.values() if proc.alive()]
+    return [proc.pid for server in servers.values() for proc in server.procs.values() if proc.running]
 
 
 async def settle(servers: dict[str, Server], limit: float, quiet_limit: float) -> float:
@@ -696,7 +546,7 @@ async def measure_cell(
     everyone_after = sum(cpu_seconds(pid) for pid in everyone)
     profiles = finish_profilers(profilers)
     cell: dict[str, Any] = {"server": server.name, "scenario": scenario, "connections": connections}
-    alive = {role: proc.alive() for role, proc in server.procs.items()}
+    alive = {role: proc.running for role, proc in server.procs.items()}
     if not all(alive.values()):
         cell["error"] = f"process died: {[r for r, a in alive.items() if not a]}"
     if "error" in result:
@@ -924,7 +774,7 @@ async def measure_paced(servers: dict[str, Server], server: Server, streams: int
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
 
     sampler = asyncio.create_task(sample_rss())
@@ -1077,7 +927,9 @@ def markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     out = [
         f"## End to end, {meta['date']} ({meta['cpus']} CPUs, Python {meta['python']}, {meta['wrk']}, "
-        f"{meta['duration_s']} s per cell after {meta['warmup_s']} s warm-up{', QUICK' if meta['quick'] else ''}{', PROFILED (py-spy running)' if meta.get('profiled_with_py_spy') else ''}; commit {meta['commit']}, gateway core: {meta['gateway_implementation']}, trivial runner: {meta.get('runner_impl', 'sdk')})",
+        f"{meta['duration_s']} s per cell after {meta['warmup_s']} s warm-up{', QUICK' if meta['quick'] else ''}"
+        f"{', PROFILED (py-spy running)' if meta.get('profiled_with_py_spy') else ''}; commit {meta['commit']}, "
+        f"gateway core: {meta['gateway_implementation']}, trivial runner: {meta.get('runner_impl', 'sdk')})",
         "",
     ]
     bad = [c for c in report["checks"] if not c["ok"]]
@@ -1129,7 +981,9 @@ def markdown(report: dict[str, Any]) -> str:
         out.append(
             f"NOISE: {len(noisy)} of {len(report['cells'])} cells ran while other work took more than {threshold:.0%} of the machine, "
             "even after measuring again: their requests/s understate, and ratios between a noisy and a quiet cell are skewed "
-            "(CPU per request is less affected). " + ", ".join(f"{c['scenario']} c={c['connections']} {c['server']} ({c['machine_cpu_other']:.0%})" for c in noisy) + "."
+            "(CPU per request is less affected). "
+            + ", ".join(f"{c['scenario']} c={c['connections']} {c['server']} ({c['machine_cpu_other']:.0%})" for c in noisy)
+            + "."
         )
         out.append("")
     if report["ttfb"]:
@@ -1196,7 +1050,8 @@ def _markdown_paced(report: dict[str, Any]) -> list[str]:
         "runner apart); gap: between consecutive tokens of a stream as our client read them (all streams pooled); wall: a stream's "
         "request to its end ÷ the schedule:",
         "",
-        "| streams | server | tokens | CPU µs/token | gap p50 / p99 / max ms | first token p50 ms | wall p50 / p99 ÷ schedule | worker RSS max MiB | client µs/token | machine busy (other), load | errors |",
+        "| streams | server | tokens | CPU µs/token | gap p50 / p99 / max ms | first token p50 ms | wall p50 / p99 ÷ schedule "
+        "| worker RSS max MiB | client µs/token | machine busy (other), load | errors |",
         "|---:|---|---:|---|---|---:|---|---:|---:|---|---:|",
     ]
     for c in cells:
@@ -1349,7 +1204,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(s for s in SERVERS if s != BASELINE),
                         help=f"comma-separated subset of {','.join(SERVERS)} ({BASELINE} needs --baseline; with it, it is added)")
     parser.add_argument("--baseline", metavar="REV",
-                        help=f"also run {BASELINE}: the gateway with python/ as at git revision REV (this checkout's Rust extension), beside the working tree's")
+                        help=f"also run {BASELINE}: the gateway with python/ as at git revision REV "
+                        "(this checkout's Rust extension), beside the working tree's")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--max-cell-seconds", type=int, default=60,
                         help="longest a cell may be stretched for a server slower than --duration allows (default 60)")
@@ -1374,11 +1230,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rss-seconds", type=int, default=4, help="memory: seconds of wrk per round (default 4)")
     parser.add_argument("--rss-connections", type=int, default=64, help="memory: wrk connections per round (default 64)")
     parser.add_argument("--paced-streams", default="100,500,1000", help="paced scenario: comma-separated concurrent stream counts (default 100,500,1000)")
-    parser.add_argument("--paced-tokens", type=int, default=payloads.PACED_TOKENS, help=f"paced scenario: text deltas per stream (default {payloads.PACED_TOKENS})")
+    parser.add_argument("--paced-tokens", type=int, default=payloads.PACED_TOKENS,
+                        help=f"paced scenario: text deltas per stream (default {payloads.PACED_TOKENS})")
     parser.add_argument("--paced-gap-ms", type=int, default=payloads.PACED_GAP_MS, help=f"paced scenario: ms between deltas (default {payloads.PACED_GAP_MS})")
     parser.add_argument("--paced-ramp", type=float, default=1.0, help="paced scenario: seconds over which a wave's streams start (default 1)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 s cells (12 s at most), 1 s warm-up, 64 TTFB and 64 paced requests, 3 memory rounds of 2 s, short waits, no re-measuring")
+                        help="smoke run: 2 s cells (12 s at most), 1 s warm-up, 64 TTFB and 64 paced requests, "
+                        "3 memory rounds of 2 s, short waits, no re-measuring")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown table here")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
@@ -1484,8 +1342,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         f"(other {cell['machine_cpu_other']:.0%}), load {cell['load_average']:.2f}"
                     )
                     for proc in server.procs.values():
-                        if not proc.alive():
-                            raise RuntimeError(f"{proc.name} died during paced {streams} ({proc.exit_text()}):\n{proc.log_tail()}")
+                        if not proc.running:
+                            raise RuntimeError(f"{proc.name} died during paced {streams} ({proc.exit_text()}):\n{tail(proc.log, 15)}")
             report["paced_held"] = paced_held(report["paced"])
 
         total_cells = len(wrk_scenarios) * len(args.connection_counts) * len(servers)
@@ -1518,8 +1376,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     )
                     log(f"[{done}/{total_cells}] {scenario} c={connections} {name}: {summary}")
                     for proc in server.procs.values():
-                        if not proc.alive():
-                            raise RuntimeError(f"{proc.name} died during {scenario} c={connections} ({proc.exit_text()}):\n{proc.log_tail()}")
+                        if not proc.running:
+                            raise RuntimeError(f"{proc.name} died during {scenario} c={connections} ({proc.exit_text()}):\n{tail(proc.log, 15)}")
 
         if args.ttfb_requests > 0:
             for scenario in wrk_scenarios:
@@ -1559,7 +1417,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             report["peak_rss_mb_processes"][name] = {role: [round(v, 1) for v in rss_mb(proc.pid, "VmHWM")] for role, proc in server.procs.items()}
         for server in servers.values():
             for proc in server.procs.values():
-                summary = summarize_log(proc.log_path)
+                summary = summarize_log(proc.log)
                 if summary:
                     report.setdefault("server_log_problems", {})[proc.name] = summary
                     report["notes"].append(f"{proc.name} logged: " + "; ".join(f"{n}× {text}" for text, n in summary.items()))
@@ -1634,7 +1492,7 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {
             "date": dt.date.today().isoformat(),
             "cpus": os.cpu_count(),
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "python": platform.python_version(),
             "wrk": wrk_version(),
             "commit": commit + ("+dirty" if dirty else ""),
@@ -1684,7 +1542,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(c["ok"] for c in report["checks"]) else 1
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -387,7 +387,7 @@ async def paced_streams(
                 loop.create_connection(lambda: _PacedProtocol(request, token, result, done), host, port), max(0.1, deadline - loop.time())
             )
             await asyncio.wait_for(asyncio.shield(done), max(0.1, deadline - loop.time()))
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             if not done.done():
                 done.set_result(None)
                 result.errors.append(f"{type(exc).__name__}: {exc}")

@@ -1,7 +1,7 @@
 """What grpc.aio alone costs per message on the paced scenario: the floor
 under the gateway's CPU per token while its runner client is grpc.aio.
 
-    .venv/bin/python benchmarks/grpc_floor.py [--streams 100,500] [--tokens 150] [--gap-ms 20]
+    .venv/bin/python -m benchmarks.grpc_floor [--streams 100,500] [--tokens 150] [--gap-ms 20]
 
 Starts the benchmark's trivial runner, then, for each count, that many
 RunPrompt calls at once (the request bytes the gateway builds for the paced
@@ -23,17 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import e2e  # noqa: E402
+from benchmarks import e2e
+from tests.support.processes import HOST, cpu_seconds
 
 
 async def wave(port: int, request: bytes, streams: int, ramp: float, limit: float) -> tuple[int, int]:
     """(messages, calls completed) of one wave, bounded by `limit` seconds."""
     import grpc
 
-    channel = grpc.aio.insecure_channel(f"{e2e.HOST}:{port}")
+    channel = grpc.aio.insecure_channel(f"{HOST}:{port}")
     run_prompt = channel.unary_stream("/agentmark.runner.v1.Runner/RunPrompt")
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
@@ -57,6 +55,10 @@ async def wave(port: int, request: bytes, streams: int, ramp: float, limit: floa
     return messages, completed
 
 
+def _per_message(cpu: float, messages: int) -> str:
+    return f"{1e6 * cpu / messages:.1f}" if messages else "n/a"
+
+
 async def main_async(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="grpc-floor-"))
     servers = e2e.build_servers(["gateway"], secrets.token_urlsafe(16), workdir)
@@ -71,14 +73,14 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"grpc.aio client alone, {args.tokens} one-delta messages per call, one every {args.gap_ms} ms; load {os.getloadavg()[0]:.2f}")
         for streams in args.stream_counts:
             await e2e.settle({"gateway": servers["gateway"]}, 10.0, 3.0)
-            mine0, runner0 = sum(os.times()[:2]), e2e.cpu_seconds(runner.pid)
+            mine0, runner0 = sum(os.times()[:2]), cpu_seconds(runner.pid)
             started = time.perf_counter()
             messages, completed = await wave(port, request, streams, 1.0, 3 * schedule + 30)
             elapsed = time.perf_counter() - started
-            mine, theirs = sum(os.times()[:2]) - mine0, e2e.cpu_seconds(runner.pid) - runner0
-            per = (lambda cpu: f"{1e6 * cpu / messages:.1f}" if messages else "n/a")
+            mine, theirs = sum(os.times()[:2]) - mine0, cpu_seconds(runner.pid) - runner0
             print(f"  {streams} calls: {messages} messages, {completed} calls completed in {elapsed:.1f} s; "
-                  f"client {per(mine)} µs/message, runner {per(theirs)} µs/message; load {os.getloadavg()[0]:.2f}")
+                  f"client {_per_message(mine, messages)} µs/message, runner {_per_message(theirs, messages)} µs/message; "
+                  f"load {os.getloadavg()[0]:.2f}")
     finally:
         runner.stop()
 

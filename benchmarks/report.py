@@ -15,7 +15,8 @@ from collections import defaultdict
 
 
 def main(path: str) -> None:
-    data = json.load(open(path))
+    with open(path) as f:
+        data = json.load(f)
     groups: dict[str, dict[str, float]] = defaultdict(dict)
     for bench in data["benchmarks"]:
         groups[bench["group"]][bench["extra_info"]["impl"]] = bench["stats"]["median"]

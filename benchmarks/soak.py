@@ -1,7 +1,7 @@
 """Soak: the gateway under a steady mix of events for a bounded time, its
 memory and file descriptors watched from /proc.
 
-    .venv/bin/python benchmarks/soak.py --duration 600 --rate 25 \\
+    .venv/bin/python -m benchmarks.soak --duration 600 --rate 25 \\
         --out benchmarks/results/soak.json --markdown benchmarks/results/soak.md
     make soak                                   # the same, 10 minutes
 
@@ -12,8 +12,9 @@ Three processes on 127.0.0.1, as in production but on one machine:
 - the reference runner: `agentmark-gw runner` (AgentMark's runtime and the
   OpenAI executor, datasets from tests/fixtures), its real `openai`
   client pointed at
-- a fake OpenAI server (tests/servers/fake_openai.py), run by this script
-  with `--serve-fake-openai PORT`.
+- a fake OpenAI server (tests/servers/fake_openai.py).
+
+The three are the test harness's reference stack (tests/support/stack.py).
 
 The real openai path rather than the scripted runner: a soak is where a leak
 in the runner SDK, the gRPC bridge or the model client would show, and at
@@ -44,7 +45,7 @@ Criteria (exit status 1 when one fails):
   transport errors;
 - open file descriptors at the end no more than after warm-up.
 
-`tests/test_soak.py` runs this for 120 s through `run_soak`.
+`tests/test_soak.py` runs a short one, as a command.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,171 +67,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+from benchmarks import (
+    e2e,
+    e2e_client,  # a raw HTTP/1.1 client that costs little CPU
+)
+from tests.support.processes import HOST, ROOT, cpu_seconds, sign, status_kib, wait_until
+from tests.support.stack import DATASETS, GatewayProcess, start_reference_stack
 
-import e2e  # noqa: E402  (processes, process trees, signing)
-import e2e_client  # noqa: E402  (a raw HTTP/1.1 client that costs little CPU)
-
-HOST = "127.0.0.1"
-AGENTMARK = ROOT / "tests" / "fixtures" / "agentmark"
-EVENTS = AGENTMARK / "events"
-DATASETS = AGENTMARK / "datasets"
+EVENTS = ROOT / "tests" / "fixtures" / "agentmark" / "events"
 SIGNATURE_HEADER = "x-agentmark-signature-256"
 RSS_GROWTH_LIMIT = 0.10
 
 
 def log(message: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --- one process as /proc sees it ----------------------------------------------------
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """Resident memory of one process in KiB: VmRSS, and its RssAnon (the
-    heap: where a leak shows) and RssFile (mapped files and libraries) parts."""
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile"):
-                values[key] = int(rest.split()[0])
-    if "VmRSS" not in values:
-        raise RuntimeError(f"no VmRSS for pid {pid}")
-    return values
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory (VmRSS) of one process, in KiB."""
-    return memory_kib(pid)["VmRSS"]
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def socket_count(pid: int) -> int:
-    """Open sockets of one process: client connections, its listener, gRPC channels."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass  # closed meanwhile
-    return count
-
-
-def _alive(measure: Any, pid: int) -> int:
-    """`measure(pid)`, or 0 for a process that is already gone."""
-    try:
-        return int(measure(pid))
-    except (OSError, RuntimeError):
-        return 0
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without the project's and OpenTelemetry's variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMARK_", "OTEL_", "PROMETHEUS_", "OPENAI_"))}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def venv_command(name: str) -> list[str]:
-    """`agentmark-gw` beside this Python, or the module when it is not installed as a script."""
-    script = Path(sys.executable).with_name(name)
-    return [str(script)] if script.exists() else [sys.executable, "-m", "agentmark_gw.cli"]
-
-
-async def wait_until(check: Any, timeout: float, interval: float = 0.1) -> bool:
-    """Poll `check()` (sync or async) until it is true or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval)
-
-
-@dataclass
-class GatewayProcess:
-    """`agentmark-gw serve` as a process of its own, in front of `runner`.
-    `settings` are `AGENTMARK_GW_*` variables without the prefix
-    (`{"KEEP_ALIVE_TIMEOUT": "2"}`)."""
-
-    runner: str
-    secret: str
-    workdir: Path
-    settings: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=e2e.free_port)
-    proc: e2e.Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        env = clean_env(
-            AGENTMARK_WEBHOOK_SECRET=self.secret,
-            AGENTMARK_GW_ALERTS_DB=str(self.workdir / "alerts.sqlite3"),
-            **{f"AGENTMARK_GW_{key}": value for key, value in self.settings.items()},
-        )
-        argv = venv_command("agentmark-gw") + ["serve", "--runner", self.runner, "--bind", f"{HOST}:{self.port}"]
-        self.proc = e2e.Proc("gateway", argv, self.workdir / f"gateway-{self.port}.log", env)
-        self.proc.start()
-
-    async def ready(self, timeout: float = 30.0, *others: e2e.Proc) -> None:
-        """Until /readyz answers 200 (a runner passed its health check); fails
-        early when the gateway, or one of `others`, exits."""
-        assert self.proc is not None
-        procs = {"gateway": self.proc, **{proc.name: proc for proc in others}}
-        await e2e.wait_ready(e2e.Server("gateway", self.port, procs, "/readyz", {}, unwrap=False), timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-
-    async def __aenter__(self) -> GatewayProcess:
-        self.start()
-        try:
-            await self.ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop()
-
-    # Over the process tree: Granian serves from a worker process even with one worker.
-    def rss_kib(self) -> int:
-        return sum(_alive(rss_kib, pid) for pid in e2e.process_tree(self.pid))
-
-    def anon_kib(self) -> int:
-        return sum(_alive(lambda pid: memory_kib(pid).get("RssAnon", 0), pid) for pid in e2e.process_tree(self.pid))
-
-    def fds(self) -> int:
-        return sum(_alive(fd_count, pid) for pid in e2e.process_tree(self.pid))
-
-    def sockets(self) -> int:
-        return sum(_alive(socket_count, pid) for pid in e2e.process_tree(self.pid))
-
-    async def metric(self, name: str) -> float:
-        """One unlabelled sample from /metrics."""
-        reply = await e2e_client.one(HOST, self.port, "GET", "/metrics", timeout=10.0)
-        for line in reply.body.decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise KeyError(f"{name} is not in /metrics")
 
 
 # --- the mix ---------------------------------------------------------------------------
@@ -346,7 +197,7 @@ class Bodies:
         self.count = 0
 
     def _signed(self, body: bytes) -> tuple[bytes, dict[str, str]]:
-        return body, {"Content-Type": "application/json", SIGNATURE_HEADER: e2e.sign(self.secret, body)}
+        return body, {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.secret, body)}
 
     def next(self, kind: str) -> tuple[bytes, dict[str, str]]:
         self.count += 1
@@ -358,7 +209,7 @@ class Bodies:
             return self._signed(json.dumps(event).encode())
         if kind == "fault-bad-signature":
             body, headers = self.fixed["prompt-stream"]
-            return body, {**headers, SIGNATURE_HEADER: e2e.sign("not-the-secret", body)}
+            return body, {**headers, SIGNATURE_HEADER: sign("not-the-secret", body)}
         if kind == "fault-bad-body":
             return self._signed(self.bad_bodies[self.count % len(self.bad_bodies)])
         raise KeyError(kind)
@@ -432,7 +283,7 @@ class Load:
                 await connection.close()  # the request opens a new connection
             started = time.perf_counter()
             reply = await asyncio.wait_for(connection.request("POST", "/", body, headers), 60)
-        except (OSError, e2e_client.ProtocolError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (TimeoutError, OSError, e2e_client.ProtocolError, asyncio.IncompleteReadError, ValueError) as exc:
             tally.transport_errors += 1
             tally.note_wrong(f"{kind.name}: {type(exc).__name__}: {exc}")
             await connection.close()
@@ -489,65 +340,6 @@ async def quiet_point(gateway: GatewayProcess, load: Load, wait: float) -> tuple
 # --- the run ---------------------------------------------------------------------------
 
 
-def serve_fake_openai(port: int) -> None:
-    """Run tests/servers/fake_openai.py on HOST:port until SIGTERM."""
-    sys.path.insert(0, str(ROOT))
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
-    from tests.servers.fake_openai import FakeOpenAI
-
-    fake = FakeOpenAI()
-
-    async def main() -> None:
-        async def forget() -> None:
-            while True:  # it keeps every request body for the tests; not needed here
-                await asyncio.sleep(5)
-                fake.requests.clear()
-
-        config = Config()
-        config.bind = [f"{HOST}:{port}"]
-        config.accesslog = None
-        forgetting = asyncio.create_task(forget())
-        await serve(fake.app, config)  # type: ignore[arg-type]
-        forgetting.cancel()
-
-    asyncio.run(main())
-
-
-@dataclass
-class Processes:
-    fake: e2e.Proc
-    runner: e2e.Proc
-    gateway: GatewayProcess
-
-    def stop(self) -> None:
-        self.gateway.stop()
-        self.runner.stop()
-        self.fake.stop()
-
-
-async def start_processes(workdir: Path, secret: str, gateway_settings: dict[str, str]) -> Processes:
-    fake_port, runner_port = e2e.free_port(), e2e.free_port()
-    fake = e2e.Proc("fake-openai", [sys.executable, str(Path(__file__).resolve()), "--serve-fake-openai", str(fake_port)],
-                    workdir / "fake-openai.log", clean_env())
-    runner = e2e.Proc(
-        "runner", venv_command("agentmark-gw") + ["runner", "--listen", f"{HOST}:{runner_port}", "--data-dir", str(DATASETS)],
-        workdir / "runner.log", clean_env(OPENAI_API_KEY="soak-key", OPENAI_BASE_URL=f"http://{HOST}:{fake_port}/v1"),
-    )
-    gateway = GatewayProcess(f"{HOST}:{runner_port}", secret, workdir, gateway_settings)
-    processes = Processes(fake, runner, gateway)
-    try:
-        fake.start()
-        runner.start()
-        gateway.start()
-        await gateway.ready(60, fake, runner)
-    except BaseException:
-        processes.stop()
-        raise
-    return processes
-
-
 def percentile(values: list[float], q: float) -> float | None:
     value = e2e.pct(values, q)
     return None if value is None else round(1000 * value, 1)
@@ -584,7 +376,7 @@ async def run_soak(duration: float, rate: float, *, warmup: float | None = None,
     workdir = workdir or Path(tempfile.mkdtemp(prefix="agentmark-gw-soak-"))
     secret = "soak-" + os.urandom(8).hex()
     bodies = Bodies(secret)
-    processes = await start_processes(workdir, secret, {"SERVER": server, "KEEP_ALIVE_TIMEOUT": f"{keep_alive_timeout:g}"})
+    processes = await start_reference_stack(workdir, secret, {"SERVER": server, "KEEP_ALIVE_TIMEOUT": f"{keep_alive_timeout:g}"})
     quiet = keep_alive_timeout + settle
     gateway = processes.gateway
     samples: list[Sample] = []
@@ -592,7 +384,7 @@ async def run_soak(duration: float, rate: float, *, warmup: float | None = None,
     origin = time.monotonic()
     sampler = asyncio.create_task(sample_every(gateway, sample_interval, phase, samples, origin))
     load = Load(gateway.port, bodies, concurrency, fresh_share, idle_limit=keep_alive_timeout / 2)
-    started_at = dt.datetime.now(dt.timezone.utc)
+    started_at = dt.datetime.now(dt.UTC)
     try:
         start_rss, start_fds = gateway.rss_kib(), gateway.fds()
         log(f"warm-up: {warmup:.0f} s at {rate:g} req/s (gateway pid {gateway.pid}, RSS {start_rss / 1024:.1f} MiB, {start_fds} fds)")
@@ -600,13 +392,13 @@ async def run_soak(duration: float, rate: float, *, warmup: float | None = None,
         await load.run(warmup, rate, warm)
         warm_rss, warm_fds = await quiet_point(gateway, load, quiet)
         warm_anon = gateway.anon_kib()
-        runner_warm = rss_kib(processes.runner.pid)
+        runner_warm = status_kib(processes.runner.pid, "VmRSS")["VmRSS"]
         log(f"after warm-up: RSS {warm_rss / 1024:.1f} MiB, {warm_fds} fds; soaking for {duration:.0f} s")
         phase[0] = "soak"
-        cpu_before = e2e.cpu_seconds(gateway.pid)
+        cpu_before = cpu_seconds(gateway.pid)
         soak = Tally()
         await load.run(duration, rate, soak)
-        cpu_soak = e2e.cpu_seconds(gateway.pid) - cpu_before
+        cpu_soak = cpu_seconds(gateway.pid) - cpu_before
         phase[0] = "end"
         end_rss, end_fds = await quiet_point(gateway, load, quiet)
         # A connection Hypercorn is still closing is not a leak: give it the settle time once more.
@@ -614,7 +406,7 @@ async def run_soak(duration: float, rate: float, *, warmup: float | None = None,
             await wait_until(lambda: gateway.fds() <= warm_fds, settle * 2)
             end_rss, end_fds = gateway.rss_kib(), gateway.fds()
         end_anon = gateway.anon_kib()
-        runner_end = rss_kib(processes.runner.pid)
+        runner_end = status_kib(processes.runner.pid, "VmRSS")["VmRSS"]
         inflight = await gateway.metric("agentmark_gw_inflight_streams")
     finally:
         sampler.cancel()
@@ -640,7 +432,7 @@ async def run_soak(duration: float, rate: float, *, warmup: float | None = None,
             "fresh_connection_share": fresh_share, "sample_interval_s": sample_interval,
             "server": server, "keep_alive_timeout_s": keep_alive_timeout, "quiet_wait_s": quiet,
             "mix": {kind.name: kind.weight for kind in KINDS},
-            "cpus": os.cpu_count(), "cpu_model": e2e._cpu_model(), "kernel": platform.release(),
+            "cpus": os.cpu_count(), "cpu_model": e2e.cpu_model(), "kernel": platform.release(),
             "python": platform.python_version(), "commit": _commit(),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
@@ -723,19 +515,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-interval", type=float, default=5.0, help="seconds between RSS/fd samples (default 5)")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the summary as Markdown here")
-    parser.add_argument("--serve-fake-openai", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help="where the processes' logs go (default: a new temporary folder)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.serve_fake_openai:
-        serve_fake_openai(args.serve_fake_openai)
-        return 0
     if not EVENTS.is_dir():
         print(f"error: AgentMark's event bodies are not at {EVENTS}", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="agentmark-gw-soak-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="agentmark-gw-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # so that the processes it started are stopped, as on Ctrl-C
+
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         report = asyncio.run(run_soak(args.duration, args.rate, warmup=args.warmup, concurrency=args.concurrency,
                                       sample_interval=args.sample_interval, keep_alive_timeout=args.keep_alive_timeout, server=args.server,

@@ -5,7 +5,7 @@ takes every write at once, so what is timed is the loop (read, frame, write,
 heartbeat bookkeeping, one loop turn), not gRPC or Hypercorn. One text delta
 per message, as a model streams; heartbeats on (the default 15 s), uvloop.
 
-    .venv/bin/python benchmarks/stream_loop.py [--messages 20000] [--repeats 7] [--baseline REV]
+    .venv/bin/python -m benchmarks.stream_loop [--messages 20000] [--repeats 7] [--baseline REV]
 
 With --baseline, the same is run on the gateway's Python code as at REV (in a
 process of its own, this checkout's Rust extension) and the two are printed
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+# The checkout: the child runs as `python -m benchmarks.stream_loop` from it.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _once(messages: int) -> float:
@@ -84,8 +85,8 @@ def _measure(pythonpath: str | None, messages: int, repeats: int) -> list[float]
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", "--messages", str(messages), "--repeats", str(repeats)],
-        env=env, capture_output=True, text=True, check=True, timeout=600,
+        [sys.executable, "-m", "benchmarks.stream_loop", "--child", "--messages", str(messages), "--repeats", str(repeats)],
+        env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
     )
     return json.loads(done.stdout)
 
@@ -102,8 +103,7 @@ def main() -> int:
     if args.child:
         _child(args.messages, args.repeats)
         return 0
-    sys.path.insert(0, str(HERE))
-    import e2e
+    from benchmarks import e2e  # here, not at the top: the child needs none of it
 
     rows: dict[str, list[float]] = {"working tree": []}
     with tempfile.TemporaryDirectory(prefix="stream-loop-") as workdir:
@@ -116,7 +116,8 @@ def main() -> int:
             if baseline:
                 rows[f"baseline {args.baseline}"] += _measure(baseline, args.messages, 1)
     best = {name: min(values) for name, values in rows.items()}
-    print(f"responses.stream, {args.messages} messages of one text delta, heartbeat 15 s, uvloop; best and median of {args.repeats} (µs per message), load {os.getloadavg()[0]:.2f}")
+    print(f"responses.stream, {args.messages} messages of one text delta, heartbeat 15 s, uvloop; "
+          f"best and median of {args.repeats} (µs per message), load {os.getloadavg()[0]:.2f}")
     for name, values in rows.items():
         ordered = sorted(values)
         print(f"  {name}: best {1e6 * best[name]:.2f}, median {1e6 * ordered[len(ordered) // 2]:.2f}")

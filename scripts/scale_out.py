@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run the gateway scaled out on loopback, behind Debian's nginx:
 
     nginx ──▶ M gateway processes (agentmark-gw serve --workers W) ──gRPC──▶ N runner processes
@@ -10,8 +9,8 @@ to send it an event; Ctrl-C or SIGTERM stops everything, front to back.
 tests/test_scale_out.py runs this same topology (tests/support/topology.py)
 and kills gateways and runners under load.
 
-    .venv/bin/python scripts/scale_out.py
-    .venv/bin/python scripts/scale_out.py --runner-command 'agentmark-gw runner --listen {listen} --data-dir ./agentmark'
+    .venv/bin/python -m scripts.scale_out        # from the checkout's root
+    .venv/bin/python -m scripts.scale_out --runner-command 'agentmark-gw runner --listen {listen} --data-dir ./agentmark'
 """
 
 from __future__ import annotations
@@ -24,9 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.support.topology import Settings, Topology, TopologyError  # noqa: E402
+from tests.support.topology import Settings, Topology, TopologyError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runner-command", default="", metavar="CMD",
                         help="run this instead of the scripted runner; {listen}, {host}, {port} and {name} are filled in")
     parser.add_argument("--proxy-read-timeout", type=float, default=60.0, metavar="S", help="nginx's proxy_read_timeout (default 60)")
-    parser.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="S", help="the gateways' heartbeat_interval (default 15; keep it below the read timeout)")
+    parser.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="S",
+                        help="the gateways' heartbeat_interval (default 15; keep it below the read timeout)")
     parser.add_argument("--health-interval", type=float, default=5.0, metavar="S", help="seconds between runner health checks (default 5)")
     parser.add_argument("--shutdown-grace", type=float, default=30.0, metavar="S", help="seconds streams get to finish when stopping (default 30)")
     scripted = parser.add_argument_group("the scripted runner's defaults (a request may override them with a `scripted` object)")
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             for process in topology.processes:
                 if not process.running and process.name not in reported:
                     reported.add(process.name)
-                    print(f"{process.name} exited with status {process.popen.returncode if process.popen else '?'}; see {process.log}", file=sys.stderr, flush=True)
+                    print(f"{process.name} exited ({process.exit_text()}); see {process.log}", file=sys.stderr, flush=True)
     finally:
         print("stopping: nginx, then the gateways, then the runners", flush=True)
         left = topology.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
@@ -21,11 +20,11 @@ from quart import Quart
 
 from agentmark_gw import _core, _fallback
 from agentmark_gw.gateway import GatewayConfig, create_app
-from agentmark_gw.runner import start
-from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor
+from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, start
 
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import free_port, wait_for_port
 
 # AgentMark's cross-language vectors, event bodies, prompt ASTs and datasets,
 # copied into the repository unchanged (tests/fixtures/agentmark/README.md).
@@ -61,27 +60,6 @@ def agentmark_json(relative: str) -> Any:
 def core(request: pytest.FixtureRequest) -> ModuleType:
     """The Rust extension and its pure-Python twin, in turn."""
     return _core if request.param == "rust" else _fallback
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"nothing listening on port {port}") from None
-            await asyncio.sleep(0.02)
-        else:
-            writer.close()
-            await writer.wait_closed()
-            return
 
 
 class HttpServer:

@@ -22,9 +22,10 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.agentmark_api import AgentMarkCloud, ConnectionSettingsError
 
-from .conftest import AGENTMARK, HttpServer, agentmark_json, free_port, gateway_config, signed, wait_for_port
+from .conftest import AGENTMARK, HttpServer, agentmark_json, gateway_config, signed
 from .servers.fake_agentmark_api import FakeAgentMarkApi
 from .servers.fake_openai import FakeOpenAI
+from .support.processes import free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 

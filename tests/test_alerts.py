@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,9 @@ from quart import Quart, Response, request
 from agentmark_gw.gateway import create_app
 from agentmark_gw.gateway.alerts import HTTP_SIGNATURE_HEADER, Outbox, Sink
 
-from .conftest import SECRET, HttpServer, free_port, gateway_config, agentmark_json, signed, wait_for_port
+from .conftest import SECRET, HttpServer, agentmark_json, gateway_config, signed
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import free_port, wait_for_port
 from .test_cli import environment, run
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +73,9 @@ async def until(condition: Any, seconds: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_sinks_are_routed_by_type_and_the_http_sink_is_signed(scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, alerts_db: str) -> None:
+async def test_sinks_are_routed_by_type_and_the_http_sink_is_signed(
+    scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, alerts_db: str,
+) -> None:
     receiver, url = sink
     sinks = (
         Sink("pager", "http", f"{url}/pager", "sink-secret", types=("cost",)),
@@ -94,7 +96,9 @@ async def test_sinks_are_routed_by_type_and_the_http_sink_is_signed(scripted: tu
     assert "latency" in fields and "resolved" in fields and "61.25" in fields and "*Threshold:*\n50" in fields
 
 
-async def test_a_repeat_is_delivered_once_and_a_failing_sink_is_retried(scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, alerts_db: str) -> None:
+async def test_a_repeat_is_delivered_once_and_a_failing_sink_is_retried(
+    scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, alerts_db: str,
+) -> None:
     receiver, url = sink
     receiver.failures = 2
     config = gateway_config(scripted[1], alert_sinks=(Sink("hook", "http", f"{url}/hook", "s"),), alert_backoff=0.05, alerts_db=alerts_db)
@@ -113,7 +117,9 @@ async def test_a_repeat_is_delivered_once_and_a_failing_sink_is_retried(scripted
     assert "agentmark_gw_alert_outbox_depth 0.0" in metrics
 
 
-async def test_dead_letters_are_kept_and_can_be_retried(scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, tmp_path: Path, alerts_db: str) -> None:
+async def test_dead_letters_are_kept_and_can_be_retried(
+    scripted: tuple[ScriptedRunner, str], sink: tuple[SinkServer, str], client: httpx.AsyncClient, tmp_path: Path, alerts_db: str,
+) -> None:
     receiver, url = sink
     receiver.failures = 2
     config = gateway_config(scripted[1], alert_sinks=(Sink("hook", "http", f"{url}/hook", "s"),), alert_backoff=0.05, alert_max_attempts=2, alerts_db=alerts_db)
@@ -132,7 +138,9 @@ async def test_dead_letters_are_kept_and_can_be_retried(scripted: tuple[Scripted
     assert shown["state"] == "delivered" and shown["payload"]["alert"]["id"] == "doomed"
 
 
-async def test_cooldown_suppresses_a_flapping_alert_visibly(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient, tmp_path: Path, alerts_db: str) -> None:
+async def test_cooldown_suppresses_a_flapping_alert_visibly(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient, tmp_path: Path, alerts_db: str,
+) -> None:
     config = gateway_config(scripted[1], alert_cooldown=60, alerts_db=alerts_db)
     scripted_runner.alerts.clear()
     async with HttpServer(create_app(config)) as gateway:
@@ -157,7 +165,9 @@ async def test_cooldown_suppresses_a_flapping_alert_visibly(scripted: tuple[Scri
         ({"id": ""}, "alert.id must be a non-empty string"),
     ],
 )
-async def test_bad_alerts_are_refused_and_not_stored(change: dict[str, Any], message: str, scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient) -> None:
+async def test_bad_alerts_are_refused_and_not_stored(
+    change: dict[str, Any], message: str, scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient,
+) -> None:
     config = gateway_config(scripted[1])
     event = alert_event("bad")
     event["event"]["data"]["alert"].update(change)
@@ -293,7 +303,6 @@ async def test_the_email_sink_sends_over_starttls_with_login(scripted: tuple[Scr
     finally:
         controller.stop()
     import email
-
     from email import policy
 
     message = email.message_from_bytes(mailbox[0].content, policy=policy.default)

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
+import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,8 +17,10 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events
 
-from .conftest import HttpServer, free_port, gateway_config, agentmark_json, signed, wait_for_port
+from .conftest import HttpServer, agentmark_json, gateway_config, signed
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import Process, free_port, tail, wait_for_port
+from .support.topology import NGINX
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +52,7 @@ http {{
 @pytest.fixture
 async def nginx(tmp_path: Path, scripted: tuple[ScriptedRunner, str]) -> AsyncIterator[tuple[str, float]]:
     """nginx in front of a gateway whose heartbeat is shorter than nginx's read timeout."""
-    if shutil.which("nginx") is None:
+    if not Path(NGINX).exists():
         pytest.skip("these tests need Debian's nginx (apt-get install nginx; make test installs it when root)")
     read_timeout = 1.0
     config = replace(gateway_config(scripted[1]), heartbeat_interval=0.3)
@@ -59,17 +60,16 @@ async def nginx(tmp_path: Path, scripted: tuple[ScriptedRunner, str]) -> AsyncIt
         port = free_port()
         conf = tmp_path / "nginx.conf"
         conf.write_text(NGINX_CONF.format(dir=tmp_path, upstream=gateway.port, port=port, read_timeout=f"{int(read_timeout * 1000)}ms"))
-        process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
+        process = Process("nginx", [NGINX, "-c", str(conf), "-p", str(tmp_path)], tmp_path / "nginx.log", dict(os.environ), port)
+        process.start()
         try:
             try:
                 await wait_for_port(port, timeout=10)
             except TimeoutError:
-                process.kill()
-                raise AssertionError(f"nginx did not start: {process.communicate()[1].decode()}") from None
-            yield f"http://127.0.0.1:{port}", read_timeout
+                raise AssertionError(f"nginx did not start: {tail(process.log)}") from None
+            yield process.url, read_timeout
         finally:
-            process.terminate()
-            process.communicate(timeout=10)  # reaps it and closes its stderr pipe
+            process.stop(grace=10)  # its whole group: the master and its worker
 
 
 async def test_a_stream_passes_through_unbuffered(nginx: tuple[str, float], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
@@ -87,7 +87,9 @@ async def test_a_stream_passes_through_unbuffered(nginx: tuple[str, float], scri
     assert arrivals[-1][0] - arrivals[0][0] > 0.6  # lines arrived as written, not all at the end
 
 
-async def test_heartbeats_keep_a_silent_dataset_run_open_through_nginx(nginx: tuple[str, float], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_heartbeats_keep_a_silent_dataset_run_open_through_nginx(
+    nginx: tuple[str, float], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     url, read_timeout = nginx
     scripted_runner.pause = read_timeout * 2.5  # each row comes after a silence nginx would not sit through
     scripted_runner.experiment_script = [

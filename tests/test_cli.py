@@ -12,9 +12,10 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import AGENTMARK, free_port, agentmark_json, wait_for_port
+from .conftest import AGENTMARK, agentmark_json
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import free_port, wait_for_port
 from .test_signature import oracle
 
 pytestmark = pytest.mark.e2e

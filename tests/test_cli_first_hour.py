@@ -19,9 +19,10 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import SECRET, free_port, wait_for_port
+from .conftest import SECRET
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import free_port, wait_for_port
 from .test_cli import EXE, TEXT_EVENT, environment, run
 
 pytestmark = pytest.mark.e2e
@@ -142,7 +143,7 @@ async def test_two_gateways_keep_their_own_state(tmp_path: Path, fake_openai: Fa
         assert secret_a.read_text() != secret_b.read_text()
         url_a, url_b = f"http://127.0.0.1:{a}/", f"http://localhost:{b}/"
 
-        for port, url in ((a, url_a), (b, url_b)):
+        for url in (url_a, url_b):
             code, out, err = await run("send", TEXT_EVENT, "--url", url, env=env)
             assert code == 0, err
         code, sig_a, _ = await run("sign", TEXT_EVENT, "--url", url_a, env=env)

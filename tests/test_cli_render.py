@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SECRET, AGENTMARK
+from .conftest import AGENTMARK, SECRET
 from .servers.fake_openai import IMAGE_BYTES, FakeOpenAI
 from .test_cli import environment, run
 

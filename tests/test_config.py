@@ -3,6 +3,8 @@ in that order; every mistake refused with a message that says what to fix."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,15 @@ def test_every_refusal_message_is_in_the_troubleshooting_guide() -> None:
                 if text not in guide:
                     missing.append(f"{source.name}: {text}")
     assert missing == []
+
+
+def test_settings_and_the_event_vocabulary_do_not_load_the_alerts_package() -> None:
+    # Alerts build on config and webhook, never the other way: reading the
+    # settings or parsing a body loads no outbox, SQLite, SMTP, TLS or HTTP client.
+    heavy = ("agentmark_gw.gateway.alerts", "sqlite3", "smtplib", "ssl", "httpx")
+    code = (
+        "import sys, agentmark_gw.gateway.config, agentmark_gw.gateway.webhook\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} or m.startswith({heavy[0]!r})))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    assert loaded == "[]"

@@ -453,7 +453,7 @@ def _env_values(stage: Stage) -> dict[str, str]:
     values: dict[str, str] = {}
     for link in reversed(list(_chain(stage))):
         for command in link.all("ENV"):
-            values.update(zip(command.value[::2], command.value[1::2]))
+            values.update(zip(command.value[::2], command.value[1::2], strict=True))
     return values
 
 

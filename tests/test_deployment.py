@@ -21,8 +21,9 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import SECRET, free_port, agentmark_json, signed, wait_for_port
+from .conftest import SECRET, agentmark_json, signed
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 TEXT_EVENT = agentmark_json("events/prompt-run-text.json")
@@ -100,12 +101,11 @@ async def test_sigterm_lets_a_stream_in_flight_finish(server: str, scripted: tup
     async with serve("--runner", scripted[1], "--server", server) as (process, port):
         raw, headers = signed(TEXT_EVENT)
         lines = []
-        async with httpx.AsyncClient(timeout=30) as http:
-            async with http.stream("POST", f"http://127.0.0.1:{port}/", content=raw, headers=headers) as response:
-                async for line in response.aiter_lines():
-                    lines.append(json.loads(line))
-                    if len(lines) == 1:
-                        process.send_signal(signal.SIGTERM)
+        async with httpx.AsyncClient(timeout=30) as http, http.stream("POST", f"http://127.0.0.1:{port}/", content=raw, headers=headers) as response:
+            async for line in response.aiter_lines():
+                lines.append(json.loads(line))
+                if len(lines) == 1:
+                    process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 30)
     assert len(lines) == 21 and lines[-1] == {"type": "text", "finishReason": "stop"}
     assert code == 0
@@ -252,15 +252,17 @@ async def test_worker_metrics_start_clean_and_leave_nothing_behind(tmp_path: Pat
     )
     writer = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=stale)
     assert await writer.wait() == 0 and list(metrics_dir.glob("*.db"))
-    async with serve("--runner", scripted[1], "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as (_, port):
-        async with httpx.AsyncClient() as http:
-            text = ""
-            for _ in range(100):  # bounded: until a worker answers
-                try:
-                    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-                    break
-                except httpx.HTTPError:
-                    await asyncio.sleep(0.1)
+    async with (
+        serve("--runner", scripted[1], "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as (_, port),
+        httpx.AsyncClient() as http,
+    ):
+        text = ""
+        for _ in range(100):  # bounded: until a worker answers
+            try:
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
     assert 'runner="127.0.0.1:1"' not in text
     assert "agentmark_gw_inflight_streams 7.0" not in text
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -214,20 +215,16 @@ class Session:
     async def __aexit__(self, *exc: object) -> None:
         assert self.process is not None
         await self.stop_background()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         await self.process.wait()
 
     async def stop_background(self) -> None:
         """Ctrl-C for every background command, then SIGKILL for what is left."""
         for sig, wait in ((signal.SIGINT, 15.0), (signal.SIGKILL, 5.0)):
             for group in self.jobs:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(group, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and any(_group_alive(group) for group in self.jobs):
                 await asyncio.sleep(0.1)

@@ -12,7 +12,7 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import BODY_LIMIT, SECRET, agentmark_json, signed
+from .conftest import BODY_LIMIT, agentmark_json, signed
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
 
@@ -195,7 +195,9 @@ async def test_get_evals_is_byte_exact(scripted_gateway: str, scripted_runner: S
 
 
 @pytest.mark.parametrize("name", ["alert-triggered-cost", "alert-resolved-cost", "alert-triggered-latency", "alert-triggered-error-rate"])
-async def test_alerts_are_acknowledged_and_handed_to_the_runner(name: str, scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_alerts_are_acknowledged_and_handed_to_the_runner(
+    name: str, scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     event = agentmark_json(f"events/{name}.json")
     alert = event["event"]["data"]["alert"]
     scripted_runner.alert_seen.clear()
@@ -253,7 +255,9 @@ REFUSALS = [
     ),
     (
         "dataset-run of an image prompt",
-        json.dumps({"type": "dataset-run", "data": {"ast": {"type": "root", "children": [{"type": "yaml", "value": "image_config:\n  model_name: m"}]}}}).encode(),
+        json.dumps(
+            {"type": "dataset-run", "data": {"ast": {"type": "root", "children": [{"type": "yaml", "value": "image_config:\n  model_name: m"}]}}}
+        ).encode(),
         None,
         400,
         "dataset-run supports text and object prompts, not image",
@@ -264,7 +268,8 @@ REFUSALS = [
 
 @pytest.mark.parametrize(("case", "raw", "headers", "status", "message"), REFUSALS, ids=[r[0] for r in REFUSALS])
 async def test_refusals_are_json_with_the_right_status(
-    case: str, raw: bytes, headers: dict[str, str] | None, status: int, message: str, scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient
+    case: str, raw: bytes, headers: dict[str, str] | None, status: int, message: str,
+    scripted_gateway: str, scripted_runner: ScriptedRunner, client: httpx.AsyncClient
 ) -> None:
     if headers is None:
         raw, headers = signed(raw)
@@ -358,11 +363,10 @@ async def test_deadline_before_the_first_event_is_504(scripted: tuple[ScriptedRu
 
 
 async def test_runner_without_credentials_says_what_to_set(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agentmark_gw.gateway import create_app
-    from agentmark_gw.runner import start
     from agentmark.prompt_core import create_agentmark
 
-    from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor
+    from agentmark_gw.gateway import create_app
+    from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, start
     from agentmark_gw.runner.openai_executor import MISSING_CREDENTIALS
 
     from .conftest import HttpServer, gateway_config

@@ -14,8 +14,9 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events
 
-from .conftest import BODY_LIMIT, SECRET, HttpServer, agentmark_json, free_port, gateway_config, signed
+from .conftest import BODY_LIMIT, SECRET, HttpServer, agentmark_json, gateway_config, signed
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import free_port
 from .test_gateway_e2e import stream_lines
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +72,9 @@ def test_the_unverified_budget_must_hold_one_whole_body() -> None:
 # --- M2: a non-streaming answer is capped ---------------------------------------
 
 
-async def test_a_folded_answer_past_max_answer_bytes_fails_with_502(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_folded_answer_past_max_answer_bytes_fails_with_502(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     scripted_runner.script = [events.text_delta("x" * 1000) for _ in range(300)] + [events.finish("stop")]
     config = replace(gateway_config(scripted[1]), max_answer_bytes=64 * 1024)
     async with HttpServer(create_app(config)) as server:
@@ -94,7 +97,9 @@ def _dataset_event(**data: object) -> dict:
     return event
 
 
-async def test_dataset_concurrency_is_lowered_to_max_dataset_concurrency(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_dataset_concurrency_is_lowered_to_max_dataset_concurrency(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     config = replace(gateway_config(scripted[1]), max_dataset_concurrency=8)
     async with HttpServer(create_app(config)) as server:
         for asked, given in ((1_500_000, 8), (2**32 - 1, 8), (3, 3)):
@@ -191,7 +196,9 @@ async def test_a_trace_context_grpc_cannot_carry_is_dropped_not_a_500(extra: byt
 # --- L8: the replay guard forgets every outcome that did not complete -----------
 
 
-async def test_a_retry_after_a_stream_ending_in_an_error_line_is_not_a_replay(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_retry_after_a_stream_ending_in_an_error_line_is_not_a_replay(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     config = replace(gateway_config(scripted[1]), replay_window=60)
     async with HttpServer(create_app(config)) as server:
         scripted_runner.script = [events.text_delta("half"), events.error("model API error 429: slow down")]
@@ -204,7 +211,9 @@ async def test_a_retry_after_a_stream_ending_in_an_error_line_is_not_a_replay(sc
     assert replayed.status_code == 409  # a run that completed is still guarded
 
 
-async def test_a_retry_after_the_client_left_is_not_a_replay(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_retry_after_the_client_left_is_not_a_replay(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     config = replace(gateway_config(scripted[1]), replay_window=60)
     scripted_runner.pause = 0.05
     scripted_runner.script = [events.text_delta(str(i)) for i in range(40)] + [events.finish("stop")]
@@ -219,7 +228,9 @@ async def test_a_retry_after_the_client_left_is_not_a_replay(scripted: tuple[Scr
     assert retried.status_code == 200
 
 
-async def test_a_retry_after_a_failed_dataset_row_is_not_a_replay(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_retry_after_a_failed_dataset_row_is_not_a_replay(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     config = replace(gateway_config(scripted[1]), replay_window=60)
     async with HttpServer(create_app(config)) as server:
         scripted_runner.experiment_script = [events.row_error("item 1 failed")]
@@ -232,7 +243,9 @@ async def test_a_retry_after_a_failed_dataset_row_is_not_a_replay(scripted: tupl
 # --- L9: a runner message over the size limit says so, and is no 429 -----------
 
 
-async def test_a_runner_message_over_the_limit_is_502_not_429(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_runner_message_over_the_limit_is_502_not_429(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     config = replace(gateway_config(scripted[1]), max_runner_message_bytes=64 * 1024)
     message = "Runner sent a message larger than max_runner_message_bytes"
     async with HttpServer(create_app(config)) as server:
@@ -362,7 +375,7 @@ def _alias_bomb_ast(levels: int) -> dict:
     node = next(child for child in ast["children"] if child["type"] == "yaml")
     names = [f"l{i}" for i in range(levels + 1)]
     bomb = f"{names[0]}: &{names[0]} [x, x, x, x, x, x, x, x, x]\n"
-    bomb += "".join(f"{name}: &{name} [{', '.join([f'*{below}'] * 9)}]\n" for below, name in zip(names, names[1:]))
+    bomb += "".join(f"{name}: &{name} [{', '.join([f'*{below}'] * 9)}]\n" for below, name in zip(names, names[1:], strict=False))
     node["value"] = bomb + node["value"]
     return ast
 
@@ -532,7 +545,9 @@ async def test_dataset_error_rows_do_not_show_the_runner_data_directory(fake_ope
     assert not any(str(tmp_path) in error for error in errors), errors
 
 
-async def test_the_documented_nginx_config_keeps_operations_routes_private(scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient, tmp_path: Path) -> None:
+async def test_the_documented_nginx_config_keeps_operations_routes_private(
+    scripted: tuple[ScriptedRunner, str], client: httpx.AsyncClient, tmp_path: Path,
+) -> None:
     import re
     import shutil
     import subprocess

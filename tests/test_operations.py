@@ -14,15 +14,18 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events, start
 
-from .conftest import HttpServer, free_port, gateway_config, agentmark_json, signed
+from .conftest import HttpServer, agentmark_json, gateway_config, signed
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import free_port
 from .test_gateway_e2e import stream_lines
 
 pytestmark = pytest.mark.e2e
 TEXT_EVENT = agentmark_json("events/prompt-run-text.json")
 
 
-async def test_a_runner_that_is_down_is_skipped_for_the_next(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_runner_that_is_down_is_skipped_for_the_next(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     scripted_runner.script = [events.text_delta("from the live one"), events.finish("stop")]
     down = f"127.0.0.1:{free_port()}"
     config = replace(gateway_config(down), runners=(down, scripted[1]), expose_internals=True)
@@ -106,7 +109,9 @@ async def test_one_structured_log_line_per_request_without_body_or_secret(
         assert leaked not in everything
 
 
-async def test_replay_guard_refuses_the_same_body_within_the_window(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_replay_guard_refuses_the_same_body_within_the_window(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     scripted_runner.script = [events.finish("stop")]
     config = replace(gateway_config(scripted[1]), replay_window=60)
     async with HttpServer(create_app(config)) as server:
@@ -141,7 +146,9 @@ def test_replay_window_expires() -> None:
     assert not guard.is_replay(a, now=13)  # forgotten after a failure: a retry is let through
 
 
-async def test_a_span_per_webhook_and_its_context_reaches_the_runner(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_span_per_webhook_and_its_context_reaches_the_runner(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -185,7 +192,9 @@ def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
     assert not tracing_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"})
 
 
-async def test_the_deadline_per_event_type_reaches_the_runner(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_the_deadline_per_event_type_reaches_the_runner(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     from agentmark_gw.gateway.config import Deadlines
 
     scripted_runner.script = [events.finish("stop")]
@@ -209,7 +218,9 @@ async def test_a_dns_target_resolves_to_the_runner(scripted: tuple[ScriptedRunne
     assert response.status_code == 200 and lines[0] == {"type": "text", "result": "via dns"}
 
 
-async def test_a_silent_stream_gets_heartbeats_and_every_line(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_silent_stream_gets_heartbeats_and_every_line(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     scripted_runner.pause = 0.5
     scripted_runner.script = [events.text_delta("a"), events.text_delta("b"), events.finish("stop")]
     config = replace(gateway_config(scripted[1]), heartbeat_interval=0.15)
@@ -224,7 +235,9 @@ async def test_a_silent_stream_gets_heartbeats_and_every_line(scripted: tuple[Sc
     ]
 
 
-async def test_a_runner_slow_to_start_is_answered_with_heartbeats(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_runner_slow_to_start_is_answered_with_heartbeats(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     """Headers and heartbeats go out before the first row, so a proxy never sees a silent connection."""
     scripted_runner.pause = 0.6
     scripted_runner.script = [events.text_delta("late"), events.finish("stop")]
@@ -274,7 +287,9 @@ async def test_a_restarted_runner_is_used_again_without_restarting_the_gateway(c
     await second.stop(0)
 
 
-async def test_a_hanging_runner_meets_the_deadline_and_nothing_stays_in_flight(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+async def test_a_hanging_runner_meets_the_deadline_and_nothing_stays_in_flight(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
+) -> None:
     from agentmark_gw.gateway.config import Deadlines
 
     scripted_runner.pause = 30  # accepts the call, never answers in time

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agentmark_gw import _core, _fallback
 from agentmark_gw.protocol import runner_pb2 as pb
+from agentmark_gw.runner.agentmark_bridge import item_name
 
 settings.register_profile("fast", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("slow", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -50,12 +51,18 @@ runner_events = st.one_of(
     st.builds(lambda t: pb.RunnerEvent(text_delta=pb.TextDelta(text=t)), texts),
     st.builds(lambda t: pb.RunnerEvent(reasoning_delta=pb.ReasoningDelta(text=t)), texts),
     st.builds(lambda i, n, a: pb.RunnerEvent(tool_call=pb.ToolCall(id=i, name=n, args_json=a)), texts, texts, json_texts()),
-    st.builds(lambda i, n, r, e: pb.RunnerEvent(tool_result=pb.ToolResult(id=i, name=n, result_json=r, is_error=e)), texts, texts, json_texts() | st.just(""), st.booleans()),
+    st.builds(
+        lambda i, n, r, e: pb.RunnerEvent(tool_result=pb.ToolResult(id=i, name=n, result_json=r, is_error=e)),
+        texts, texts, json_texts() | st.just(""), st.booleans(),
+    ),
     st.builds(lambda j: pb.RunnerEvent(object_delta=pb.ObjectDelta(partial_json=j)), json_texts() | st.just("")),
     st.builds(lambda j: pb.RunnerEvent(object_final=pb.ObjectFinal(value_json=j)), json_texts()),
     st.builds(lambda r, u: pb.RunnerEvent(finish=pb.Finish(reason=r, usage=u)), texts, st.none() | usages),
     st.builds(lambda m: pb.RunnerEvent(error=pb.Error(message=m)), texts),
-    st.builds(lambda items: pb.RunnerEvent(image=pb.Image(items=[pb.ImageItem(mime_type=m, base64=b) for m, b in items])), st.lists(st.tuples(texts, texts), max_size=3)),
+    st.builds(
+        lambda items: pb.RunnerEvent(image=pb.Image(items=[pb.ImageItem(mime_type=m, base64=b) for m, b in items])),
+        st.lists(st.tuples(texts, texts), max_size=3),
+    ),
     st.builds(lambda m, b, f: pb.RunnerEvent(speech=pb.Speech(mime_type=m, base64=b, format=f)), texts, texts, texts),
 )
 # Real batches, and now and then bytes that are not one (or not quite).
@@ -122,7 +129,10 @@ experiment_events = st.one_of(
 )
 
 
-@given(st.lists(st.lists(experiment_events, max_size=5).map(lambda evs: pb.ExperimentEvents(events=evs).SerializeToString()) | st.binary(max_size=20), max_size=4))
+experiment_batches = st.lists(experiment_events, max_size=5).map(lambda evs: pb.ExperimentEvents(events=evs).SerializeToString())
+
+
+@given(st.lists(experiment_batches | st.binary(max_size=20), max_size=4))
 def test_dataset_framing_is_identical(stream: list[bytes]) -> None:
     rust, python = _core.ExperimentFramer(), _fallback.ExperimentFramer()
     for message in stream:
@@ -153,7 +163,8 @@ def item_inputs(draw: st.DrawFn) -> str:
     if choice == 0:
         return draw(st.sampled_from([
             '{"a":1,"a":2}', '{"b":1,"a":{"d":[],"c":-0}}', '"\\ud83d\\ude00\\ud800x"', "[1e400,-1E-400,0.1e1]",
-            '{"\\u00e9":1,"e":2,"\\ud800":3}', "-0.0", "1" * 4300, "[1.5e16, 1e15, 123456789.123456789]", '"\\u007f\\u0000"', "[" * 129 + "1" * 4301 + "]" * 129,
+            '{"\\u00e9":1,"e":2,"\\ud800":3}', "-0.0", "1" * 4300, "[1.5e16, 1e15, 123456789.123456789]", '"\\u007f\\u0000"',
+            "[" * 129 + "1" * 4301 + "]" * 129,
         ]))
     return json.dumps(draw(json_values), indent=draw(st.sampled_from([None, 1])), ensure_ascii=draw(st.booleans()))
 
@@ -167,6 +178,16 @@ def test_dataset_item_name_is_identical(text: str, index: int) -> None:
         except ValueError as exc:
             results.append(f"ValueError: {exc}")
     assert results[0] == results[1]
+
+
+@given(json_values, st.integers(0, 10**6))
+def test_the_reference_runner_names_items_as_agentmark_s_own_helper_does(value: object, index: int) -> None:
+    # AgentMark's private helper, which the runner used before: compared while it exists.
+    webhook_runner = pytest.importorskip("agentmark.prompt_core.webhook_runner")
+    theirs = getattr(webhook_runner, "_compute_dataset_item_name", None)
+    if theirs is None:
+        pytest.skip("AgentMark no longer has _compute_dataset_item_name")
+    assert item_name(value, index) == theirs(value, index)
 
 
 # Malformed protobuf the Python twin once accepted and Rust (prost) refuses,

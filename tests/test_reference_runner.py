@@ -16,7 +16,7 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, Tool, start
 
-from .conftest import AGENTMARK, HttpServer, exact_match_json, gateway_config, agentmark_json, signed
+from .conftest import AGENTMARK, HttpServer, agentmark_json, exact_match_json, gateway_config, signed
 from .servers.fake_openai import IMAGE_BYTES, SPEECH_BYTES, FakeOpenAI, sentiment_of
 from .test_gateway_e2e import stream_lines
 

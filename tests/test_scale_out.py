@@ -1,6 +1,6 @@
 """Scaled out behind Debian's nginx: nginx on loopback in front of two
 gateway processes (each a Hypercorn parent with two workers) and three
-runner processes, started by the same code as scripts/scale_out.py
+runner processes, started by the same code as `python -m scripts.scale_out`
 (tests/support/topology.py). Streams pass through unbuffered and spread over
 every gateway and runner; a dataset run with 12 s silences survives nginx's
 5 s proxy_read_timeout; a gateway, then a runner, is SIGKILLed under load.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ import httpx
 import pytest
 
 from .conftest import SECRET, agentmark_json, signed
-from .support.topology import NGINX, Process, Settings, Topology
+from .support.processes import Process
+from .support.topology import NGINX, Settings, Topology
 
 pytestmark = pytest.mark.e2e
 
@@ -338,14 +340,14 @@ async def test_a_runner_killed_mid_stream(topology: Topology, client: httpx.Asyn
     await asyncio.to_thread(topology.restart, victim)
     assert victim.pid != old_pid
     healthy_after = await until(lambda: seen_as(True), 20, "the gateways never saw the restarted runner healthy")
+
+    async def serves_again(gateway: Process) -> bool:
+        run = await send(client, gateway.url, prompt_run(deltas=1, pause=0))
+        assert run.complete(1), run
+        return run.runner_pid == victim.pid
+
     for gateway in topology.gateways:
-
-        async def serves_again() -> bool:
-            run = await send(client, gateway.url, prompt_run(deltas=1, pause=0))
-            assert run.complete(1), run
-            return run.runner_pid == victim.pid
-
-        await until(serves_again, 15, f"{gateway.name} never used the restarted runner")
+        await until(functools.partial(serves_again, gateway), 15, f"{gateway.name} never used the restarted runner")
     used_after = asyncio.get_running_loop().time() - restarted
     assert {g.name: sorted(g.members()) for g in topology.gateways} == gateway_pids
     print(f"restarted runner healthy on every gateway after {healthy_after:.1f} s, served by both after {used_after:.1f} s")

@@ -31,10 +31,11 @@ import httpx
 import pytest
 
 from agentmark_gw.runner import events, start
-from benchmarks.soak import GatewayProcess, wait_until
 
 from .conftest import SECRET, agentmark_json, signed
 from .servers.scripted_runner import ScriptedRunner
+from .support.processes import wait_until
+from .support.stack import GatewayProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +63,7 @@ BIG_BYTES = BIG_COUNT * BIG_DELTA.text_delta.ByteSize()
 SLOW_READER_RSS_BOUND_KIB = 64 * 1024
 
 
-class Runner(ScriptedRunner):
+class BigAnswerRunner(ScriptedRunner):
     """The scripted runner; a prompt whose userMessage is BIG gets the large
     answer, and `big_yielded` counts how much of it the runner produced."""
 
@@ -104,15 +105,15 @@ def big_event() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-async def runner() -> AsyncIterator[tuple[Runner, str]]:
-    runner = Runner()
+async def runner() -> AsyncIterator[tuple[BigAnswerRunner, str]]:
+    runner = BigAnswerRunner()
     server, port = await start(runner, f"{HOST}:0")
     yield runner, f"{HOST}:{port}"
     await server.stop(0)
 
 
 @pytest.fixture
-def scripted(runner: tuple[Runner, str]) -> Runner:
+def scripted(runner: tuple[BigAnswerRunner, str]) -> BigAnswerRunner:
     runner[0].reset()
     return runner[0]
 
@@ -129,7 +130,7 @@ def gateway_process(runner: str, server: str, workdir: Path, **settings: str) ->
 
 
 @pytest.fixture(scope="module")
-async def gateway(runner: tuple[Runner, str], server: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayProcess]:
+async def gateway(runner: tuple[BigAnswerRunner, str], server: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayProcess]:
     async with gateway_process(runner[1], server, tmp_path_factory.mktemp("slow-clients")) as process:
         yield process
 
@@ -198,7 +199,7 @@ def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
 # --- slowloris --------------------------------------------------------------------------
 
 
-async def test_slowloris_headers_are_cut_off_by_the_keep_alive_timeout(gateway: GatewayProcess, scripted: Runner) -> None:
+async def test_slowloris_headers_are_cut_off_by_the_keep_alive_timeout(gateway: GatewayProcess, scripted: BigAnswerRunner) -> None:
     connections = 50
     baseline = await quiet_fds(gateway)
     rss_before = gateway.rss_kib()
@@ -226,7 +227,7 @@ async def test_slowloris_headers_are_cut_off_by_the_keep_alive_timeout(gateway: 
 
 
 @pytest.mark.parametrize("how", ["dribbling", "stopped"])
-async def test_a_slow_body_is_answered_408_with_a_json_message(gateway: GatewayProcess, scripted: Runner, how: str) -> None:
+async def test_a_slow_body_is_answered_408_with_a_json_message(gateway: GatewayProcess, scripted: BigAnswerRunner, how: str) -> None:
     connections = 10
     baseline = await quiet_fds(gateway)
     body, headers = signed(TEXT_EVENT)
@@ -301,7 +302,7 @@ async def nothing_in_flight(gateway: GatewayProcess) -> bool:
     return await wait_until(check, MARGIN)
 
 
-async def test_a_slow_reader_holds_bounded_memory_and_its_leaving_cancels_the_runner(gateway: GatewayProcess, scripted: Runner) -> None:
+async def test_a_slow_reader_holds_bounded_memory_and_its_leaving_cancels_the_runner(gateway: GatewayProcess, scripted: BigAnswerRunner) -> None:
     baseline = await quiet_fds(gateway)
     rss_before = gateway.rss_kib()
     reader = SlowReader(gateway.port)
@@ -336,7 +337,7 @@ async def test_a_slow_reader_holds_bounded_memory_and_its_leaving_cancels_the_ru
 
 
 async def test_a_slow_reader_that_never_leaves_is_cut_off_from_the_runner_at_the_deadline(
-    runner: tuple[Runner, str], server: str, scripted: Runner, tmp_path: Path
+    runner: tuple[BigAnswerRunner, str], server: str, scripted: BigAnswerRunner, tmp_path: Path
 ) -> None:
     """The runner's deadline bounds the runner's work; nothing bounds the
     connection's life: the gateway waits for the client to take the bytes it
@@ -367,7 +368,7 @@ async def test_a_slow_reader_that_never_leaves_is_cut_off_from_the_runner_at_the
         assert await back_to(gateway, baseline)
 
 
-async def test_connections_closed_by_clients_are_released_at_once(runner: tuple[Runner, str], server: str, tmp_path: Path) -> None:
+async def test_connections_closed_by_clients_are_released_at_once(runner: tuple[BigAnswerRunner, str], server: str, tmp_path: Path) -> None:
     """A load balancer may open a connection per request: when the client
     closes it, the gateway lets go of it then, not after keep_alive_timeout
     (stock Hypercorn 0.18 held it, in CLOSE-WAIT, for the whole timeout)."""

@@ -11,6 +11,7 @@ import pytest
 
 from agentmark_gw import _core, _fallback
 from agentmark_gw.protocol import runner_pb2 as pb
+from agentmark_gw.runner.agentmark_bridge import item_name
 
 from .agentmark_events import batch, dataset_row, envelope_events, runner_event
 from .conftest import agentmark_json
@@ -169,6 +170,12 @@ def test_dataset_item_names(case: dict[str, Any], core: ModuleType) -> None:
     text = json.dumps(case["input"], ensure_ascii=False)
     assert core.dataset_item_name(text, case["index"]) == case["expected"]
     both(lambda m: m.dataset_item_name(text, case["index"]).encode())
+
+
+@pytest.mark.parametrize("case", cases("dataset-item-name.json"))
+def test_the_reference_runner_names_items_as_agentmark_does(case: dict[str, Any]) -> None:
+    # The runner hands the input as AgentMark's loader made it (a Python value), not JSON text.
+    assert item_name(case["input"], case["index"]) == case["expected"]
 
 
 @pytest.mark.parametrize("text", ["{", "NaN", "[1,]", "1" * 4301, "[" * 129 + "]" * 129])

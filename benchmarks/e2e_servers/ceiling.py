@@ -2,7 +2,7 @@
 one worker, uvloop (the gateway's worker class), the same Hypercorn settings
 as the gateway, and nothing else: no signature, no runner, no metrics, no logs.
 
-    python benchmarks/e2e_servers/ceiling.py --bind 127.0.0.1:PORT
+    python -m benchmarks.e2e_servers.ceiling --bind 127.0.0.1:PORT
 
 Routes (every POST reads and parses the ~2 KB JSON body first):
   POST /prompt    one JSON envelope (what a non-streaming prompt-run answers)
@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import uvloop
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from quart import Quart, Response, request
 
-import uvloop  # noqa: E402
-from hypercorn.asyncio import serve  # noqa: E402
-from hypercorn.config import Config  # noqa: E402
-from quart import Quart, Response, request  # noqa: E402
-
-import payloads  # noqa: E402
+from benchmarks.e2e_servers import payloads
 
 STREAM_HEADERS = {"AgentMark-Streaming": "true", "Content-Type": "application/x-ndjson"}
 

@@ -2,7 +2,7 @@
 server (`serve_webhook_runner` from agentmark-prompt-core) running its own
 `WebhookRunner` over an executor that answers from memory.
 
-    python benchmarks/e2e_servers/peer.py --port PORT
+    python -m benchmarks.e2e_servers.peer --port PORT
 
 Equivalent to the gateway's trivial runner: text prompts stream 100 text
 deltas and a finish with usage (or, for the paced scenario, N deltas one
@@ -23,14 +23,10 @@ The peer reads `{type, data}` bodies: `benchmarks/e2e.py` sends it the
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from agentmark.prompt_core import (  # noqa: E402
+from agentmark.prompt_core import (
     ExecCtx,
     ExecutorCapabilities,
     FinishEvent,
@@ -40,9 +36,9 @@ from agentmark.prompt_core import (  # noqa: E402
     WebhookRunner,
     create_agentmark,
 )
-from agentmark.prompt_core.serve_webhook_runner import serve_webhook_runner  # noqa: E402
+from agentmark.prompt_core.serve_webhook_runner import serve_webhook_runner
 
-import payloads  # noqa: E402
+from benchmarks.e2e_servers import payloads
 
 USAGE = UsageData(payloads.INPUT_TOKENS, payloads.OUTPUT_TOKENS, payloads.TOTAL_TOKENS)
 TEXT_EVENTS = [TextDeltaEvent(chunk) for chunk in payloads.CHUNKS] + [FinishEvent("stop", USAGE)]

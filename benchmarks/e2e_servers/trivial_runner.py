@@ -1,7 +1,7 @@
 """The gateway's runner in the end-to-end benchmark: answers from memory,
 so the runner is not what is measured.
 
-    python benchmarks/e2e_servers/trivial_runner.py --listen 127.0.0.1:PORT [--impl raw|sdk]
+    python -m benchmarks.e2e_servers.trivial_runner --listen 127.0.0.1:PORT [--impl raw|sdk]
 
 run_prompt: 100 text deltas, then finish with usage (the gateway streams
 them, or folds them into one envelope when the event says shouldStream:
@@ -35,21 +35,16 @@ import argparse
 import asyncio
 import functools
 import logging
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-import grpc  # noqa: E402
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
-
-from agentmark_gw.protocol import runner_pb2 as pb  # noqa: E402
-from agentmark_gw.runner import events  # noqa: E402
-from agentmark_gw.runner.server import SERVER_OPTIONS  # noqa: E402
-
-import payloads  # noqa: E402
+from agentmark_gw.protocol import runner_pb2 as pb
+from agentmark_gw.runner import events
+from agentmark_gw.runner.server import SERVER_OPTIONS
+from benchmarks.e2e_servers import payloads
 
 SERVICE_NAME = "agentmark.runner.v1.Runner"
 

@@ -33,7 +33,6 @@ core, IMPLEMENTATION = _load()
 sign = core.sign
 verify = core.verify
 frame_event = core.frame_event
-error_line = core.error_line
 evals_payload = core.evals_payload
 dataset_item_name = core.dataset_item_name
 PromptFramer = core.PromptFramer
@@ -62,7 +61,6 @@ __all__ = [
     "PromptFramer",
     "announce",
     "dataset_item_name",
-    "error_line",
     "evals_payload",
     "frame_event",
     "sign",

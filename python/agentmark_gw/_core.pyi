@@ -9,7 +9,6 @@ __all__ = [
     "ExperimentFramer",
     "PromptFramer",
     "dataset_item_name",
-    "error_line",
     "evals_payload",
     "frame_event",
     "sign",
@@ -25,9 +24,6 @@ def verify(secrets: str | Sequence[str], header: str | None, body: bytes) -> boo
 
 def frame_event(kind: str, event: bytes) -> bytes | None:
     """One raw `RunnerEvent` to its NDJSON line, or None when it has none."""
-
-def error_line(message: str) -> bytes:
-    """The terminal `{"type":"error","error":...}` line."""
 
 def evals_payload(names: Sequence[str]) -> bytes:
     """The `get-evals` answer body."""

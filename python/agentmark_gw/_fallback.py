@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
@@ -27,7 +27,6 @@ __all__ = [
     "EnvelopeFolder",
     "ExperimentFramer",
     "PromptFramer",
-    "error_line",
     "evals_payload",
     "frame_event",
     "sign",
@@ -129,7 +128,6 @@ def _checked_or_empty(text: str, field: str) -> str:
 
 # --- decoding ---------------------------------------------------------------
 
-M = TypeVar("M", bound=Message)
 
 # Python's protobuf is more forgiving than the Rust decoder (prost): it keeps
 # a known field sent with the wrong wire type as an unknown field, wraps
@@ -144,7 +142,7 @@ class _Malformed(Exception):
     pass
 
 
-def _decode(cls: type[M], data: bytes) -> M:
+def _decode[M: Message](cls: type[M], data: bytes) -> M:
     try:
         _walk(cls.DESCRIPTOR, memoryview(data), _RECURSION_LIMIT)
     except (_Malformed, IndexError):
@@ -230,7 +228,8 @@ def _skip(data: memoryview, pos: int, number: int, wire: int, depth: int) -> int
 # --- lines ------------------------------------------------------------------
 
 
-def error_line(message: str) -> bytes:
+def _error_line(message: str) -> bytes:
+    """`{"type":"error","error":...}\\n`: the framers' terminal line."""
     return f'{{"type":"error","error":{_string(message)}}}\n'.encode()
 
 
@@ -328,7 +327,7 @@ class PromptFramer:
             events = _decode(pb.RunnerEvents, batch).events
         except DecodeError:
             self.terminated = True
-            return error_line(UNDECODABLE_BATCH)
+            return _error_line(UNDECODABLE_BATCH)
         lines: list[str] = []
         for event in events:
             if self._step(event, lines):
@@ -342,7 +341,7 @@ class PromptFramer:
             decoded = _decode(pb.RunnerEvent, event)
         except DecodeError:
             self.terminated = True
-            return error_line(UNDECODABLE_EVENT)
+            return _error_line(UNDECODABLE_EVENT)
         lines: list[str] = []
         self._step(decoded, lines)
         return "".join(lines).encode()
@@ -364,12 +363,12 @@ class PromptFramer:
         if self.terminated:
             return b""
         self.terminated = True
-        return error_line(message)
+        return _error_line(message)
 
     def close(self) -> bytes:
         """An error line if the runner stopped without `finish` or `error`,
         then the `done` line when the run had a trace id."""
-        unfinished = b"" if self.terminated else error_line(UNFINISHED)
+        unfinished = b"" if self.terminated else _error_line(UNFINISHED)
         self.terminated = True
         return unfinished + _done_line(self.trace_id)
 
@@ -396,7 +395,7 @@ class ExperimentFramer:
         except DecodeError:
             self.terminated = True
             self.errors += 1
-            return error_line(UNDECODABLE_BATCH)
+            return _error_line(UNDECODABLE_BATCH)
         out: list[bytes] = []
         for event in events:
             which = event.WhichOneof("event")
@@ -406,10 +405,10 @@ class ExperimentFramer:
                     self.rows += 1
                 except _InvalidField as invalid:
                     self.errors += 1
-                    out.append(error_line(str(invalid)))
+                    out.append(_error_line(str(invalid)))
             elif which == "error":
                 self.errors += 1
-                out.append(error_line(event.error.message))
+                out.append(_error_line(event.error.message))
             elif which == "started" and event.started.trace_id:
                 self.trace_id = event.started.trace_id
         return b"".join(out)
@@ -420,7 +419,7 @@ class ExperimentFramer:
             return b""
         self.terminated = True
         self.errors += 1
-        return error_line(message)
+        return _error_line(message)
 
     def close(self) -> bytes:
         return _done_line(self.trace_id)

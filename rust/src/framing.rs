@@ -35,8 +35,8 @@ fn checked<'a>(text: &'a str, field: &str) -> Result<&'a str, String> {
     }
 }
 
-/// `{"type":"error","error":...}\n`
-pub fn error_line(out: &mut Vec<u8>, message: &str) {
+/// `{"type":"error","error":...}\n`: the framers' terminal line.
+fn error_line(out: &mut Vec<u8>, message: &str) {
     out.extend_from_slice(b"{\"type\":\"error\",\"error\":");
     write_str(out, message);
     out.extend_from_slice(b"}\n");
@@ -410,7 +410,7 @@ fn optional_json<'a>(value: &'a Option<String>, field: &str) -> Result<Option<&'
 
 /// Folds a whole prompt stream into the one JSON envelope of a
 /// non-streaming answer (`response-envelopes.json`, and the image and
-/// speech envelopes of PROTOCOL.md).
+/// speech envelopes docs/runners.md describes).
 pub struct EnvelopeFolder {
     kind: PromptKind,
     pub trace_id: String,

@@ -178,14 +178,6 @@ impl EnvelopeFolder {
     }
 }
 
-/// error_line(message) -> bytes: the terminal `{"type":"error",...}` line.
-#[pyfunction]
-fn error_line<'py>(py: Python<'py>, message: &str) -> Bound<'py, PyBytes> {
-    let mut out = Vec::new();
-    framing::error_line(&mut out, message);
-    PyBytes::new(py, &out)
-}
-
 /// evals_payload(names) -> bytes: the `get-evals` answer body.
 #[pyfunction]
 fn evals_payload<'py>(py: Python<'py>, names: Vec<String>) -> Bound<'py, PyBytes> {
@@ -204,7 +196,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(frame_event, m)?)?;
-    m.add_function(wrap_pyfunction!(error_line, m)?)?;
     m.add_function(wrap_pyfunction!(evals_payload, m)?)?;
     m.add_function(wrap_pyfunction!(dataset_item_name, m)?)?;
     m.add_class::<PromptFramer>()?;

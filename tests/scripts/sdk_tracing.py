@@ -28,7 +28,7 @@ async def main(model_url: str) -> None:
 
     from agentmark_gw.gateway import create_app
     from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, start
-    from tests.conftest import HttpServer, gateway_config, agentmark_json, signed
+    from tests.conftest import HttpServer, agentmark_json, gateway_config, signed
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -17,6 +17,8 @@ scripted by the last user message:
 
 Also `/v1/images/generations` and `/v1/audio/speech`. Every request body is
 kept in `requests`; `peak_parallel` is the most chat requests in flight at once.
+Run as a module (`python -m tests.servers.fake_openai --listen HOST:PORT`) it
+serves as a process of its own.
 """
 
 from __future__ import annotations
@@ -172,3 +174,36 @@ async def _broken(model: str) -> AsyncIterator[bytes]:
     yield _event(model, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "partial"}, "finish_reason": None}]})
     await asyncio.sleep(0.05)
     raise ConnectionResetError("the fake model server drops the connection mid-stream")
+
+
+def main() -> None:
+    """`python -m tests.servers.fake_openai --listen HOST:PORT`: the fake as a
+    process of its own (the soak's model), until SIGTERM."""
+    import argparse
+
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.fake_openai", description=main.__doc__)
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT")
+    args = parser.parse_args()
+    fake = FakeOpenAI()
+
+    async def serving() -> None:
+        async def forget() -> None:
+            while True:  # it keeps every request body for the tests; a long run must not
+                await asyncio.sleep(5)
+                fake.requests.clear()
+
+        config = Config()
+        config.bind = [args.listen]
+        config.accesslog = None
+        forgetting = asyncio.create_task(forget())
+        await serve(fake.app, config)  # type: ignore[arg-type]
+        forgetting.cancel()
+
+    asyncio.run(serving())
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,8 @@
 (`agentmark-gw serve --workers N`: a Hypercorn parent and its workers), and
 Debian's nginx in front of the gateways.
 
-scripts/scale_out.py runs it for people; tests/test_scale_out.py runs the
-very same code and kills parts of it. Every process starts in a session of
+`python -m scripts.scale_out` runs it for people; tests/test_scale_out.py
+runs the very same code and kills parts of it. Every process starts in a session of
 its own, so one `killpg` takes a gateway whole (the parent, its workers and
 multiprocessing's resource tracker), and a terminal's Ctrl-C reaches only
 the script, which then stops the rest in order.
@@ -23,27 +23,25 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+from .processes import HOST, Process, ProcessError, free_port, group_members, reap_group, tail, wait_listening
+
+# Debian's nginx (apt-get install nginx; scripts/system_packages.sh checks for it).
 NGINX = "/usr/sbin/nginx"
 PR_SET_CHILD_SUBREAPER = 36
-HOST = "127.0.0.1"
-
-
-class TopologyError(RuntimeError):
-    """A process of the topology did not start, or did not stop."""
+# A process of the topology did not start, or did not stop.
+TopologyError = ProcessError
 
 
 @dataclass(frozen=True)
@@ -72,92 +70,12 @@ class Settings:
     inherit_settings: bool = True
 
 
-@dataclass
-class Process:
-    """One process of the topology, and the process group it leads."""
-
-    name: str
-    port: int
-    command: list[str]
-    env: dict[str, str]
-    log: Path
-    popen: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    groups: list[int] = field(default_factory=list)  # every group it has led, one per start
-
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None, f"{self.name} was never started"
-        return self.popen.pid
-
-    @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def members(self) -> list[int]:
-        """Every process in its current group: for a gateway, the parent and its workers."""
-        return [pid for pid, _, _ in group_members(self.pid)] if self.popen is not None else []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def group_members(pgid: int) -> list[tuple[int, str, int]]:
-    """(pid, state, parent pid) of every process in group `pgid`, zombies included."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            found.append((int(entry.name), fields[0], int(fields[1])))
-    return found
-
-
-def reap_group(pgid: int, timeout: float) -> list[int]:
-    """Wait for every process of group `pgid` to be gone, reaping those that
-    are (or, orphaned, become) our children. Returns any still there."""
-    deadline = time.monotonic() + timeout
-    while True:
-        members = group_members(pgid)
-        for pid, _, parent in members:
-            if parent == os.getpid():
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-        members = group_members(pgid)
-        if not members or time.monotonic() > deadline:
-            return [pid for pid, _, _ in members]
-        time.sleep(0.02)
-
-
 def _subreaper(on: bool) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0)
     except (OSError, AttributeError):  # not Linux: orphans go to init, as usual
         return False
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _duration(seconds: float) -> str:
@@ -233,18 +151,18 @@ class Topology:
         deadline = time.monotonic() + timeout
         try:
             self.runners = [self._runner(i) for i in range(s.runners)]
-            self._start_together(self.runners, self._wait_listening, deadline)
+            self._start_together(self.runners, wait_listening, deadline)
             self.gateways = [self._gateway(i) for i in range(s.gateways)]  # they need the runners' addresses
             self._start_together(self.gateways, self._wait_ready, deadline)
             port = s.port or free_port()
             conf = self.dir / "nginx.conf"
             self.nginx = Process(
-                "nginx", port, [NGINX, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "nginx-error.log")],
-                dict(os.environ), self.dir / "nginx.log",
+                "nginx", [NGINX, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "nginx-error.log")],
+                self.dir / "nginx.log", dict(os.environ), port,
             )
             conf.write_text(self.nginx_conf())
             self._launch(self.nginx)
-            self._wait_listening(self.nginx, deadline)
+            wait_listening(self.nginx, deadline)
         except BaseException:
             self.stop()
             raise
@@ -292,7 +210,7 @@ class Topology:
         if process in self.gateways:
             self._wait_ready(process, deadline)
         else:
-            self._wait_listening(process, deadline)
+            wait_listening(process, deadline)
 
     def restore(self, timeout: float = 60.0) -> list[str]:
         """Restart whatever is down, runners first; wait until every gateway
@@ -332,7 +250,7 @@ class Topology:
                 sys.executable, "-m", "tests.servers.scripted_runner", "--listen", f"{HOST}:{port}", "--name", name,
                 "--deltas", str(s.deltas), "--pause", str(s.pause), "--rows", str(s.rows), "--row-pause", str(s.row_pause),
             ]
-        return Process(name, port, command, dict(os.environ), self.dir / f"{name}.log")
+        return Process(name, command, self.dir / f"{name}.log", dict(os.environ), port)
 
     def _gateway(self, i: int) -> Process:
         s = self.settings
@@ -355,25 +273,17 @@ class Topology:
         command = [sys.executable, "-m", "agentmark_gw.cli", "serve", "--bind", f"{HOST}:{port}", "--workers", str(s.workers)]
         for runner in self.runners:
             command += ["--runner", runner.address]
-        return Process(name, port, command, env, self.dir / f"{name}.log")
+        return Process(name, command, self.dir / f"{name}.log", env, port)
 
     def _launch(self, process: Process) -> None:
-        process.starts += 1
-        env = dict(process.env)
-        if process in self.gateways:
-            # The workers' metrics, fresh for each start (a killed gateway's
-            # files would otherwise linger in the next one's scrapes).
-            metrics = self.dir / f"{process.name}-metrics-{process.starts}"
-            metrics.mkdir()
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
-        with process.log.open("ab") as log:
-            log.write(f"--- start {process.starts}: {shlex.join(process.command)}\n".encode())
-            log.flush()
-            process.popen = subprocess.Popen(
-                process.command, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        process.groups.append(process.popen.pid)
+        if process not in self.gateways:
+            process.start()
+            return
+        # The workers' metrics, fresh for each start (a killed gateway's
+        # files would otherwise linger in the next one's scrapes).
+        metrics = self.dir / f"{process.name}-metrics-{process.starts + 1}"
+        metrics.mkdir()
+        process.start(PROMETHEUS_MULTIPROC_DIR=str(metrics))
 
     def _start_together(self, processes: list[Process], wait: Callable[[Process, float], None], deadline: float) -> None:
         """Launch them all, then wait for each: they start in parallel."""
@@ -402,30 +312,14 @@ class Topology:
                         os.killpg(group, signal.SIGKILL)
                     reap_group(group, 5)
 
-    def _check_alive(self, process: Process) -> None:
-        assert process.popen is not None
-        if process.popen.poll() is not None:
-            raise TopologyError(f"{process.name} exited with status {process.popen.returncode}:\n{tail(process.log)}")
-
-    def _wait_listening(self, process: Process, deadline: float) -> None:
-        while True:
-            self._check_alive(process)
-            try:
-                with socket.create_connection((HOST, process.port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TopologyError(f"{process.name}: nothing listening on {process.address}:\n{tail(process.log)}") from None
-                time.sleep(0.05)
-
     def _wait_ready(self, gateway: Process, deadline: float) -> None:
         """Until the gateway's /readyz reports every running runner healthy."""
-        self._wait_listening(gateway, deadline)
+        wait_listening(gateway, deadline)
         expected = {r.address for r in self.runners if r.running}
         body: dict[str, Any] = {}
         with httpx.Client(timeout=2) as http:
             while True:
-                self._check_alive(gateway)
+                gateway.check_alive()
                 with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
                     response = http.get(gateway.url + "/readyz")
                     body = response.json()

@@ -12,9 +12,10 @@ The request path, in order:
 - `rendering`: prompts rendered by AgentMark's runtime, for runners that ask.
 - `responses`: the one place runner messages become the HTTP answer (via `_accel`).
 
-Beside it: `config` (settings from TOML and the environment), `errors` (the
-refusals), `alerts` (the durable outbox and its delivery), `observability`
-(metrics and logs), `tracing` (OpenTelemetry).
+Beside it: `config` (settings from TOML and the environment, alert sinks
+included), `errors` (the refusals), `alerts/` (the durable outbox, its
+delivery worker and the sinks; built on `config` and `webhook`, which never
+import it), `observability` (metrics and logs), `tracing` (OpenTelemetry).
 
 The gateway knows runners only through the protocol; it never imports the
 runner SDK.

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .alerts import DEFAULT_SINKS, Sink, parse_sinks
+from .webhook import ALERT_STATUSES, ALERT_TYPES
 
 SECRET_ENV = "AGENTMARK_WEBHOOK_SECRET"
 ENV_PREFIX = "AGENTMARK_GW_"
@@ -62,6 +62,71 @@ def setting(default: Any, help: str, *, factory: Any = None) -> Any:
     if factory is not None:
         return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+# Where alerts go: settings, checked here like every other; the alerts package
+# only reads them (it stores and delivers, gateway/alerts/).
+SINK_KINDS = ("runner", "http", "slack", "email")
+
+
+@dataclass(frozen=True)
+class Sink:
+    """Where alerts go, and which ones: empty `types`/`statuses` match all."""
+
+    name: str
+    kind: str
+    url: str = ""
+    secret: str = ""
+    types: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    # email: `url` is smtp://HOST:PORT (or smtps:// for TLS from the start).
+    to: tuple[str, ...] = ()
+    sender: str = ""
+    username: str = ""
+    password: str = ""
+    starttls: bool = False
+    ca_file: str = ""
+
+    def wants(self, alert_type: str, status: str) -> bool:
+        return (not self.types or alert_type in self.types) and (not self.statuses or status in self.statuses)
+
+
+DEFAULT_SINKS = (Sink(name="runner", kind="runner"),)
+
+
+def parse_sinks(raw: Any, where: str) -> tuple[Sink, ...]:
+    """Sinks from config: a list of tables with `kind`, and `url`/`secret` as the kind needs."""
+    if not isinstance(raw, list):
+        raise ValueError(f"{where}: alert_sinks must be a list of tables")
+    sinks = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: alert_sinks[{i}] must be a table")
+        kind = entry.get("kind")
+        if kind not in SINK_KINDS:
+            raise ValueError(f"{where}: alert_sinks[{i}].kind must be one of {', '.join(SINK_KINDS)}")
+        url = str(entry.get("url", ""))
+        if kind in ("http", "slack") and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{where}: alert_sinks[{i}] ({kind}) needs an http(s) url")
+        if kind == "http" and not entry.get("secret"):
+            raise ValueError(f"{where}: alert_sinks[{i}] (http) needs a secret to sign with")
+        if kind == "email" and (not url.startswith(("smtp://", "smtps://")) or not entry.get("to") or not entry.get("sender")):
+            raise ValueError(f"{where}: alert_sinks[{i}] (email) needs an smtp:// or smtps:// url, `to` and `sender`")
+        unknown = set(entry) - {"name", "kind", "url", "secret", "types", "statuses", "to", "sender", "username", "password", "starttls", "ca_file"}
+        if unknown:
+            raise ValueError(f"{where}: alert_sinks[{i}]: unknown keys {', '.join(sorted(unknown))}")
+        types, statuses = tuple(entry.get("types", ())), tuple(entry.get("statuses", ()))
+        if set(types) - set(ALERT_TYPES) or set(statuses) - set(ALERT_STATUSES):
+            raise ValueError(f"{where}: alert_sinks[{i}]: types are {', '.join(ALERT_TYPES)}; statuses {', '.join(ALERT_STATUSES)}")
+        sinks.append(Sink(
+            str(entry.get("name") or f"{kind}-{i}"), kind, url, str(entry.get("secret", "")), types, statuses,
+            to=tuple(entry.get("to", ())), sender=str(entry.get("sender", "")), username=str(entry.get("username", "")),
+            password=str(entry.get("password", "")), starttls=bool(entry.get("starttls", False)), ca_file=str(entry.get("ca_file", "")),
+        ))
+    names = [s.name for s in sinks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: alert sink names must be unique")
+    return tuple(sinks)
 
 
 @dataclass(frozen=True)
@@ -257,7 +322,8 @@ def reference() -> str:
             lines.append(f"| `alert_sinks` | `{ENV_PREFIX}ALERT_SINKS` (JSON) | a list of tables | runner | {f.metadata['help']} |")
             continue
         if f.name == "state_dir":
-            lines.append(f"| `state_dir` | `{ENV_PREFIX}STATE_DIR` | a string | `$XDG_STATE_HOME/agentmark-gw/gateway-PORT` (PORT: `bind`'s) | {f.metadata['help']} |")
+            default = "`$XDG_STATE_HOME/agentmark-gw/gateway-PORT` (PORT: `bind`'s)"
+            lines.append(f"| `state_dir` | `{ENV_PREFIX}STATE_DIR` | a string | {default} | {f.metadata['help']} |")
             continue
         if f.name == "alerts_db":
             lines.append(f"| `alerts_db` | `{ENV_PREFIX}ALERTS_DB` | a string | `STATE_DIR/alerts.sqlite3` | {f.metadata['help']} |")

@@ -1,10 +1,12 @@
 """Refusals the gateway answers with: a status and a human-readable message.
 
-Every refusal reaches the client as `{"message": ...}` with its status
-(PROTOCOL.md). Raised anywhere below the routes; turned into a response in
-one place, the `Refusal` error handler in `app`.
+Every refusal reaches the client as `{"message": ...}` with its status, as
+AgentMark's own servers answer errors (the `errorResponse` of AgentMark's
+webhook-http vector). Raised anywhere on the request path; turned into a
+response in one place, the webhook endpoint (`endpoint.WebhookEndpoint`), which
+also logs and counts it.
 
-    Refusal (any status)
+    Refusal (any status: 405, 408, 409, 413, 415, 431, 502, 504 are raised as is)
     ├── BadRequest          400  the body is not an event we can run
     ├── Unauthorized        401  missing, malformed or wrong signature
     ├── RunnerUnavailable   503  no runner could be reached (names those tried)

@@ -29,8 +29,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.run import run as hypercorn_run
 
 from .._ports import ensure_free
-from .alerts import Sink
-from .config import SECRET_ENV, ConfigError, Deadlines, GatewayConfig
+from .config import SECRET_ENV, ConfigError, Deadlines, GatewayConfig, Sink
 
 # The path of a 0600 file holding the effective configuration, secrets
 # included, for `serve`'s workers; the environment itself holds no secret.

@@ -13,21 +13,22 @@ from __future__ import annotations
 import json
 import math
 import re
-
-import orjson
-from dataclasses import dataclass
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import yaml
 
 from ..frontmatter import TooManyNodes, check_expansion
-from .alerts import ALERT_STATUSES, ALERT_TYPES
 from .errors import BadRequest
 
 PROMPT_KINDS = ("text", "object", "image", "speech")
 STREAMABLE_KINDS = ("text", "object")
 EVENT_TYPES = ("prompt-run", "dataset-run", "get-evals", "alert")
+# What an `alert` event may say; sinks are filtered by the same words (config.Sink).
+ALERT_TYPES = ("cost", "latency", "error_rate")
+ALERT_STATUSES = ("triggered", "resolved")
 
 
 @dataclass(frozen=True, slots=True)

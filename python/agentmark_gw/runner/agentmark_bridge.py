@@ -4,8 +4,9 @@ Give it the client from `create_agentmark` (its loader, its evals) and any
 AgentMark `Executor`; everything AgentMark already does stays AgentMark's:
 prompt rendering (templatedx), dataset loading and sampling
 (`format_with_dataset`), eval scoring (the client's registry), the
-concurrency pool, item names and span hooks. This module only turns
-AgentMark's events into the runner protocol's.
+concurrency pool and span hooks. This module only turns AgentMark's events
+into the runner protocol's; item names are AgentMark's formula, computed by
+the project's own core (`item_name`).
 
     client = create_agentmark(loader=FileLoader("."), scorers={"exact_match": exact_match})
     serve(AgentMarkRunner(client, OpenAIExecutor()), "127.0.0.1:50051")
@@ -42,10 +43,11 @@ from agentmark.prompt_core.executor import (
 )
 from agentmark.prompt_core.experiment import run_dataset_pool
 from agentmark.prompt_core.template_engines import get_front_matter
-from agentmark.prompt_core.webhook_runner import ExperimentItemParams, PromptSpanParams, _compute_dataset_item_name
+from agentmark.prompt_core.webhook_runner import ExperimentItemParams, PromptSpanParams
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from .._accel import dataset_item_name
 from ..frontmatter import TooManyNodes, check_expansion
 from ..protocol import runner_pb2 as pb
 from . import events
@@ -392,7 +394,7 @@ class AgentMarkRunner(Runner):
             dataset_run_name=run_name,
             prompt_name=prompt_name,
             dataset_path=dataset_path,
-            dataset_item_name=_compute_dataset_item_name(input_data, index),
+            dataset_item_name=item_name(input_data, index),
             dataset_input=input_data,
             dataset_expected_output=expected,
             commit_sha=commit_sha,
@@ -437,6 +439,20 @@ class AgentMarkRunner(Runner):
             run_id=run_id,
             run_name=run_name,
         )
+
+
+def item_name(dataset_input: Any, index: int) -> str:
+    """AgentMark's name for a dataset item (its dataset-item-name vector): the
+    first 12 hex digits of the MD5 of the input's sorted, compact JSON; the
+    index when the input is empty. By the project's own core rather than
+    AgentMark's private helper, so that an upstream rename cannot break
+    importing the runner SDK. Like AgentMark's, a value JSON cannot hold is
+    written with `str`, and an input that cannot be named (not JSON: NaN;
+    nested more than 128 deep; a cycle) is named by its index."""
+    try:
+        return dataset_item_name(json.dumps(dataset_input, default=str), index)
+    except (TypeError, ValueError, RecursionError):
+        return str(index)
 
 
 def _accumulate(event: Any, text: str, value: Any, usage: Any) -> tuple[str, Any, Any]:

@@ -260,7 +260,11 @@ class OpenAIExecutor:
         audio = response.content if hasattr(response, "content") else await response.aread()
         return {
             "type": "speech",
-            "result": {"mimeType": _SPEECH_MIME.get(audio_format, "application/octet-stream"), "base64": base64.b64encode(audio).decode(), "format": audio_format},
+            "result": {
+                "mimeType": _SPEECH_MIME.get(audio_format, "application/octet-stream"),
+                "base64": base64.b64encode(audio).decode(),
+                "format": audio_format,
+            },
         }
 
     async def _call(self, call: Callable[[], Awaitable[Any]], settings: dict[str, Any]) -> Any:
