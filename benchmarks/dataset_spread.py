@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from agentmark_gw import _accel
 from agentmark_gw.gateway.config import GatewayConfig
 from agentmark_gw.gateway.server import serve
@@ -124,7 +125,8 @@ async def main(args: argparse.Namespace) -> None:
     print("| runners | runner's model capacity | rows answered | wall time | ideal | wall / ideal | items per runner |")
     print("|---:|---|---:|---:|---:|---:|---|")
     for r in results:
-        print(f"| {r['runners']} | {r['capacity']} | {r['rows']} | {r['wall']:.2f} s | {r['ideal']:.2f} s | {r['wall'] / r['ideal']:.2f}× | {r['per_runner']} |")
+        ratio = r["wall"] / r["ideal"]
+        print(f"| {r['runners']} | {r['capacity']} | {r['rows']} | {r['wall']:.2f} s | {r['ideal']:.2f} s | {ratio:.2f}× | {r['per_runner']} |")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agentmark_gw.gateway import create_app
 from agentmark_gw.agentmark_api import AgentMarkCloud, ConnectionSettingsError
+from agentmark_gw.gateway import create_app
 
 from .conftest import AGENTMARK, HttpServer, agentmark_json, gateway_config, signed
 from .servers.fake_agentmark_api import FakeAgentMarkApi

@@ -26,8 +26,8 @@ from agentmark_gw import conformance
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.protocol import runner_pb2_grpc
 from agentmark_gw.runner import AgentMarkRunner, OpenAIExecutor, Runner, events, start
-from agentmark_gw.runner.service import DatasetItem
 from agentmark_gw.runner.server import SERVER_OPTIONS
+from agentmark_gw.runner.service import DatasetItem
 
 from .conftest import RUST_RUNNER_TARGET, free_port, wait_for_port
 
@@ -140,7 +140,9 @@ async def serve(servicer: ThinRunner, options: list[tuple[str, Any]] | None = No
     return server, f"127.0.0.1:{port}"
 
 
-async def check(servicer_class: type[ThinRunner], tmp_path: Path, only: set[str], options: list[tuple[str, Any]] | None = None) -> dict[str, conformance.Result]:
+async def check(
+    servicer_class: type[ThinRunner], tmp_path: Path, only: set[str], options: list[tuple[str, Any]] | None = None
+) -> dict[str, conformance.Result]:
     port = free_port()
     runner = servicer_class(port, tmp_path)
     server, target = await serve(runner, options)

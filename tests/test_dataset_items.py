@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from agentmark.prompt_core import create_agentmark
+
 from agentmark_gw.agentmark_api import AgentMarkCloud
 from agentmark_gw.gateway import create_app
 from agentmark_gw.gateway.datasets import AgentMarkDatasets, DatasetError
@@ -292,11 +293,10 @@ async def test_a_client_going_away_cancels_the_items_in_flight(tmp_path: Path) -
     try:
         async with HttpServer(create_app(gateway_config(target, datasets_dir=str(tmp_path), heartbeat_interval=0.2))) as gateway:
             raw, headers = signed(dataset_event(name, concurrency=4))
-            async with httpx.AsyncClient(timeout=30) as client:
-                async with client.stream("POST", gateway.url + "/", content=raw, headers=headers) as response:
-                    assert response.status_code == 200
-                    while len(runner.items) < 4:
-                        await asyncio.sleep(0.02)
+            async with httpx.AsyncClient(timeout=30) as client, client.stream("POST", gateway.url + "/", content=raw, headers=headers) as response:
+                assert response.status_code == 200
+                while len(runner.items) < 4:
+                    await asyncio.sleep(0.02)
             for _ in range(100):  # the client left: within a second or so, each call is cancelled
                 if len(cancelled) == 4:
                     break

@@ -254,7 +254,8 @@ async def test_dataset_run_on_the_rust_runner(rust_gateway: str, client: httpx.A
         result = row["result"]
         assert result["actualOutput"] == {"sentiment": sentiment_of(result["input"]["text"])}
         should_pass = json.loads(result["expectedOutput"]) == result["actualOutput"]
-        assert result["evals"] == [{"name": "exact_match_json", "score": int(should_pass), "passed": should_pass, "label": "match" if should_pass else "mismatch"}]
+        label = "match" if should_pass else "mismatch"
+        assert result["evals"] == [{"name": "exact_match_json", "score": int(should_pass), "passed": should_pass, "label": label}]
     assert len({row["runId"] for row in rows}) == 1
 
 
@@ -324,8 +325,10 @@ async def test_the_thin_rust_runner_says_what_an_older_gateway_lacks(rust_runner
     async with grpc.aio.insecure_channel(rust_runner) as channel:
         stub = runner_pb2_grpc.RunnerStub(channel)
         info = await stub.Describe(pb.DescribeRequest(), timeout=10)
-        prompt = [e async for batch in stub.RunPrompt(pb.RunPromptRequest(kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(agentmark_json("ast/text.json"))), timeout=10) for e in batch.events]
-        experiment = [e async for batch in stub.RunExperiment(pb.RunExperimentRequest(kind=pb.PROMPT_KIND_TEXT, dataset_path="math.jsonl"), timeout=10) for e in batch.events]
+        text_run = pb.RunPromptRequest(kind=pb.PROMPT_KIND_TEXT, ast_json=json.dumps(agentmark_json("ast/text.json")))
+        prompt = [e async for batch in stub.RunPrompt(text_run, timeout=10) for e in batch.events]
+        dataset_run = pb.RunExperimentRequest(kind=pb.PROMPT_KIND_TEXT, dataset_path="math.jsonl")
+        experiment = [e async for batch in stub.RunExperiment(dataset_run, timeout=10) for e in batch.events]
     assert info.rendered_prompts and list(info.eval_names) == ["exact_match", "exact_match_json"]
     assert [e.WhichOneof("event") for e in prompt] == ["error"] and "rendered by the gateway" in prompt[0].error.message
     assert [e.WhichOneof("event") for e in experiment] == ["error"] and "datasets_dir" in experiment[0].error.message

@@ -202,8 +202,8 @@ def reference_runner(data_dir: str) -> Any:
     Other scorers need a runner of your own (`agentmark-gw init runner`)."""
     from agentmark.prompt_core import FileLoader, create_agentmark
 
-    from .runner import BUILTIN_SCORERS, AgentMarkRunner, OpenAIExecutor, connect_agentmark
     from .agentmark_api import ConnectionSettingsError
+    from .runner import BUILTIN_SCORERS, AgentMarkRunner, OpenAIExecutor, connect_agentmark
 
     if not Path(data_dir).is_dir():
         raise CommandError(f"--data-dir {data_dir}: no such directory")
@@ -286,7 +286,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 async def _up(config: GatewayConfig, runner_address: str, data_dir: str) -> None:
     from .gateway.observability import configure_logging
     from .gateway.server import serve
-
     from .runner import start
 
     configure_logging(config.log_format)
@@ -445,7 +444,6 @@ def ndjson_lines(chunks: Any) -> Any:
 
 def cmd_send(args: argparse.Namespace) -> int:
     import httpx
-
     from rich.markup import escape
 
     from . import _accel
@@ -556,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
         return group.add_parser(name, help=help, description=description, epilog=f"example: {example}")
 
     def gateway_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--runner", action="append", metavar="HOST:PORT", help=f"a runner to call; repeat for several, or a dns:/// name (default {DEFAULT_RUNNER})")
+        parser.add_argument("--runner", action="append", metavar="HOST:PORT",
+                            help=f"a runner to call; repeat for several, or a dns:/// name (default {DEFAULT_RUNNER})")
         parser.add_argument("--bind", metavar="HOST:PORT", help=f"address to listen on (default {DEFAULT_BIND})")
         parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 1)")
         parser.add_argument("--server", choices=["hypercorn", "granian"], help="HTTP server (default hypercorn)")

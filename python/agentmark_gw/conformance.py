@@ -214,7 +214,9 @@ def _prompt_request(kind: pb.PromptKind, ast: Any, *, stream: bool = True, props
     ast_json = ast if isinstance(ast, str) else json.dumps(ast)
     props_json = json.dumps(props if props is not None else QUESTION)
     data = {"ast": ast if not isinstance(ast, str) else None, "customProps": props, "conformance": True, **(extra or {})}
-    return pb.RunPromptRequest(kind=kind, ast_json=ast_json, custom_props_json=props_json, should_stream=stream, prompt_path="conformance.prompt.mdx", data_json=json.dumps(data))
+    return pb.RunPromptRequest(
+        kind=kind, ast_json=ast_json, custom_props_json=props_json, should_stream=stream, prompt_path="conformance.prompt.mdx", data_json=json.dumps(data)
+    )
 
 
 def _valid_json(text: str, field: str) -> Any:
@@ -764,7 +766,8 @@ async def _render(kind: pb.PromptKind, ast: dict[str, Any], props: dict[str, Any
 def _first_difference(expected: list[tuple[str, str]], sent: list[tuple[str, str]]) -> str:
     """Where the model's messages first differ from AgentMark's render, shortly."""
     if len(sent) != len(expected):
-        return f"the model got {len(sent)} message(s) ({', '.join(r for r, _ in sent) or 'none'}), AgentMark renders {len(expected)} ({', '.join(r for r, _ in expected)})"
+        got, want = ", ".join(r for r, _ in sent) or "none", ", ".join(r for r, _ in expected)
+        return f"the model got {len(sent)} message(s) ({got}), AgentMark renders {len(expected)} ({want})"
     for index, ((want_role, want), (got_role, got)) in enumerate(zip(expected, sent, strict=True)):
         if want_role != got_role:
             return f"message {index + 1} has role {got_role!r}, AgentMark renders {want_role!r}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -90,10 +91,8 @@ class KitModel:
             if left <= 0:
                 return None
             self.arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), min(left, 0.5))
-            except TimeoutError:
-                pass
 
     async def __aenter__(self) -> KitModel:
         ensure_free(f"{self.host}:{self.port}")
@@ -122,10 +121,9 @@ class KitModel:
         logging.getLogger("asyncio").removeFilter(_quiet_hang_ups)
         self._stop.set()  # also ends slow answers a runner is still reading
         if self._task is not None:
-            try:
+            # On a timeout wait_for cancels the server: the kit's results stand.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._task, 10)
-            except TimeoutError:
-                pass  # wait_for cancelled the server: the kit's results stand
 
     # -- the API ------------------------------------------------------------------
 

@@ -19,9 +19,9 @@ Or write a runner from scratch: subclass `Runner` and yield `events`.
 Never imports the gateway.
 """
 
+from ..agentmark_api import AgentMarkCloud
 from . import events
 from .agentmark_bridge import AgentMarkRunner
-from ..agentmark_api import AgentMarkCloud
 from .agentmark_cloud import connect_agentmark
 from .openai_executor import OpenAIExecutor, Tool
 from .scorers import BUILTIN_SCORERS

@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -250,8 +250,6 @@ def dataset_item(message: pb.DatasetItemRequest, context: grpc.aio.ServicerConte
     )
 
 
-E = TypeVar("E", bound=Message)
-B = TypeVar("B")
 _END: Any = object()
 
 # Back-pressure and message size: a runner that produces faster than the
@@ -262,7 +260,7 @@ BATCH_EVENTS = 512
 BATCH_BYTES = 1024 * 1024
 
 
-async def batched(
+async def batched[E: Message, B](
     source: AsyncIterator[E],
     make_batch: Callable[[list[E]], B],
     on_error: Callable[[Exception], E],
