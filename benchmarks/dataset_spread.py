@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from agentmark_gw.gateway.config import GatewayConfig
 from agentmark_gw.gateway.server import serve
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.runner import DatasetItem, Runner, events, start
+from tests.support.processes import free_port, wait_ok
 
 SECRET = "benchmark-secret-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,29 +63,10 @@ class ModelRunner(Runner):
         return events.dataset_row(input=item.input, expected_output=item.expected_output, actual_output="ok", run_id=item.run_id, run_name=item.run_name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _wait_ready(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(url + "/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"gateway at {url} not ready after {timeout} s")
-
-
 async def one_run(runners: int, capacity: int, args: argparse.Namespace, datasets: Path) -> dict[str, Any]:
     models = [ModelRunner(args.model_seconds, capacity) for _ in range(runners)]
     servers = [await start(m, "127.0.0.1:0") for m in models]
-    port = _free_port()
+    port = free_port()
     config = GatewayConfig(
         secrets=(SECRET,), runners=tuple(f"127.0.0.1:{p}" for _, p in servers), bind=f"127.0.0.1:{port}",
         datasets_dir=str(datasets), health_interval=0.5, log_format="text",
@@ -94,7 +75,7 @@ async def one_run(runners: int, capacity: int, args: argparse.Namespace, dataset
     stop = asyncio.Event()
     gateway = asyncio.create_task(serve(config, shutdown_trigger=stop.wait))
     try:
-        await _wait_ready(f"http://127.0.0.1:{port}")
+        await wait_ok("gateway", f"http://127.0.0.1:{port}/readyz", [])
         await asyncio.sleep(1.0)  # every runner healthy and described
         event = json.loads(EVENT.read_text())
         event["event"]["data"].update(datasetPath="rows.jsonl", concurrency=args.concurrency)
