@@ -27,6 +27,34 @@ from benchmarks import e2e
 from tests.support.processes import HOST, cpu_seconds
 
 
+async def rust_wave(port: int, request: bytes, streams: int, ramp: float, limit: float) -> tuple[int, int]:
+    """As `wave`, read by the gateway's Rust runner client (`RustStream`)."""
+    from agentmark_gw.gateway.runners import RustClient, RustStream
+
+    client = RustClient()
+    channel = client.hub.channel(f"{HOST}:{port}", 64 << 20, 64 << 20)
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    messages = completed = 0
+
+    async def one(k: int) -> None:
+        nonlocal messages, completed
+        await asyncio.sleep(max(0.0, start + k * ramp / streams - loop.time()))
+        stream = RustStream(client.hub.open(channel, "/agentmark.runner.v1.Runner/RunPrompt", request, [], limit), client, "runner", False)
+        try:
+            while (await stream.next()) is not None:
+                messages += 1
+            completed += 1
+        finally:
+            stream.cancel()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(k) for k in range(streams)), return_exceptions=True), limit + ramp + 5)
+    finally:
+        client.close()
+    return messages, completed
+
+
 async def wave(port: int, request: bytes, streams: int, ramp: float, limit: float) -> tuple[int, int]:
     """(messages, calls completed) of one wave, bounded by `limit` seconds."""
     import grpc
@@ -70,12 +98,13 @@ async def main_async(args: argparse.Namespace) -> None:
         port = servers["gateway"].runner_port
         assert port is not None
         schedule = args.tokens * args.gap_ms / 1000
-        print(f"grpc.aio client alone, {args.tokens} one-delta messages per call, one every {args.gap_ms} ms; load {os.getloadavg()[0]:.2f}")
+        read = rust_wave if args.client == "rust" else wave
+        print(f"{args.client} client alone, {args.tokens} one-delta messages per call, one every {args.gap_ms} ms; load {os.getloadavg()[0]:.2f}")
         for streams in args.stream_counts:
             await e2e.settle({"gateway": servers["gateway"]}, 10.0, 3.0)
             mine0, runner0 = sum(os.times()[:2]), cpu_seconds(runner.pid)
             started = time.perf_counter()
-            messages, completed = await wave(port, request, streams, 1.0, 3 * schedule + 30)
+            messages, completed = await read(port, request, streams, 1.0, 3 * schedule + 30)
             elapsed = time.perf_counter() - started
             mine, theirs = sum(os.times()[:2]) - mine0, cpu_seconds(runner.pid) - runner0
             print(f"  {streams} calls: {messages} messages, {completed} calls completed in {elapsed:.1f} s; "
@@ -90,6 +119,7 @@ def main() -> int:
     parser.add_argument("--streams", default="100,500")
     parser.add_argument("--tokens", type=int, default=150)
     parser.add_argument("--gap-ms", type=int, default=20)
+    parser.add_argument("--client", choices=["grpcio", "rust"], default="grpcio", help="grpc.aio, or the Rust runner client")
     args = parser.parse_args()
     args.stream_counts = [max(1, min(int(c), 5000)) for c in args.streams.split(",") if c]
     args.tokens = max(1, min(args.tokens, 10_000))

@@ -177,8 +177,9 @@ async def test_through_grpc_and_hypercorn_a_message_makes_no_task(scripted: tupl
     """The same, end to end in one loop (gateway, runner, client): no coroutine
     is started once per message, heartbeats on. A stream of 200 messages may
     still make a few more tasks than one of 2, from work that runs on a clock
-    (health probes, idle timers) while a slow machine streams for longer, so
-    the count is compared per coroutine: one per message would be 120 more."""
+    (health probes, idle timers, other tests' connections closing) while a
+    slow machine streams for longer, so the count is compared per coroutine:
+    one per message would be one per write, 120 or more."""
     scripted_runner.pause = 0.004  # each delta its own message: the SDK sends what is queued
     config = replace(gateway_config(scripted[1]), heartbeat_interval=5.0)
 
@@ -200,4 +201,6 @@ async def test_through_grpc_and_hypercorn_a_message_makes_no_task(scripted: tupl
         many, many_writes = await tasks_for(200)
     assert many_writes >= 120  # most deltas came as messages of their own, each one write (a busy machine may batch a few)
     grown = many - few
-    assert all(more <= 10 for more in grown.values()), grown
+    # A task per message would add one per write; connections of earlier
+    # tests closing in this loop meanwhile add a few, unrelated to messages.
+    assert all(more < many_writes / 4 for more in grown.values()), sorted(grown.items(), key=lambda kv: -kv[1])[:3]

@@ -16,8 +16,13 @@ def test_stub_matches_the_extension() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# The runner client's twin is grpc.aio, not `_fallback`: the gateway's
+# end-to-end tests run on both (`runner_client`).
+RUNNER_CLIENT = {"RunnerClientHub", "RunnerClientChannel", "RunnerCall"}
+
+
 def test_twin_has_every_public_name_of_the_extension() -> None:
-    for name in _core.__all__:
+    for name in sorted(set(_core.__all__) - RUNNER_CLIENT):
         rust, python = getattr(_core, name), getattr(_fallback, name)
         if inspect.isclass(rust):
             args = () if name == "ExperimentFramer" else ("text",)

@@ -1,5 +1,7 @@
 """Type stub for the Rust extension. `_fallback` implements the same
-interface in Python; tests/test_typing.py checks this stub against both."""
+interface in Python, except the runner client (`RunnerClientHub` and its
+channel and call), whose twin is grpc.aio (`runner_client = "grpcio"`);
+tests/test_typing.py checks this stub against both."""
 
 from collections.abc import Sequence
 from typing import Self, final
@@ -8,6 +10,9 @@ __all__ = [
     "EnvelopeFolder",
     "ExperimentFramer",
     "PromptFramer",
+    "RunnerCall",
+    "RunnerClientChannel",
+    "RunnerClientHub",
     "dataset_item_name",
     "evals_payload",
     "frame_event",
@@ -74,3 +79,28 @@ class EnvelopeFolder:
     def terminated(self) -> bool: ...
     @property
     def error(self) -> str | None: ...
+
+@final
+class RunnerClientHub:
+    """The runner client's tokio runtime and wake-up socket (runner_client.rs)."""
+
+    def __new__(cls) -> Self: ...
+    def fileno(self) -> int: ...
+    def take_ready(self) -> list[int]: ...
+    def channel(self, target: str, max_receive: int, max_send: int) -> RunnerClientChannel: ...
+    def open(
+        self, channel: RunnerClientChannel, path: str, request: bytes, metadata: Sequence[tuple[str, str]], timeout: float | None = None
+    ) -> RunnerCall: ...
+
+@final
+class RunnerClientChannel:
+    """Connections to one runner target."""
+
+@final
+class RunnerCall:
+    """One streamed call: `try_next` gives bytes, None (the end), False (nothing yet) or (status code, message)."""
+
+    @property
+    def id(self) -> int: ...
+    def try_next(self) -> bytes | bool | tuple[int, str] | None: ...
+    def cancel(self) -> None: ...

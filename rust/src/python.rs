@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::framing;
+use crate::runner_client;
 use crate::signature;
 use crate::wire::PromptKind;
 
@@ -191,6 +192,92 @@ fn dataset_item_name(input_json: &str, index: u64) -> PyResult<String> {
     crate::items::dataset_item_name(input_json, index).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+// --- the runner client (see runner_client.rs) --------------------------------
+
+/// The runner client's runtime and wake-up socket; one per gateway worker.
+#[pyclass(module = "agentmark_gw._core", frozen)]
+struct RunnerClientHub {
+    hub: runner_client::Hub,
+}
+
+#[pymethods]
+impl RunnerClientHub {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let hub = runner_client::Hub::new().map_err(|e| PyValueError::new_err(format!("cannot start the runner client: {e}")))?;
+        Ok(RunnerClientHub { hub })
+    }
+
+    /// The socket the event loop watches: readable when a waiting call has something.
+    fn fileno(&self) -> i32 {
+        self.hub.fileno()
+    }
+
+    /// The ids of the calls that have something for a waiting reader.
+    fn take_ready(&self) -> Vec<u64> {
+        self.hub.take_ready()
+    }
+
+    fn channel(&self, target: &str, max_receive: usize, max_send: usize) -> PyResult<RunnerClientChannel> {
+        let channel = self.hub.channel(target, max_receive, max_send).map_err(PyValueError::new_err)?;
+        Ok(RunnerClientChannel { channel })
+    }
+
+    /// Start a server-streaming call: `path` is `/package.Service/Method`.
+    #[pyo3(signature = (channel, path, request, metadata, timeout=None))]
+    fn open(
+        &self,
+        channel: &RunnerClientChannel,
+        path: &str,
+        request: &[u8],
+        metadata: Vec<(String, String)>,
+        timeout: Option<f64>,
+    ) -> PyResult<RunnerCall> {
+        let timeout = match timeout {
+            Some(seconds) if seconds.is_finite() && seconds > 0.0 => Some(std::time::Duration::from_secs_f64(seconds)),
+            Some(_) => Some(std::time::Duration::ZERO),
+            None => None,
+        };
+        let call = self.hub.open(&channel.channel, path, request.to_vec(), metadata, timeout).map_err(PyValueError::new_err)?;
+        Ok(RunnerCall { call })
+    }
+}
+
+#[pyclass(module = "agentmark_gw._core", frozen)]
+struct RunnerClientChannel {
+    channel: runner_client::RunnerChannel,
+}
+
+#[pyclass(module = "agentmark_gw._core", frozen)]
+struct RunnerCall {
+    call: runner_client::Call,
+}
+
+#[pymethods]
+impl RunnerCall {
+    #[getter]
+    fn id(&self) -> u64 {
+        self.call.id
+    }
+
+    /// The next message (bytes); None at the end; False when nothing has
+    /// come yet (the hub then names this call once something has); or, for
+    /// a failed call, its (gRPC status code, message).
+    fn try_next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match self.call.try_next() {
+            None => pyo3::types::PyBool::new(py, false).to_owned().into_any(),
+            Some(runner_client::Item::Message(bytes)) => PyBytes::new(py, &bytes).into_any(),
+            Some(runner_client::Item::End) => py.None().into_bound(py),
+            Some(runner_client::Item::Failed(code, message)) => (code, message).into_pyobject(py)?.into_any(),
+        })
+    }
+
+    /// Stop the call: the runner sees it cancelled.
+    fn cancel(&self) {
+        self.call.cancel();
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sign, m)?)?;
@@ -201,5 +288,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PromptFramer>()?;
     m.add_class::<ExperimentFramer>()?;
     m.add_class::<EnvelopeFolder>()?;
+    m.add_class::<RunnerClientHub>()?;
+    m.add_class::<RunnerClientChannel>()?;
+    m.add_class::<RunnerCall>()?;
     Ok(())
 }

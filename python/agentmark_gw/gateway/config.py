@@ -176,6 +176,12 @@ class GatewayConfig:
     max_dataset_concurrency: int = setting(
         32, "A dataset run's `concurrency` is lowered to this before it reaches the runner (which may start that many workers at once)."
     )
+    runner_client: Literal["rust", "grpcio"] = setting(
+        "rust",
+        "What reads runners' streamed answers: `rust` (tonic in the Rust extension, on a thread of its own; less CPU per "
+        "token, see benchmarks/README.md) or `grpcio` (grpc.aio). Health checks and the other calls use grpc.aio either "
+        "way; without the Rust extension, or for a `unix:` target, it is `grpcio`.",
+    )
     datasets_dir: str | None = setting(
         None,
         "A folder holding the app's build output (`agentmark build`: datasets as `.jsonl`). With it, dataset runs for "

@@ -106,7 +106,7 @@ def _channel_target(target: str) -> str:
     return target if "://" in target or target.startswith(("ipv4:", "ipv6:", "unix:")) else f"dns:///{target}"
 
 
-def describe(error: AioRpcError) -> str:
+def describe(error: AioRpcError | CallFailed) -> str:
     """One line for a client: the status name and the runner's own details."""
     details = (error.details() or "").strip()
     return f"{error.code().name}: {details}" if details else error.code().name
@@ -116,7 +116,7 @@ def describe(error: AioRpcError) -> str:
 _CRASHES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
 
 
-def refusal_for(error: AioRpcError, expose_internals: bool = False) -> Refusal:
+def refusal_for(error: AioRpcError | CallFailed, expose_internals: bool = False) -> Refusal:
     """The HTTP refusal for a gRPC failure (before any byte was sent, or as
     a stream's last line). A runner's crash details reach the client only
     with `expose_internals`; they are logged either way."""
@@ -179,6 +179,122 @@ class OpenStream:
         self.call.cancel()
 
 
+# gRPC status codes by number, as the Rust client reports them.
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class CallFailed(Exception):
+    """A Rust-client call's failure, as (status, details): what `AioRpcError`
+    is to grpc.aio."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class RustClient:
+    """The Rust runner client (`_core.RunnerClientHub`) on this event loop:
+    it reads every streamed call on its own thread, and wakes the loop once,
+    through a socket, for whatever calls a reader waits on."""
+
+    def __init__(self) -> None:
+        from .. import _accel
+
+        self.hub = _accel.core.RunnerClientHub()
+        self._loop = asyncio.get_running_loop()
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._loop.add_reader(self.hub.fileno(), self._wake)
+
+    def _wake(self) -> None:
+        for call_id in self.hub.take_ready():
+            waiter = self._waiters.pop(call_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def wait(self, call: Any) -> asyncio.Future[None]:
+        """Done when `call` has something (after its `try_next` said False)."""
+        waiter = self._waiters[call.id] = self._loop.create_future()
+        return waiter
+
+    def forget(self, call: Any) -> None:
+        self._waiters.pop(call.id, None)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.hub.fileno())
+
+
+_NOTHING: Any = object()
+
+
+def _rust_client(config: GatewayConfig, runners: list[RunnerClient]) -> RustClient | None:
+    """The Rust client with a channel per runner it can reach, when the
+    configuration asks for it and the extension has it; else None (grpc.aio)."""
+    from .. import _accel
+
+    if config.runner_client != "rust" or not hasattr(_accel.core, "RunnerClientHub"):
+        if config.runner_client == "rust":
+            log.info("runner_client = rust, but the Rust extension is not loaded: streams are read with grpc.aio")
+        return None
+    client = RustClient()
+    for runner in runners:
+        try:
+            runner.rust_channel = client.hub.channel(runner.target, config.max_runner_message_bytes, config.max_body_bytes * 3 + 1024 * 1024)
+        except ValueError as exc:  # a target only grpc.aio can reach (unix:, ...)
+            log.info("%s; its streams are read with grpc.aio", exc)
+    return client
+
+
+class RustStream:
+    """A streamed call read by the Rust client: a `RunnerStream`."""
+
+    __slots__ = ("runner", "expose_internals", "_call", "_client", "_held")
+
+    def __init__(self, call: Any, client: RustClient, runner: str, expose_internals: bool) -> None:
+        self.runner = runner
+        self.expose_internals = expose_internals
+        self._call = call
+        self._client = client
+        self._held: Any = _NOTHING  # the first item, taken while opening
+
+    async def first(self, patience: float | None) -> None:
+        """Wait up to `patience` seconds (None: as long as it takes) for the
+        first item and hold it; a failure then is raised as `CallFailed`, so
+        the pool can try the next runner."""
+        item = self._call.try_next()
+        if item is False:
+            try:
+                await asyncio.wait_for(self._client.wait(self._call), patience)
+            except TimeoutError:
+                return  # a slow start: the stream begins, heartbeats cover the wait
+            item = self._call.try_next()
+        if item.__class__ is tuple:
+            raise CallFailed(_CODES.get(item[0], grpc.StatusCode.UNKNOWN), item[1])
+        self._held = item
+
+    async def next(self) -> bytes | None:
+        if self._held is not _NOTHING:
+            item, self._held = self._held, _NOTHING
+        else:
+            item = self._call.try_next()
+        while item is False:
+            await self._client.wait(self._call)
+            item = self._call.try_next()
+        if item is None or item.__class__ is bytes:
+            return item  # type: ignore[no-any-return]
+        code, details = item
+        raise refusal_for(CallFailed(_CODES.get(code, grpc.StatusCode.UNKNOWN), details), self.expose_internals)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+        self._client.forget(self._call)
+
+
 async def read(call: grpc.aio.UnaryStreamCall) -> bytes | None:
     """The next raw message, or None at the end of the stream."""
     message = await call.read()
@@ -192,8 +308,9 @@ class RunnerClient:
         self.target = target
         self.channel = grpc.aio.insecure_channel(_channel_target(target), options=options)
         # Streamed answers stay raw bytes (no response_deserializer).
-        self.run_prompt = self.channel.unary_stream(_METHOD + "RunPrompt")
-        self.run_experiment = self.channel.unary_stream(_METHOD + "RunExperiment")
+        self.streamed = {method: self.channel.unary_stream(_METHOD + method) for method in ("RunPrompt", "RunExperiment")}
+        # Set by the pool when streamed calls go through the Rust client.
+        self.rust_channel: Any = None
         self.run_dataset_item = self.channel.unary_unary(_METHOD + "RunDatasetItem")  # the row stays raw bytes
         self.get_evals = self.channel.unary_unary(_METHOD + "GetEvals", response_deserializer=pb.GetEvalsResponse.FromString)
         self.handle_alert = self.channel.unary_unary(_METHOD + "HandleAlert", response_deserializer=pb.AlertResponse.FromString)
@@ -272,9 +389,12 @@ class RunnerPool:
         self._on_health = on_health
         self.on_item = on_item or (lambda outcome: None)  # a dataset item's outcome, for the metrics
         self._health_task: asyncio.Task[None] | None = None
+        self._rust: RustClient | None = None
 
     async def start(self) -> None:
-        """Start polling runner health in the background."""
+        """Open the Rust client's channels (when it reads streams), then start
+        polling runner health in the background."""
+        self._rust = _rust_client(self._config, self.runners)
         await self.check_health()
         self._health_task = asyncio.create_task(self._poll_health())
 
@@ -285,6 +405,10 @@ class RunnerPool:
                 await self._health_task
         for runner in self.runners:
             await runner.channel.close()
+            runner.rust_channel = None
+        if self._rust is not None:
+            self._rust.close()
+            self._rust = None
 
     async def check_health(self) -> None:
         results = await asyncio.gather(*(r.check_health(self._config.health_timeout) for r in self.runners))
@@ -318,7 +442,7 @@ class RunnerPool:
 
     # -- calls -----------------------------------------------------------
 
-    async def open_prompt_stream(self, run: Any, metadata: Metadata = ()) -> OpenStream:
+    async def open_prompt_stream(self, run: Any, metadata: Metadata = ()) -> RunnerStream:
         data = run.data
         ast_json = _json(data["ast"])
         fields = {
@@ -337,11 +461,10 @@ class RunnerPool:
             rest = _json({k: v for k, v in data.items() if k != "ast"})  # the AST goes once, in ast_json
             for_rendering = pb.RunPromptRequest(**fields, data_json=rest, rendered=rendered).SerializeToString()
 
-        def start(runner: RunnerClient, **kw: Any) -> grpc.aio.UnaryStreamCall:
-            return runner.run_prompt(for_rendering if runner.wants_rendered else request, metadata=metadata, **kw)
-
         patience = self._config.heartbeat_interval if run.should_stream else None
-        return await self._open(start, self._config.deadlines.prompt_run, patience)
+        return await self._open(
+            "RunPrompt", lambda runner: for_rendering if runner.wants_rendered else request, metadata, self._config.deadlines.prompt_run, patience
+        )
 
     async def open_experiment_stream(self, run: Any, metadata: Metadata = ()) -> RunnerStream:
         """A dataset run: item by item from the gateway's dataset source when
@@ -362,9 +485,7 @@ class RunnerPool:
             sampling_json=_json(sampling) if sampling is not None else "",
             data_json=_data_json(data, ast_json),
         ).SerializeToString()
-        return await self._open(
-            lambda r, **kw: r.run_experiment(request, metadata=metadata, **kw), self._config.deadlines.dataset_run, self._config.heartbeat_interval
-        )
+        return await self._open("RunExperiment", lambda runner: request, metadata, self._config.deadlines.dataset_run, self._config.heartbeat_interval)
 
     def dataset_concurrency(self, data: dict[str, Any], default: int) -> int:
         # Checked by `webhook`; bounded here, since a runner may start that many workers at once.
@@ -387,38 +508,50 @@ class RunnerPool:
         response = await self._unary(lambda r, **kw: r.handle_alert(request, metadata=metadata, **kw), self._config.deadlines.alert)
         return response.message
 
-    async def _open(self, start: Callable[..., grpc.aio.UnaryStreamCall], timeout: float, patience_seconds: float | None = None) -> OpenStream:
-        """Start the call on the first runner that answers with a first message
-        (or ends the stream) within `patience_seconds`; past that, the stream
-        is answered with its first read still pending."""
+    async def _open(
+        self, method: str, request_for: Callable[[RunnerClient], bytes], metadata: Metadata, timeout: float, patience_seconds: float | None = None
+    ) -> RunnerStream:
+        """Start a streamed call (`method`) on the first runner that answers
+        with a first message (or ends the stream) within `patience_seconds`;
+        past that, the stream is answered with its first read still pending.
+        Read by the Rust client where the runner has a channel on it, else by
+        grpc.aio."""
+        patience = patience_seconds if patience_seconds and patience_seconds > 0 else None
+        expose = self._config.expose_internals
 
-        async def attempt(runner: RunnerClient, remaining: float) -> OpenStream:
-            call = start(runner, timeout=remaining)
-            expose = self._config.expose_internals
+        async def attempt(runner: RunnerClient, remaining: float) -> RunnerStream:
+            if runner.rust_channel is not None and self._rust is not None:
+                call = self._rust.hub.open(runner.rust_channel, _METHOD + method, request_for(runner), list(metadata), remaining)
+                stream = RustStream(call, self._rust, runner.target, expose)
+                try:
+                    await stream.first(patience)
+                except BaseException:
+                    stream.cancel()
+                    raise
+                return stream
+            grpc_call = runner.streamed[method](request_for(runner), metadata=metadata, timeout=remaining)
             if patience is None:
                 try:
-                    return OpenStream(call, await read(call), runner.target, expose_internals=expose)
+                    return OpenStream(grpc_call, await read(grpc_call), runner.target, expose_internals=expose)
                 except BaseException:
-                    call.cancel()
+                    grpc_call.cancel()
                     raise
-            first = asyncio.ensure_future(read(call))
+            first = asyncio.ensure_future(read(grpc_call))
             try:
                 done, _ = await asyncio.wait({first}, timeout=patience)
             except BaseException:
                 first.cancel()
-                call.cancel()
+                grpc_call.cancel()
                 raise
             if not done:
                 # A slow start (a long dataset item): answer now, so proxies see
                 # headers and heartbeats instead of a silent connection.
-                return OpenStream(call, None, runner.target, pending=first, expose_internals=expose)
+                return OpenStream(grpc_call, None, runner.target, pending=first, expose_internals=expose)
             try:
-                return OpenStream(call, first.result(), runner.target, expose_internals=expose)
+                return OpenStream(grpc_call, first.result(), runner.target, expose_internals=expose)
             except BaseException:
-                call.cancel()
+                grpc_call.cancel()
                 raise
-
-        patience = patience_seconds if patience_seconds and patience_seconds > 0 else None
 
         return await self._with_failover(attempt, timeout)
 
@@ -437,14 +570,14 @@ class RunnerPool:
                 break
             try:
                 return await attempt(runner, remaining)
-            except AioRpcError as error:
+            except (AioRpcError, CallFailed) as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise refusal_for(error, self._config.expose_internals) from None
                 self._mark_down(runner, error)
                 tried.append(runner.target)
         raise self._none_left(tried)
 
-    def _mark_down(self, runner: RunnerClient, error: AioRpcError) -> None:
+    def _mark_down(self, runner: RunnerClient, error: AioRpcError | CallFailed) -> None:
         # Health is the health checks' to say: a runner may answer UNAVAILABLE
         # itself (say, when its model provider is down) while being up.
         log.warning("runner %s unavailable (%s); trying the next", runner.target, describe(error))
