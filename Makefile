@@ -35,6 +35,7 @@ lint: $(STAMP) ## Lint (ruff, configured in pyproject.toml), type-check (mypy; s
 	$(VENV)/python -m mypy python/agentmark_gw --ignore-missing-imports --exclude 'protocol/'
 	$(VENV)/python -m mypy.stubtest agentmark_gw._core
 	cargo clippy --quiet --no-default-features -- -D warnings
+	cargo clippy --quiet -p agentmark-gw-core --no-default-features --features client -- -D warnings
 
 .PHONY: protos
 protos: $(STAMP) ## Regenerate the Python gRPC stubs from protos/

@@ -144,17 +144,23 @@ def gateway_config(runner: str, **settings: Any) -> GatewayConfig:
     return GatewayConfig(secrets=(SECRET,), runners=(runner,), bind="127.0.0.1:0", max_body_bytes=BODY_LIMIT, **values)
 
 
-@pytest.fixture(scope="session")
-async def gateway(openai_runner: str) -> AsyncIterator[str]:
+# Both readers of streamed runner answers (`runner_client`): the Rust client,
+# the default, and its twin, grpc.aio. Every test on the two shared gateways
+# below runs on each; gateways a test builds itself use the default.
+RUNNER_CLIENTS = ("rust", "grpcio")
+
+
+@pytest.fixture(scope="session", params=RUNNER_CLIENTS)
+async def gateway(openai_runner: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """The gateway in front of the OpenAI reference runner. Yields its URL."""
-    async with HttpServer(create_app(gateway_config(openai_runner))) as server:
+    async with HttpServer(create_app(gateway_config(openai_runner, runner_client=request.param))) as server:
         yield server.url
 
 
-@pytest.fixture(scope="session")
-async def scripted_gateway(scripted: tuple[ScriptedRunner, str]) -> AsyncIterator[str]:
+@pytest.fixture(scope="session", params=RUNNER_CLIENTS)
+async def scripted_gateway(scripted: tuple[ScriptedRunner, str], request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """The gateway in front of the scripted runner. Yields its URL."""
-    async with HttpServer(create_app(gateway_config(scripted[1]))) as server:
+    async with HttpServer(create_app(gateway_config(scripted[1], runner_client=request.param))) as server:
         yield server.url
 
 
@@ -208,10 +214,17 @@ async def rust_gateway(rust_runner: str) -> AsyncIterator[str]:
         yield server.url
 
 
+@pytest.fixture(scope="session")
+async def python_gateway(openai_runner: str) -> AsyncIterator[str]:
+    """The gateway (default settings) in front of the Python reference runner."""
+    async with HttpServer(create_app(gateway_config(openai_runner))) as server:
+        yield server.url
+
+
 @pytest.fixture(params=["python", "rust"])
 def any_gateway(request: pytest.FixtureRequest) -> str:
     """The gateway in front of each runner language in turn."""
-    return request.getfixturevalue("gateway" if request.param == "python" else "rust_gateway")
+    return request.getfixturevalue("python_gateway" if request.param == "python" else "rust_gateway")
 
 
 @pytest.fixture(scope="session")

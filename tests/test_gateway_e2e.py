@@ -12,7 +12,7 @@ import pytest
 
 from agentmark_gw.runner import events
 
-from .conftest import BODY_LIMIT, agentmark_json, signed
+from .conftest import BODY_LIMIT, RUNNER_CLIENTS, agentmark_json, signed
 from .servers.fake_openai import FakeOpenAI
 from .servers.scripted_runner import ScriptedRunner
 
@@ -343,7 +343,10 @@ async def test_runner_without_the_method_is_501(client: httpx.AsyncClient) -> No
     assert response.json()["message"].startswith("Runner failed: UNIMPLEMENTED")
 
 
-async def test_deadline_before_the_first_event_is_504(scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("runner_client", RUNNER_CLIENTS)
+async def test_deadline_before_the_first_event_is_504(
+    scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient, runner_client: str
+) -> None:
     from dataclasses import replace
 
     from agentmark_gw.gateway import create_app
@@ -353,7 +356,7 @@ async def test_deadline_before_the_first_event_is_504(scripted: tuple[ScriptedRu
 
     scripted_runner.pause = 2.0
     scripted_runner.script = [events.text_delta("too late")]
-    config = replace(gateway_config(scripted[1]), deadlines=Deadlines(prompt_run=0.3))
+    config = replace(gateway_config(scripted[1], runner_client=runner_client), deadlines=Deadlines(prompt_run=0.3))
     async with HttpServer(create_app(config)) as server:
         raw, headers = signed(agentmark_json("events/prompt-run-text.json"))
         response = await client.post(server.url + "/", content=raw, headers=headers)

@@ -14,7 +14,7 @@ import pytest
 from agentmark_gw.gateway import create_app
 from agentmark_gw.runner import events
 
-from .conftest import BODY_LIMIT, SECRET, HttpServer, agentmark_json, gateway_config, signed
+from .conftest import BODY_LIMIT, RUNNER_CLIENTS, SECRET, HttpServer, agentmark_json, gateway_config, signed
 from .servers.scripted_runner import ScriptedRunner
 from .support.processes import free_port
 from .test_gateway_e2e import stream_lines
@@ -243,10 +243,12 @@ async def test_a_retry_after_a_failed_dataset_row_is_not_a_replay(
 # --- L9: a runner message over the size limit says so, and is no 429 -----------
 
 
+@pytest.mark.parametrize("runner_client", RUNNER_CLIENTS)
 async def test_a_runner_message_over_the_limit_is_502_not_429(
+    runner_client: str,
     scripted: tuple[ScriptedRunner, str], scripted_runner: ScriptedRunner, client: httpx.AsyncClient,
 ) -> None:
-    config = replace(gateway_config(scripted[1]), max_runner_message_bytes=64 * 1024)
+    config = replace(gateway_config(scripted[1], runner_client=runner_client), max_runner_message_bytes=64 * 1024)
     message = "Runner sent a message larger than max_runner_message_bytes"
     async with HttpServer(create_app(config)) as server:
         scripted_runner.script = [events.text_delta("x" * 100_000), events.finish("stop")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -199,12 +200,14 @@ async def test_provider_dropping_the_stream_midway(gateway: str, client: httpx.A
 
 
 async def test_rate_limits_are_retried_before_the_first_token(gateway: str, client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
-    _, lines = await stream_lines(client, gateway + "/", prompt_run("text", {"userMessage": "flaky:2:a"}))
+    # Keys of their own: the fake counts attempts per message for the whole session.
+    recovers, gives_up = f"flaky:2:{uuid.uuid4().hex}", f"flaky:5:{uuid.uuid4().hex}"
+    _, lines = await stream_lines(client, gateway + "/", prompt_run("text", {"userMessage": recovers}))
     assert lines[0] == {"type": "text", "result": "recovered"}
-    assert fake_openai.attempts["flaky:2:a"] == 3
-    _, lines = await stream_lines(client, gateway + "/", prompt_run("text", {"userMessage": "flaky:5:b"}))
+    assert fake_openai.attempts[recovers] == 3
+    _, lines = await stream_lines(client, gateway + "/", prompt_run("text", {"userMessage": gives_up}))
     assert lines == [{"type": "error", "error": "model API error 429: scripted failure 429"}]
-    assert fake_openai.attempts["flaky:5:b"] == 3  # the first try and two retries
+    assert fake_openai.attempts[gives_up] == 3  # the first try and two retries
 
 
 def test_the_ten_line_runner_example_builds() -> None:

@@ -232,6 +232,12 @@ class RustClient:
 _NOTHING: Any = object()
 
 
+def max_send_bytes(config: GatewayConfig) -> int:
+    """The largest request the gateway sends a runner: a body's AST, its
+    props and `data` may each be nearly the whole body, plus the rendering."""
+    return config.max_body_bytes * 3 + 1024 * 1024
+
+
 def _rust_client(config: GatewayConfig, runners: list[RunnerClient]) -> RustClient | None:
     """The Rust client with a channel per runner it can reach, when the
     configuration asks for it and the extension has it; else None (grpc.aio)."""
@@ -244,7 +250,7 @@ def _rust_client(config: GatewayConfig, runners: list[RunnerClient]) -> RustClie
     client = RustClient()
     for runner in runners:
         try:
-            runner.rust_channel = client.hub.channel(runner.target, config.max_runner_message_bytes, config.max_body_bytes * 3 + 1024 * 1024)
+            runner.rust_channel = client.hub.channel(runner.target, config.max_runner_message_bytes, max_send_bytes(config))
         except ValueError as exc:  # a target only grpc.aio can reach (unix:, ...)
             log.info("%s; its streams are read with grpc.aio", exc)
     return client
@@ -371,7 +377,7 @@ class RunnerPool:
         options = [
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.max_receive_message_length", config.max_runner_message_bytes),
-            ("grpc.max_send_message_length", config.max_body_bytes * 3 + 1024 * 1024),
+            ("grpc.max_send_message_length", max_send_bytes(config)),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
