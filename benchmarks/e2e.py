@@ -637,7 +637,7 @@ async def gateway_prompt_request(body: bytes) -> bytes:
     pool = RunnerPool(GatewayConfig(runners=(f"{HOST}:1",)))
     try:
         for runner in pool.runners:
-            runner.run_prompt = capture  # type: ignore[method-assign]
+            runner.streamed["RunPrompt"] = capture
         await pool.open_prompt_stream(parse_event(body))
     except Captured as captured:
         return captured.args[0]

@@ -27,40 +27,48 @@ from benchmarks import e2e
 from tests.support.processes import HOST, cpu_seconds
 
 
-async def rust_wave(port: int, request: bytes, streams: int, ramp: float, limit: float) -> tuple[int, int]:
-    """As `wave`, read by the gateway's Rust runner client (`RustStream`)."""
-    from agentmark_gw.gateway.runners import RustClient, RustStream
-
-    client = RustClient()
-    channel = client.hub.channel(f"{HOST}:{port}", 64 << 20, 64 << 20)
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.05
-    messages = completed = 0
-
-    async def one(k: int) -> None:
-        nonlocal messages, completed
-        await asyncio.sleep(max(0.0, start + k * ramp / streams - loop.time()))
-        stream = RustStream(client.hub.open(channel, "/agentmark.runner.v1.Runner/RunPrompt", request, [], limit), client, "runner", False)
-        try:
-            while (await stream.next()) is not None:
-                messages += 1
-            completed += 1
-        finally:
-            stream.cancel()
-
-    try:
-        await asyncio.wait_for(asyncio.gather(*(one(k) for k in range(streams)), return_exceptions=True), limit + ramp + 5)
-    finally:
-        client.close()
-    return messages, completed
-
-
-async def wave(port: int, request: bytes, streams: int, ramp: float, limit: float) -> tuple[int, int]:
-    """(messages, calls completed) of one wave, bounded by `limit` seconds."""
+async def wave(client: str, port: int, request: bytes, streams: int, ramp: float, limit: float) -> tuple[int, int]:
+    """(messages, calls completed) of one wave, bounded by `limit` seconds,
+    each call read to its end by `client`: grpc.aio, or the gateway's Rust
+    runner client (`RustStream`)."""
     import grpc
 
-    channel = grpc.aio.insecure_channel(f"{HOST}:{port}")
-    run_prompt = channel.unary_stream("/agentmark.runner.v1.Runner/RunPrompt")
+    from agentmark_gw.gateway.runners import RustClient, RustStream
+
+    method = "/agentmark.runner.v1.Runner/RunPrompt"
+    if client == "rust":
+        rust = RustClient()
+        channel = rust.hub.channel(f"{HOST}:{port}", 64 << 20, 64 << 20)
+
+        async def read_one() -> int:
+            stream = RustStream(rust.hub.open(channel, method, request, [], limit), rust, "runner", False)
+            try:
+                count = 0
+                while (await stream.next()) is not None:
+                    count += 1
+                return count
+            finally:
+                stream.cancel()
+
+        async def close() -> None:
+            rust.close()
+    else:
+        aio = grpc.aio.insecure_channel(f"{HOST}:{port}")
+        run_prompt = aio.unary_stream(method)
+
+        async def read_one() -> int:
+            call = run_prompt(request, timeout=limit)
+            try:
+                count = 0
+                while (await call.read()) is not grpc.aio.EOF:
+                    count += 1
+                return count
+            finally:
+                call.cancel()
+
+        async def close() -> None:
+            await aio.close()
+
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
     messages = completed = 0
@@ -68,18 +76,14 @@ async def wave(port: int, request: bytes, streams: int, ramp: float, limit: floa
     async def one(k: int) -> None:
         nonlocal messages, completed
         await asyncio.sleep(max(0.0, start + k * ramp / streams - loop.time()))
-        call = run_prompt(request, timeout=limit)
-        try:
-            while (await call.read()) is not grpc.aio.EOF:
-                messages += 1
-            completed += 1
-        finally:
-            call.cancel()
+        count = await read_one()  # awaited first: `messages += await ...` would lose the others' counts
+        messages += count
+        completed += 1
 
     try:
         await asyncio.wait_for(asyncio.gather(*(one(k) for k in range(streams)), return_exceptions=True), limit + ramp + 5)
     finally:
-        await channel.close()
+        await close()
     return messages, completed
 
 
@@ -98,13 +102,12 @@ async def main_async(args: argparse.Namespace) -> None:
         port = servers["gateway"].runner_port
         assert port is not None
         schedule = args.tokens * args.gap_ms / 1000
-        read = rust_wave if args.client == "rust" else wave
         print(f"{args.client} client alone, {args.tokens} one-delta messages per call, one every {args.gap_ms} ms; load {os.getloadavg()[0]:.2f}")
         for streams in args.stream_counts:
             await e2e.settle({"gateway": servers["gateway"]}, 10.0, 3.0)
             mine0, runner0 = sum(os.times()[:2]), cpu_seconds(runner.pid)
             started = time.perf_counter()
-            messages, completed = await read(port, request, streams, 1.0, 3 * schedule + 30)
+            messages, completed = await wave(args.client, port, request, streams, 1.0, 3 * schedule + 30)
             elapsed = time.perf_counter() - started
             mine, theirs = sum(os.times()[:2]) - mine0, cpu_seconds(runner.pid) - runner0
             print(f"  {streams} calls: {messages} messages, {completed} calls completed in {elapsed:.1f} s; "

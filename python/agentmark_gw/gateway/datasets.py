@@ -68,18 +68,21 @@ def source_for(datasets_dir: str | None, environ: Any = os.environ) -> DatasetSo
     return AgentMarkDatasets(cloud) if cloud is not None else None
 
 
-def _row(line: str, where: str) -> dict[str, Any] | None:
-    """One JSON Lines row, checked as AgentMark's readers check it."""
+def _rows(line: str, where: str, batches: bool = False) -> list[dict[str, Any]]:
+    """A JSON Lines line's rows, checked as AgentMark's readers check them;
+    with `batches`, a line may hold an array of rows (AgentMark's API sends those)."""
     line = line.strip()
     if not line:
-        return None
+        return []
     try:
-        row = json.loads(line)
+        value = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"Failed to parse JSON at {where}: {exc.msg}") from None
-    if not isinstance(row, dict) or not isinstance(row.get("input"), dict):
-        raise DatasetError(f"Invalid dataset row at {where}: missing or invalid 'input' field. Each row must have an 'input' object.")
-    return row
+    rows = value if batches and isinstance(value, list) else [value]
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("input"), dict):
+            raise DatasetError(f"Invalid dataset row at {where}: missing or invalid 'input' field. Each row must have an 'input' object.")
+    return rows
 
 
 def _empty(path: str) -> DatasetError:
@@ -109,8 +112,7 @@ class LocalDatasets:
         # microsecond or so, not worth a thread hop per row.
         with open(self._root / path, encoding="utf-8") as lines:  # noqa: ASYNC230
             for number, line in enumerate(lines, start=1):
-                row = _row(line, f"line {number} in dataset {path}")
-                if row is not None:
+                for row in _rows(line, f"line {number} in dataset {path}"):
                     count += 1
                     yield row
         if count == 0:
@@ -138,26 +140,13 @@ class AgentMarkDatasets:
                 number = 0
                 async for line in response.aiter_lines():
                     number += 1
-                    for row in _api_rows(line, f"line {number} of dataset {path}"):
+                    for row in _rows(line, f"line {number} of dataset {path}", batches=True):
                         count += 1
                         yield row
         except httpx.HTTPError as exc:
             raise DatasetError(f"cannot reach AgentMark at {self._cloud.base_url}: {type(exc).__name__}") from None
         if count == 0:
             raise _empty(path)
-
-
-def _api_rows(line: str, where: str) -> list[dict[str, Any]]:
-    # AgentMark's API may send a line holding a JSON array of rows.
-    stripped = line.strip()
-    if stripped.startswith("["):
-        try:
-            batch = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"Failed to parse JSON at {where}: {exc.msg}") from None
-        return [r for r in (_row(json.dumps(item), where) for item in batch) if r is not None]
-    row = _row(stripped, where)
-    return [row] if row is not None else []
 
 
 # --- a run's items -----------------------------------------------------------------
@@ -170,6 +159,7 @@ class Item:
 
     index: int
     input: dict[str, Any]
+    input_json: str  # as it goes to the runner, and as the item's name is hashed from
     expected_output: Any
     has_expected_output: bool
     name: str
@@ -241,10 +231,11 @@ async def items(source: DatasetSource, run: RunPlan, ast: dict[str, Any], sampli
 
 async def _item(prompt: Any, run: RunPlan, row: dict[str, Any], index: int) -> Item:
     given = row["input"]
-    name = _accel.dataset_item_name(json.dumps(given, separators=(",", ":")), index)
+    given_json = json.dumps(given, separators=(",", ":"))
+    name = _accel.dataset_item_name(given_json, index)
     has_expected = "expected_output" in row
     try:
         rendered = await rendering.render_loaded(run.kind, prompt, given)
     except rendering.CannotRender as exc:
-        return Item(index, given, row.get("expected_output"), has_expected, name, None, str(exc))
-    return Item(index, given, row.get("expected_output"), has_expected, name, rendered)
+        return Item(index, given, given_json, row.get("expected_output"), has_expected, name, None, str(exc))
+    return Item(index, given, given_json, row.get("expected_output"), has_expected, name, rendered)

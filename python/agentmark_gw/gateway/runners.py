@@ -720,7 +720,7 @@ class ItemsRun:
         request = pb.DatasetItemRequest(
             **self._fields,
             index=item.index,
-            input_json=_json(item.input),
+            input_json=item.input_json,
             expected_output_json=_json(item.expected_output) if item.has_expected_output else "",
             rendered=item.rendered,
             item_name=item.name,
