@@ -281,8 +281,8 @@ def test_the_hypercorn_patch_knows_the_installed_version() -> None:
 
     from agentmark_gw.gateway import server
 
-    assert server._HYPERCORN_VERSION.startswith(server.PATCHED_HYPERCORN), (
-        f"Hypercorn {server._HYPERCORN_VERSION}: check close_connections_at_eof against it, then add it to PATCHED_HYPERCORN"
+    assert server.HYPERCORN_VERSION.startswith(server.PATCHED_HYPERCORN), (
+        f"Hypercorn {server.HYPERCORN_VERSION}: check close_connections_at_eof, guard_http2 and hypercorn_body against it, then add it to PATCHED_HYPERCORN"
     )
     server.close_connections_at_eof()
     assert getattr(tcp_server.TCPServer, "_agentmark_gw_closes_at_eof", False)

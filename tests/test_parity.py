@@ -234,3 +234,25 @@ def test_mutated_batches_are_framed_alike(stream: list[pb.RunnerEvent], edits: l
     rust_fold.feed(message)
     python_fold.feed(message)
     assert (rust_fold.close(), rust_fold.error) == (python_fold.close(), python_fold.error)
+
+
+@given(st.binary(max_size=5000))
+def test_http_chunks_are_the_same_and_h11_reads_them_back(data: bytes) -> None:
+    """Both twins frame a stream's chunk alike, and an HTTP/1.1 parser reads
+    exactly `data` back; empty data makes no chunk (it would end the body)."""
+    import h11
+
+    chunk = _core.http_chunk(data)
+    assert chunk == _fallback.http_chunk(data)
+    if not data:
+        assert chunk == b""
+        return
+    reader = h11.Connection(h11.SERVER)
+    reader.receive_data(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n" + chunk + b"0\r\n\r\n")
+    received = b""
+    while (event := reader.next_event()) is not h11.NEED_DATA:
+        if isinstance(event, h11.Data):
+            received += event.data
+        if isinstance(event, h11.EndOfMessage):
+            break
+    assert received == data

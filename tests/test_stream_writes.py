@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import replace
 from typing import Any
 
+import h11
 import httpx
 import pytest
 
@@ -20,7 +21,7 @@ from agentmark_gw.gateway import create_app, responses
 from agentmark_gw.protocol import runner_pb2 as pb
 from agentmark_gw.runner import events
 
-from .conftest import HttpServer, agentmark_json, gateway_config
+from .conftest import HttpServer, agentmark_json, gateway_config, signed
 from .test_gateway_e2e import stream_lines
 
 TEXT_EVENT = agentmark_json("events/prompt-run-text.json")
@@ -204,3 +205,69 @@ async def test_through_grpc_and_hypercorn_a_message_makes_no_task(scripted: tupl
     # A task per message would add one per write; connections of earlier
     # tests closing in this loop meanwhile add a few, unrelated to messages.
     assert all(more < many_writes / 4 for more in grown.values()), sorted(grown.items(), key=lambda kv: -kv[1])[:3]
+
+
+@contextlib.contextmanager
+def _counting_h11_body_writes() -> Iterator[list[int]]:
+    """How many body parts h11 framed (Hypercorn's own write path) in the block."""
+    counted = [0]
+    send = h11.Connection.send
+
+    def counting(self: h11.Connection, event: Any) -> bytes | None:
+        if isinstance(event, h11.Data):
+            counted[0] += 1
+        return send(self, event)
+
+    h11.Connection.send = counting  # type: ignore[method-assign]
+    try:
+        yield counted
+    finally:
+        h11.Connection.send = send  # type: ignore[method-assign]
+
+
+async def _raw_post(port: int, version: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """A POST over a bare socket; the whole answer as the server wrote it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    writer.write(f"POST / {version}\r\nhost: x\r\nconnection: close\r\ncontent-length: {len(body)}\r\n{head}\r\n".encode() + body)
+    answer = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    return answer
+
+
+@pytest.mark.e2e
+async def test_on_hypercorn_http_1_1_chunks_skip_h11_and_http_1_0_gets_a_plain_body(scripted: tuple[Any, str], scripted_runner: Any) -> None:
+    """On Hypercorn's HTTP/1.1 the stream's chunks are framed by the gateway
+    and written to the connection (`hypercorn_body`): h11 frames none of them,
+    and the wire is what h11 would have written. An HTTP/1.0 client gets the
+    close-delimited body h11 chose for it, through ASGI."""
+    scripted_runner.pause = 0.004
+    deltas = [f"t{i} " for i in range(40)]
+    scripted_runner.script = [events.text_delta(text) for text in deltas] + [events.finish("stop")]
+    raw, headers = signed(TEXT_EVENT)
+    expected = [{"type": "text", "result": text} for text in deltas] + [{"type": "text", "finishReason": "stop"}]
+    async with HttpServer(create_app(replace(gateway_config(scripted[1]), heartbeat_interval=5.0))) as server:
+        with _counting_h11_body_writes() as framed_by_h11:
+            answer_11 = await _raw_post(server.port, "HTTP/1.1", raw, headers)
+        assert framed_by_h11 == [0]
+        with _counting_h11_body_writes() as framed_by_h11:
+            answer_10 = await _raw_post(server.port, "HTTP/1.0", raw, headers)
+        assert framed_by_h11[0] >= 20  # each message its own write, through h11
+
+    # Read back by an HTTP/1.1 parser: chunked, complete, every line in order.
+    parser = h11.Connection(h11.CLIENT)
+    parser.send(h11.Request(method="POST", target="/", headers=[("host", "x"), ("content-length", "0")]))
+    parser.send(h11.EndOfMessage())
+    parser.receive_data(answer_11)
+    response = parser.next_event()
+    assert isinstance(response, h11.Response) and response.status_code == 200
+    assert (b"transfer-encoding", b"chunked") in response.headers
+    body = b""
+    while not isinstance(event := parser.next_event(), h11.EndOfMessage):
+        assert isinstance(event, h11.Data), event
+        body += event.data
+    assert _lines(body) == expected
+
+    head, _, body_10 = answer_10.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower()
+    assert _lines(body_10) == expected

@@ -33,6 +33,7 @@ core, IMPLEMENTATION = _load()
 sign = core.sign
 verify = core.verify
 frame_event = core.frame_event
+http_chunk = core.http_chunk
 evals_payload = core.evals_payload
 dataset_item_name = core.dataset_item_name
 PromptFramer = core.PromptFramer
@@ -63,6 +64,7 @@ __all__ = [
     "dataset_item_name",
     "evals_payload",
     "frame_event",
+    "http_chunk",
     "sign",
     "verify",
 ]

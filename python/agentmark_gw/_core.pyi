@@ -16,6 +16,7 @@ __all__ = [
     "dataset_item_name",
     "evals_payload",
     "frame_event",
+    "http_chunk",
     "sign",
     "verify",
 ]
@@ -29,6 +30,10 @@ def verify(secrets: str | Sequence[str], header: str | None, body: bytes) -> boo
 
 def frame_event(kind: str, event: bytes) -> bytes | None:
     """One raw `RunnerEvent` to its NDJSON line, or None when it has none."""
+
+def http_chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk: size in hex, CRLF, data, CRLF. Empty
+    data makes none (a zero-length chunk ends the body)."""
 
 def evals_payload(names: Sequence[str]) -> bytes:
     """The `get-evals` answer body."""

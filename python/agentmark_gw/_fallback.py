@@ -29,6 +29,7 @@ __all__ = [
     "PromptFramer",
     "evals_payload",
     "frame_event",
+    "http_chunk",
     "sign",
     "verify",
 ]
@@ -371,6 +372,12 @@ class PromptFramer:
         unfinished = b"" if self.terminated else _error_line(UNFINISHED)
         self.terminated = True
         return unfinished + _done_line(self.trace_id)
+
+
+def http_chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk: size in hex, CRLF, data, CRLF. Empty
+    data makes none (a zero-length chunk ends the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
 
 
 def frame_event(kind: str, event: bytes) -> bytes | None:

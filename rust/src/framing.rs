@@ -42,6 +42,28 @@ fn error_line(out: &mut Vec<u8>, message: &str) {
     out.extend_from_slice(b"}\n");
 }
 
+/// The head of one HTTP/1.1 chunk of `len` bytes (RFC 9112 7.1): the size in
+/// hex and CRLF; the chunk is the head, the data and CRLF. The gateway frames
+/// a stream's chunks itself where the server lets it write to the connection
+/// (gateway/hypercorn_body.py); a zero-length chunk would end the body, so
+/// empty data makes no chunk at all.
+pub fn http_chunk_head(len: usize) -> String {
+    format!("{len:x}\r\n")
+}
+
+/// `data` as one HTTP/1.1 chunk; empty data, none (see `http_chunk_head`).
+pub fn http_chunk(data: &[u8]) -> Vec<u8> {
+    if data.is_empty() {
+        return Vec::new();
+    }
+    let head = http_chunk_head(data.len());
+    let mut out = Vec::with_capacity(head.len() + data.len() + 2);
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// `{"type":"done","traceId":...}\n`, appended after a stream that had a trace id.
 pub fn done_line(trace_id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + trace_id.len());

@@ -66,6 +66,24 @@ fn frame_event<'py>(py: Python<'py>, kind: &str, event: &[u8]) -> PyResult<Optio
     Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
 }
 
+/// http_chunk(data) -> bytes: `data` as one HTTP/1.1 chunk (size in hex, CRLF,
+/// data, CRLF), written straight into the new bytes; empty data, b"".
+#[pyfunction]
+fn http_chunk<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    if data.is_empty() {
+        return Ok(PyBytes::new(py, b""));
+    }
+    let head = framing::http_chunk_head(data.len());
+    PyBytes::new_with(py, head.len() + data.len() + 2, |out| {
+        let (head_part, rest) = out.split_at_mut(head.len());
+        head_part.copy_from_slice(head.as_bytes());
+        let (data_part, end) = rest.split_at_mut(data.len());
+        data_part.copy_from_slice(data);
+        end.copy_from_slice(b"\r\n");
+        Ok(())
+    })
+}
+
 /// Frames one prompt run: `feed(batch)` per gRPC message, `close()` at the end.
 #[pyclass(module = "agentmark_gw._core")]
 struct PromptFramer(framing::PromptFramer);
@@ -283,6 +301,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(frame_event, m)?)?;
+    m.add_function(wrap_pyfunction!(http_chunk, m)?)?;
     m.add_function(wrap_pyfunction!(evals_payload, m)?)?;
     m.add_function(wrap_pyfunction!(dataset_item_name, m)?)?;
     m.add_class::<PromptFramer>()?;

@@ -50,6 +50,8 @@ CLIENT_CLOSED = 499
 # What the docs promise for request headers. Hypercorn's own limit applies to
 # headers still incomplete; ones that arrive in one read (up to 64 KiB) passed.
 MAX_HEADER_BYTES = 16 * 1024
+# Streamed chunks counted into the metrics at once (see `_stream`).
+CHUNKS_PER_COUNT = 64
 
 # ASGI, loosely typed: the server (Hypercorn) checks the messages' shapes.
 Scope = Any
@@ -250,18 +252,32 @@ class WebhookEndpoint:
         metrics.inflight_streams.inc()
         chunks = metrics.stream_chunks.labels(record.event_type)
         sent = metrics.stream_bytes.labels(record.event_type)
+        # Chunks and bytes reach the counters every CHUNKS_PER_COUNT chunks and
+        # at the end, not per chunk: a counter's increment takes a lock, and a
+        # chunk is a token.
+        uncounted = uncounted_bytes = 0
+
+        def count() -> None:
+            nonlocal uncounted, uncounted_bytes
+            chunks.inc(uncounted)
+            sent.inc(uncounted_bytes)
+            uncounted = uncounted_bytes = 0
 
         def on_chunk(size: int) -> None:
+            nonlocal uncounted, uncounted_bytes
             if record.first_chunk is None:
                 record.first_chunk = time.perf_counter()
                 metrics.time_to_first_chunk.labels(record.event_type).observe(record.first_chunk - record.started)
             record.bytes_sent += size
-            chunks.inc()
-            sent.inc(size)
+            uncounted += 1
+            uncounted_bytes += size
+            if uncounted == CHUNKS_PER_COUNT:
+                count()
 
         try:
             return await responses.stream(reply, opened, framer, on_chunk, self.config.heartbeat_interval)
         finally:
+            count()
             metrics.inflight_streams.dec()
             record.trace_id = framer.trace_id or None
 

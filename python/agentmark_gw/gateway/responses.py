@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from .. import _accel
 from .errors import ExecutionFailed, Refusal
+from .hypercorn_body import BodyWriter, direct_body
 from .runners import RunnerStream
 
 __all__ = ["JSON", "STREAM_HEADERS", "Framer", "Reply", "RunnerStream", "fold", "stream"]
@@ -48,7 +49,7 @@ class Reply:
     """One HTTP answer over ASGI `send`: a whole body, or a stream of writes."""
 
     def __init__(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
-        self._send = send
+        self.send = send  # the server's ASGI send
         self.started = False
 
     async def body(self, status: int, body: bytes, content_type: str = JSON, extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -56,19 +57,19 @@ class Reply:
         if extra:
             headers += extra
         await self.start(status, headers)
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def json(self, status: int, payload: Mapping[str, object], allow: str | None = None) -> None:
         await self.body(status, json.dumps(payload).encode(), extra=[(b"allow", allow.encode())] if allow else None)
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     def send_body(self, body: bytes, more: bool) -> Awaitable[None]:
         """A part of the body (`more`), or its last. A plain function returning
         the server's awaitable: no coroutine of its own on the per-token path."""
-        return self._send({"type": "http.response.body", "body": body, "more_body": more})
+        return self.send({"type": "http.response.body", "body": body, "more_body": more})
 
 
 # How every error line starts. Inside a JSON string its quotes are escaped,
@@ -99,7 +100,11 @@ async def stream(reply: Reply, opened: RunnerStream, framer: Framer, on_chunk: C
                 while message is not None:
                     chunk = framer.feed(message)
                     if chunk:
-                        await out.write(chunk)  # a whole batch of lines in one write
+                        # A whole batch of lines in one write; mostly written
+                        # at once, with nothing to await (see `_Writes.write`).
+                        pending = out.write(chunk)
+                        if pending is not None:
+                            await pending
                     if framer.terminated:
                         # Searched once per stream: only the last batch can end in an error.
                         failed = ERROR_LINE_START in chunk
@@ -107,16 +112,16 @@ async def stream(reply: Reply, opened: RunnerStream, framer: Framer, on_chunk: C
                     message = await opened.next()
             except Refusal as refusal:  # the runner failed mid-stream
                 failed = True
-                await out.write(framer.fail(refusal.message))
+                await out.write_all(framer.fail(refusal.message))
             done = framer.close()
             if done:
                 failed = failed or ERROR_LINE_START in done  # "runner ended the stream without finishing"
-                await out.write(done)
+                await out.write_all(done)
         except Exception as error:  # noqa: BLE001 - the stream ends with a line, never a traceback
             log.error("internal error while streaming", exc_info=error)
             failed = True
             if not framer.terminated:
-                await out.write(framer.fail(INTERNAL_ERROR))
+                await out.write_all(framer.fail(INTERNAL_ERROR))
         await out.end()
     finally:
         out.close()
@@ -136,13 +141,17 @@ class _Writes:
     a message costs no timer and no task. When a heartbeat is due, a task
     writes it (only in a silence); a chunk ready meanwhile waits for that
     write, and no heartbeat starts while a chunk is being written, so the two
-    never interleave."""
+    never interleave.
 
-    __slots__ = ("_reply", "_send", "_on_chunk", "_interval", "_loop", "_last", "_timer", "_beat", "_writing", "_closed", "_error")
+    On Hypercorn's HTTP/1.1 the chunks go straight to the connection
+    (`hypercorn_body.direct_body`), and a chunk the socket takes at once is
+    written with nothing to await; elsewhere they go through ASGI `send`."""
+
+    __slots__ = ("_reply", "_put", "_on_chunk", "_interval", "_loop", "_last", "_timer", "_beat", "_writing", "_closed", "_error")
 
     def __init__(self, reply: Reply, on_chunk: Callable[[int], None], interval: float) -> None:
         self._reply = reply
-        self._send = reply.send_body
+        self._put: BodyWriter = self._through_asgi
         self._on_chunk = on_chunk
         self._interval = interval
         self._loop = asyncio.get_running_loop()
@@ -156,19 +165,43 @@ class _Writes:
     async def start(self) -> None:
         """The headers; the silence is counted from them."""
         await self._reply.start(200, STREAM_HEADERS)
+        self._put = direct_body(self._reply.send) or self._through_asgi
         self._last = self._loop.time()
         if self._interval > 0 and not self._closed:
             self._timer = self._loop.call_at(self._last + self._interval, self._due)
 
-    async def write(self, chunk: bytes) -> None:
+    def _through_asgi(self, chunk: bytes) -> Awaitable[None]:
+        return self._reply.send_body(chunk, True)
+
+    def write(self, chunk: bytes) -> Awaitable[None] | None:
+        """Write `chunk`; what to await before the next write, or None when
+        it is written already (the per-token case: no coroutine at all)."""
+        if self._beat is not None or self._error is not None:
+            return self.write_all(chunk)  # a heartbeat is going out, or failed
+        self._on_chunk(len(chunk))
+        pending = self._put(chunk)
+        if pending is not None:
+            return self._written(pending)
+        self._last = self._loop.time()
+        return None
+
+    async def write_all(self, chunk: bytes) -> None:
+        """Write `chunk` after any heartbeat being written, and wait for it."""
         if self._beat is not None:
             await self._beat  # a heartbeat is going out: the chunk goes after it
         if self._error is not None:
             raise self._error  # a heartbeat's write failed: the connection is no good
         self._on_chunk(len(chunk))
-        self._writing = True
+        pending = self._put(chunk)
+        if pending is not None:
+            await self._written(pending)
+        else:
+            self._last = self._loop.time()
+
+    async def _written(self, pending: Awaitable[None]) -> None:
+        self._writing = True  # a slow client: not a silence, no heartbeat meanwhile
         try:
-            await self._send(chunk, True)
+            await pending
         finally:
             self._writing = False
         self._last = self._loop.time()
@@ -178,7 +211,7 @@ class _Writes:
         self._stop_timer()
         if self._beat is not None:
             await self._beat
-        await self._send(b"", False)
+        await self._reply.send_body(b"", False)
 
     def close(self) -> None:
         """However the stream ended: no heartbeat from now on."""
@@ -210,7 +243,9 @@ class _Writes:
     async def _heartbeat(self) -> None:
         try:
             self._on_chunk(len(HEARTBEAT))
-            await self._send(HEARTBEAT, True)
+            pending = self._put(HEARTBEAT)
+            if pending is not None:
+                await pending
         except Exception as error:  # noqa: BLE001 - raised by the stream's next write
             self._error = error
             return

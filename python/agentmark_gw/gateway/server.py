@@ -38,9 +38,9 @@ EFFECTIVE_CONFIG_ENV = "AGENTMARK_GW__EFFECTIVE_CONFIG_FILE"
 # environment before any worker starts (a process's environment is readable
 # by its user, and passed on to whatever it runs).
 SECRET_VARIABLES = (SECRET_ENV, "AGENTMARK_GW_ALERT_SINKS")
-_HYPERCORN_VERSION = version("hypercorn")
-# The Hypercorn releases `close_connections_at_eof` was checked against
-# (pyproject.toml bounds the dependency to them; tests/test_deployment.py
+HYPERCORN_VERSION = version("hypercorn")
+# The Hypercorn releases `close_connections_at_eof`, `guard_http2` and
+# hypercorn_body.direct_body were checked against (pyproject.toml bounds the dependency to them; tests/test_deployment.py
 # fails on any other, so a new release is checked before it is allowed).
 PATCHED_HYPERCORN = ("0.17.", "0.18.")
 APPLICATION_PATH = "agentmark_gw.gateway.asgi:app"
@@ -63,10 +63,10 @@ def close_connections_at_eof() -> None:
     server_class: Any = tcp_server.TCPServer
     if getattr(server_class, "_agentmark_gw_closes_at_eof", False):
         return
-    if not _HYPERCORN_VERSION.startswith(PATCHED_HYPERCORN) or not hasattr(server_class, "_read_data"):
+    if not HYPERCORN_VERSION.startswith(PATCHED_HYPERCORN) or not hasattr(server_class, "_read_data"):
         logging.getLogger("agentmark_gw").warning(
             "Hypercorn %s is not a version the gateway's connection fix was checked against; "
-            "connections closed by clients are held until keep_alive_timeout", _HYPERCORN_VERSION,
+            "connections closed by clients are held until keep_alive_timeout", HYPERCORN_VERSION,
         )
         return
     read_data = server_class._read_data
@@ -111,7 +111,7 @@ def guard_http2() -> None:
     from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
 
     wrapper: Any = ProtocolWrapper
-    if getattr(wrapper, "_agentmark_gw_guarded", False) or not _HYPERCORN_VERSION.startswith(("0.17.", "0.18.")):
+    if getattr(wrapper, "_agentmark_gw_guarded", False) or not HYPERCORN_VERSION.startswith(PATCHED_HYPERCORN):
         return
     check_protocol = H11Protocol._check_protocol
     handle = wrapper.handle
