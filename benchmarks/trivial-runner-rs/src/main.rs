@@ -312,7 +312,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for name in ["", SERVICE_NAME] {
         health.set_service_status(name, ServingStatus::Serving).await;
     }
-    let incoming = TcpIncoming::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    // TCP_NODELAY, as gRPC's own servers: a paced token is a small write that
+    // must not wait for the previous one's ACK.
+    let incoming = TcpIncoming::bind(args.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?
+        .with_nodelay(Some(true));
     eprintln!("rust runner listening on {} ({samples} paced samples checked)", args.listen);
     let stop = Arc::new(tokio::sync::Notify::new());
     let server = tonic::transport::Server::builder()
