@@ -33,12 +33,14 @@ COPY --from=rust /usr/local/rustup /usr/local/rustup
 RUN pip install "maturin==${MATURIN_VERSION}"
 
 WORKDIR /src
-# The Cargo workspace (its member examples/runner-rust must be present for
-# Cargo to read the workspace, though only rust/ is compiled), then the package.
+# The Cargo workspace (its members examples/runner-rust and
+# benchmarks/trivial-runner-rs must be present for Cargo to read the
+# workspace, though only rust/ is compiled), then the package.
 COPY Cargo.toml Cargo.lock pyproject.toml README.md ./
 COPY rust/Cargo.toml rust/Cargo.toml
 COPY rust/src rust/src
 COPY examples/runner-rust examples/runner-rust
+COPY benchmarks/trivial-runner-rs benchmarks/trivial-runner-rs
 COPY python python
 # --locked: build exactly the crates in Cargo.lock. Cargo's registry and
 # target/ are cache mounts, so rebuilds after a Python-only change are quick.

@@ -19,7 +19,13 @@ Servers, each its own process(es) on 127.0.0.1, one worker each:
   `e2e_servers/trivial_runner.py`, a gRPC runner answering pre-encoded
   messages from memory (`--runner-impl raw`, the default), so that the runner
   costs as little as it can on the cores it shares with the gateway; or the
-  same answers through the project's runner SDK (`--runner-impl sdk`);
+  same answers through the project's runner SDK (`--runner-impl sdk`); or
+  `--runner-impl rust`: the raw runner's very bytes sent by a one-thread
+  tonic server (`benchmarks/trivial-runner-rs`, built with cargo on first
+  use), a fraction of the Python runner's CPU per token. On this machine the
+  runner shares the 2 cores with the gateway and the load client (in
+  production it runs elsewhere), so its CPU inflates the gateway's figures,
+  the paced scenario's inter-token gaps most;
 - gateway-granian, gateway-asyncio: the same gateway served by Granian
   (`--server granian`) or on Python's own event loop (`--loop asyncio`),
   each with its own trivial runner;
@@ -134,7 +140,8 @@ GATEWAY_VARIANTS = {
 BASE_GATEWAY = "gateway"
 BASELINE = "gateway-baseline"
 SERVERS = ("ceiling", *GATEWAY_VARIANTS, "peer")
-RUNNER_IMPLS = ("raw", "sdk")
+RUNNER_IMPLS = ("raw", "sdk", "rust")
+RUST_RUNNER = "agentmark-gw-trivial-runner"  # the crate in benchmarks/trivial-runner-rs
 SCENARIOS = {
     # name: (event file, what one response holds)
     "prompt": ("prompt-run-text-nostream.json", "non-streaming prompt-run (one JSON envelope)"),
@@ -206,6 +213,26 @@ def baseline_tree(rev: str, workdir: Path) -> Path:
     return target / "python"
 
 
+def rust_runner_argv(workdir: Path) -> list[str]:
+    """The Rust trivial runner's command, less --listen: its binary, built
+    (release, the workspace's target directory) if need be, and the raw
+    runner's answers dumped for it to send."""
+    log(f"building the Rust trivial runner if need be (cargo build --release -p {RUST_RUNNER})")
+    messages = workdir / "runner-messages"
+    for step in (
+        ["cargo", "build", "--release", "--quiet", "-p", RUST_RUNNER],
+        [sys.executable, "-m", "benchmarks.e2e_servers.trivial_runner", "--dump-messages", str(messages)],
+    ):
+        try:
+            done = subprocess.run(step, cwd=ROOT, capture_output=True, text=True)
+        except OSError as exc:
+            raise RuntimeError(f"{step[0]}: {exc}") from None
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(step)} failed:\n{done.stderr[-3000:]}")
+    binary = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / RUST_RUNNER
+    return [str(binary), "--messages", str(messages)]
+
+
 def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = "raw", baseline: str | None = None) -> dict[str, Server]:
     python = sys.executable
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMARK_", "OTEL_", "PROMETHEUS_"))}
@@ -220,11 +247,15 @@ def build_servers(names: list[str], secret: str, logs: Path, runner_impl: str = 
         )
     gateway_cli = Path(python).with_name("agentmark-gw")
     gateway_argv = [str(gateway_cli)] if gateway_cli.exists() else [python, "-m", "agentmark_gw.cli"]
+    rust_argv = rust_runner_argv(logs) if runner_impl == "rust" and any(is_gateway(name) for name in names) else []
     for variant, (flags, _) in GATEWAY_VARIANTS.items():
         if variant not in names:
             continue
         port, runner_port = free_port(), free_port()
-        runner_argv = [python, "-m", "benchmarks.e2e_servers.trivial_runner", "--listen", f"{HOST}:{runner_port}", "--impl", runner_impl]
+        if runner_impl == "rust":
+            runner_argv = [*rust_argv, "--listen", f"{HOST}:{runner_port}"]
+        else:
+            runner_argv = [python, "-m", "benchmarks.e2e_servers.trivial_runner", "--listen", f"{HOST}:{runner_port}", "--impl", runner_impl]
         argv, env = gateway_argv, {**base_env, "AGENTMARK_WEBHOOK_SECRET": secret}
         if variant == BASELINE:
             assert baseline is not None
@@ -1222,7 +1253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ttfb-connections", type=int, default=16)
     parser.add_argument("--ttfb-seconds", type=float, default=15.0, help="time bound of one time-to-first-chunk run")
     parser.add_argument("--runner-impl", choices=RUNNER_IMPLS, default="raw",
-                        help="the gateways' trivial runner: raw grpc.aio handlers answering pre-encoded messages (default), or the project's runner SDK")
+                        help="the gateways' trivial runner: raw grpc.aio handlers answering pre-encoded messages (default), the project's "
+                             "runner SDK, or rust: the raw runner's bytes from a one-thread tonic server (benchmarks/trivial-runner-rs, "
+                             "built on first use), so the runner takes little of the cores the gateway shares")
     parser.add_argument("--latency-rate", type=float, default=100.0, help="added latency: requests due per second, all lanes together (default 100)")
     parser.add_argument("--latency-requests", type=int, default=400, help="added latency: requests per paced run, 0 to skip (default 400)")
     parser.add_argument("--latency-connections", type=int, default=16, help="added latency: connections (lanes) of a paced run (default 16)")

@@ -2,6 +2,7 @@
 so the runner is not what is measured.
 
     python -m benchmarks.e2e_servers.trivial_runner --listen 127.0.0.1:PORT [--impl raw|sdk]
+    python -m benchmarks.e2e_servers.trivial_runner --dump-messages DIR
 
 run_prompt: 100 text deltas, then finish with usage (the gateway streams
 them, or folds them into one envelope when the event says shouldStream:
@@ -27,6 +28,11 @@ Two implementations:
 
 Both register `grpc.health.v1` as SERVING for "" and the Runner service (the
 gateway's readiness waits for it) and answer GetEvals and HandleAlert.
+
+`--dump-messages DIR` writes the raw implementation's pre-encoded answers to
+DIR (and samples of its paced messages) and exits: what the Rust twin of the
+raw runner, `benchmarks/trivial-runner-rs` (e2e's `--runner-impl rust`),
+sends, so the two send the same bytes.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -141,6 +148,21 @@ async def serve_raw(address: str) -> None:
     await server.stop(1.0)
 
 
+def dump_messages(directory: Path) -> None:
+    """The raw runner's answers, as files for the Rust runner: the whole
+    answers it sends as they are, and samples of the paced messages, which it
+    encodes itself and checks against these at start-up."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"prompt.bin": PROMPT_MESSAGE, "experiment.bin": EXPERIMENT_MESSAGE, "evals.bin": EVALS_MESSAGE, "alert.bin": ALERT_MESSAGE}
+    # Indexes and counts around the varint and digit-width boundaries, and the default.
+    for i in (0, 1, 127, 128, 9_999, 99_999):
+        files[f"paced-delta-{i}.bin"] = _paced_message(i)
+    for tokens in (0, 1, 106, 107, payloads.PACED_TOKENS, 16_362, 16_363, 100_000):
+        files[f"paced-finish-{tokens}.bin"] = _paced_finish(tokens)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+
+
 # --- sdk ------------------------------------------------------------------------
 
 
@@ -161,9 +183,15 @@ def serve_sdk(address: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", required=True, help="host:port, loopback")
+    parser.add_argument("--listen", help="host:port, loopback")
     parser.add_argument("--impl", choices=("raw", "sdk"), default="raw", help="raw grpc.aio handlers (default) or the project's runner SDK")
+    parser.add_argument("--dump-messages", type=Path, metavar="DIR", help="write the raw runner's answers to DIR for the Rust runner, and exit")
     args = parser.parse_args()
+    if args.dump_messages:
+        dump_messages(args.dump_messages)
+        return
+    if not args.listen:
+        parser.error("--listen is required")
     logging.basicConfig(level=logging.INFO)
     if args.impl == "sdk":
         serve_sdk(args.listen)
