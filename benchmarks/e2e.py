@@ -16,16 +16,16 @@ Servers, each its own process(es) on 127.0.0.1, one worker each:
 - ceiling: `e2e_servers/ceiling.py`, a bare Quart app on Hypercorn (uvloop)
   that reads the body and answers the same bytes from memory, one write per line;
 - gateway: `agentmark-gw serve` (Hypercorn, uvloop: the defaults) in front of
-  `e2e_servers/trivial_runner.py`, a gRPC runner answering pre-encoded
-  messages from memory (`--runner-impl raw`, the default), so that the runner
-  costs as little as it can on the cores it shares with the gateway; or the
-  same answers through the project's runner SDK (`--runner-impl sdk`); or
-  `--runner-impl rust`: the raw runner's very bytes sent by a one-thread
-  tonic server (`benchmarks/trivial-runner-rs`, built with cargo on first
-  use), a fraction of the Python runner's CPU per token. On this machine the
-  runner shares the 2 cores with the gateway and the load client (in
-  production it runs elsewhere), so its CPU inflates the gateway's figures,
-  the paced scenario's inter-token gaps most;
+  a trivial gRPC runner answering pre-encoded messages from memory. By
+  default (`--runner-impl rust`) that is a one-thread tonic server
+  (`benchmarks/trivial-runner-rs`, built with cargo on first use) sending
+  the very bytes of `e2e_servers/trivial_runner.py`, at a tenth of its CPU
+  per token: on this machine the runner shares the 2 cores with the gateway
+  and the load client (in production it runs elsewhere), so a runner's CPU
+  inflates the gateway's figures, the paced scenario's inter-token gaps
+  most. `--runner-impl raw` is that Python runner (grpc.aio, no
+  (de)serializers), `--runner-impl sdk` the same answers through the
+  project's runner SDK;
 - gateway-granian, gateway-asyncio: the same gateway served by Granian
   (`--server granian`) or on Python's own event loop (`--loop asyncio`),
   each with its own trivial runner;
@@ -1252,10 +1252,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ttfb-requests", type=int, default=400, help="requests per time-to-first-chunk run (default 400)")
     parser.add_argument("--ttfb-connections", type=int, default=16)
     parser.add_argument("--ttfb-seconds", type=float, default=15.0, help="time bound of one time-to-first-chunk run")
-    parser.add_argument("--runner-impl", choices=RUNNER_IMPLS, default="raw",
-                        help="the gateways' trivial runner: raw grpc.aio handlers answering pre-encoded messages (default), the project's "
-                             "runner SDK, or rust: the raw runner's bytes from a one-thread tonic server (benchmarks/trivial-runner-rs, "
-                             "built on first use), so the runner takes little of the cores the gateway shares")
+    parser.add_argument("--runner-impl", choices=RUNNER_IMPLS, default="rust",
+                        help="the gateways' trivial runner: rust (default), the raw runner's bytes from a one-thread tonic server "
+                             "(benchmarks/trivial-runner-rs, built on first use), so the runner takes little of the cores the gateway "
+                             "shares; raw: grpc.aio handlers answering the same pre-encoded messages; sdk: the project's runner SDK")
     parser.add_argument("--latency-rate", type=float, default=100.0, help="added latency: requests due per second, all lanes together (default 100)")
     parser.add_argument("--latency-requests", type=int, default=400, help="added latency: requests per paced run, 0 to skip (default 400)")
     parser.add_argument("--latency-connections", type=int, default=16, help="added latency: connections (lanes) of a paced run (default 16)")
