@@ -191,12 +191,9 @@ class _Writes:
             await self._beat  # a heartbeat is going out: the chunk goes after it
         if self._error is not None:
             raise self._error  # a heartbeat's write failed: the connection is no good
-        self._on_chunk(len(chunk))
-        pending = self._put(chunk)
+        pending = self.write(chunk)
         if pending is not None:
-            await self._written(pending)
-        else:
-            self._last = self._loop.time()
+            await pending
 
     async def _written(self, pending: Awaitable[None]) -> None:
         self._writing = True  # a slow client: not a silence, no heartbeat meanwhile
