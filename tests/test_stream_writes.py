@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections import Counter
 from collections.abc import Coroutine, Iterator
 from dataclasses import replace
@@ -87,16 +88,23 @@ class _Client:
 
 
 @contextlib.contextmanager
-def _counting_tasks() -> Iterator[list[str]]:
+def _counting_tasks(created_in: str | None = None) -> Iterator[list[str]]:
     """The tasks created on the running loop inside the block, each as
-    "file:coroutine" so a count that grew can say whose they are."""
+    "file:coroutine" so a count that grew can say whose they are. With
+    `created_in` (a source file), only those created by code of that file:
+    the tests' loop is the session's, where other tests' servers and
+    clients make tasks of their own."""
     loop = asyncio.get_running_loop()
     created: list[str] = []
     previous = loop.get_task_factory()
 
     def counting(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]:
-        code = getattr(coro, "cr_code", None)
-        created.append(f"{code.co_filename if code else '?'}:{getattr(coro, '__qualname__', coro)}")
+        frame = sys._getframe(1)
+        while created_in is not None and frame is not None and frame.f_code.co_filename != created_in:
+            frame = frame.f_back  # type: ignore[assignment]
+        if frame is not None:
+            code = getattr(coro, "cr_code", None)
+            created.append(f"{code.co_filename if code else '?'}:{getattr(coro, '__qualname__', coro)}")
         return asyncio.Task(coro, loop=loop, **kwargs)
 
     loop.set_task_factory(counting)  # type: ignore[arg-type]
@@ -106,14 +114,15 @@ def _counting_tasks() -> Iterator[list[str]]:
         loop.set_task_factory(previous)
 
 
-async def _stream(script: list[bytes | float], client: _Client, heartbeat: float) -> tuple[_Opened, int, list[int]]:
-    """Run `responses.stream` over `script`; the tasks created meanwhile, and
-    the sizes `on_chunk` saw."""
+async def _stream(script: list[bytes | float], client: _Client, heartbeat: float) -> tuple[_Opened, list[str], list[int]]:
+    """Run `responses.stream` over `script`; the coroutines of the tasks the
+    streaming code (responses.py) created meanwhile, and the sizes
+    `on_chunk` saw."""
     opened = _Opened(script)
     sizes: list[int] = []
-    with _counting_tasks() as created:
+    with _counting_tasks(created_in=responses.__file__) as created:
         await responses.stream(responses.Reply(client.send), opened, _accel.PromptFramer("text"), sizes.append, heartbeat)  # type: ignore[arg-type]
-    return opened, len(created), sizes
+    return opened, [name.rsplit(":", 1)[1] for name in created], sizes
 
 
 def _lines(body: bytes) -> list[dict[str, Any]]:
@@ -128,7 +137,7 @@ async def test_many_messages_make_no_task_and_a_silence_gets_heartbeats() -> Non
     heartbeats = sum(1 for m in client.sent if m.get("body") == responses.HEARTBEAT)
     assert 2 <= heartbeats <= 4  # the 0.55 s silence: at 0.15, 0.30 and 0.45 s
     # A task per heartbeat written, none per message: 401 messages went through.
-    assert created == heartbeats
+    assert created == ["_Writes._heartbeat"] * heartbeats, created
     assert _lines(client.body) == [{"type": "text", "result": t} for t in tokens] + [{"type": "text", "finishReason": "stop"}]
     assert client.body.index(responses.HEARTBEAT * heartbeats) > client.body.index(b'"t199 "')  # in the silence, not before
     assert not client.overlapped
