@@ -227,7 +227,7 @@ def _counting_h11_body_writes() -> Iterator[list[int]]:
             counted[0] += 1
         return send(self, event)
 
-    h11.Connection.send = counting  # type: ignore[method-assign]
+    h11.Connection.send = counting  # type: ignore[method-assign,assignment]
     try:
         yield counted
     finally:
