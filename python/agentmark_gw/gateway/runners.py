@@ -256,6 +256,19 @@ def _rust_client(config: GatewayConfig, runners: list[RunnerClient]) -> RustClie
     return client
 
 
+async def answered_within(first: asyncio.Future[Any], patience: float | None) -> bool:
+    """Whether `first` (a call's first answer) is done within `patience`
+    seconds; None waits as long as it takes. A slow start is not waited for:
+    the stream begins, and its heartbeats cover the wait. Cancelling this
+    wait cancels `first`."""
+    try:
+        done, _ = await asyncio.wait({first}, timeout=patience)
+    except BaseException:
+        first.cancel()
+        raise
+    return bool(done)
+
+
 class RustStream:
     """A streamed call read by the Rust client: a `RunnerStream`."""
 
@@ -274,9 +287,7 @@ class RustStream:
         the pool can try the next runner."""
         item = self._call.try_next()
         if item is False:
-            try:
-                await asyncio.wait_for(self._client.wait(self._call), patience)
-            except TimeoutError:
+            if not await answered_within(self._client.wait(self._call), patience):
                 return  # a slow start: the stream begins, heartbeats cover the wait
             item = self._call.try_next()
         if item.__class__ is tuple:
@@ -373,7 +384,7 @@ class RunnerPool:
     def __init__(
         self, config: GatewayConfig, on_health: Callable[[str, bool], None] | None = None, on_item: Callable[[str], None] | None = None
     ) -> None:
-        self._config = config
+        self.config = config
         options = [
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.max_receive_message_length", config.max_runner_message_bytes),
@@ -400,7 +411,7 @@ class RunnerPool:
     async def start(self) -> None:
         """Open the Rust client's channels (when it reads streams), then start
         polling runner health in the background."""
-        self._rust = _rust_client(self._config, self.runners)
+        self._rust = _rust_client(self.config, self.runners)
         await self.check_health()
         self._health_task = asyncio.create_task(self._poll_health())
 
@@ -417,18 +428,18 @@ class RunnerPool:
             self._rust = None
 
     async def check_health(self) -> None:
-        results = await asyncio.gather(*(r.check_health(self._config.health_timeout) for r in self.runners))
+        results = await asyncio.gather(*(r.check_health(self.config.health_timeout) for r in self.runners))
         for runner, healthy in zip(self.runners, results, strict=True):
             if self._on_health is not None:
                 self._on_health(runner.target, healthy)
         for runner in self.runners:
             if not runner.healthy:
                 runner.forget()  # asked again when it is back: a restart may be a new version
-        await asyncio.gather(*(r.learn(self._config.health_timeout) for r in self.runners if r.healthy))
+        await asyncio.gather(*(r.learn(self.config.health_timeout) for r in self.runners if r.healthy))
 
     async def _poll_health(self) -> None:
         while True:
-            await asyncio.sleep(self._config.health_interval)
+            await asyncio.sleep(self.config.health_interval)
             try:
                 await self.check_health()
             except Exception:  # noqa: BLE001 - polling must outlive any one failure
@@ -467,9 +478,9 @@ class RunnerPool:
             rest = _json({k: v for k, v in data.items() if k != "ast"})  # the AST goes once, in ast_json
             for_rendering = pb.RunPromptRequest(**fields, data_json=rest, rendered=rendered).SerializeToString()
 
-        patience = self._config.heartbeat_interval if run.should_stream else None
+        patience = self.config.heartbeat_interval if run.should_stream else None
         return await self._open(
-            "RunPrompt", lambda runner: for_rendering if runner.wants_rendered else request, metadata, self._config.deadlines.prompt_run, patience
+            "RunPrompt", lambda runner: for_rendering if runner.wants_rendered else request, metadata, self.config.deadlines.prompt_run, patience
         )
 
     async def open_experiment_stream(self, run: Any, metadata: Metadata = ()) -> RunnerStream:
@@ -491,12 +502,12 @@ class RunnerPool:
             sampling_json=_json(sampling) if sampling is not None else "",
             data_json=_data_json(data, ast_json),
         ).SerializeToString()
-        return await self._open("RunExperiment", lambda runner: request, metadata, self._config.deadlines.dataset_run, self._config.heartbeat_interval)
+        return await self._open("RunExperiment", lambda runner: request, metadata, self.config.deadlines.dataset_run, self.config.heartbeat_interval)
 
     def dataset_concurrency(self, data: dict[str, Any], default: int) -> int:
         # Checked by `webhook`; bounded here, since a runner may start that many workers at once.
         concurrency = data.get("concurrency")
-        return min(concurrency, self._config.max_dataset_concurrency) if isinstance(concurrency, int) else default
+        return min(concurrency, self.config.max_dataset_concurrency) if isinstance(concurrency, int) else default
 
     def item_runners(self, avoid: set[str]) -> list[RunnerClient]:
         """The runners that take dataset items, the next in turn first;
@@ -506,12 +517,12 @@ class RunnerPool:
 
     async def get_evals(self, metadata: Metadata = ()) -> list[str]:
         request = pb.GetEvalsRequest().SerializeToString()
-        response = await self._unary(lambda r, **kw: r.get_evals(request, metadata=metadata, **kw), self._config.deadlines.get_evals)
+        response = await self._unary(lambda r, **kw: r.get_evals(request, metadata=metadata, **kw), self.config.deadlines.get_evals)
         return list(response.names)
 
     async def handle_alert(self, alert: Any, metadata: Metadata = ()) -> str:
         request = pb.AlertRequest(id=alert.id, type=alert.type, status=alert.status, data_json=_json(alert.data)).SerializeToString()
-        response = await self._unary(lambda r, **kw: r.handle_alert(request, metadata=metadata, **kw), self._config.deadlines.alert)
+        response = await self._unary(lambda r, **kw: r.handle_alert(request, metadata=metadata, **kw), self.config.deadlines.alert)
         return response.message
 
     async def _open(
@@ -523,7 +534,7 @@ class RunnerPool:
         Read by the Rust client where the runner has a channel on it, else by
         grpc.aio."""
         patience = patience_seconds if patience_seconds and patience_seconds > 0 else None
-        expose = self._config.expose_internals
+        expose = self.config.expose_internals
 
         async def attempt(runner: RunnerClient, remaining: float) -> RunnerStream:
             if runner.rust_channel is not None and self._rust is not None:
@@ -544,12 +555,11 @@ class RunnerPool:
                     raise
             first = asyncio.ensure_future(read(grpc_call))
             try:
-                done, _ = await asyncio.wait({first}, timeout=patience)
+                answered = await answered_within(first, patience)
             except BaseException:
-                first.cancel()
                 grpc_call.cancel()
                 raise
-            if not done:
+            if not answered:
                 # A slow start (a long dataset item): answer now, so proxies see
                 # headers and heartbeats instead of a silent connection.
                 return OpenStream(grpc_call, None, runner.target, pending=first, expose_internals=expose)
@@ -578,21 +588,21 @@ class RunnerPool:
                 return await attempt(runner, remaining)
             except (AioRpcError, CallFailed) as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise refusal_for(error, self._config.expose_internals) from None
-                self._mark_down(runner, error)
+                    raise refusal_for(error, self.config.expose_internals) from None
+                self.mark_down(runner, error)
                 tried.append(runner.target)
-        raise self._none_left(tried)
+        raise self.none_left(tried)
 
-    def _mark_down(self, runner: RunnerClient, error: AioRpcError | CallFailed) -> None:
+    def mark_down(self, runner: RunnerClient, error: AioRpcError | CallFailed) -> None:
         # Health is the health checks' to say: a runner may answer UNAVAILABLE
         # itself (say, when its model provider is down) while being up.
         log.warning("runner %s unavailable (%s); trying the next", runner.target, describe(error))
 
-    def _none_left(self, tried: list[str]) -> Refusal:
+    def none_left(self, tried: list[str]) -> Refusal:
         if not tried:
             return Refusal("Runner did not answer before the deadline", 504)
-        if not self._config.expose_internals:
-            # Each was logged by `_mark_down`; addresses are the network's layout.
+        if not self.config.expose_internals:
+            # Each was logged by `mark_down`; addresses are the network's layout.
             return RunnerUnavailable(f"Runner unavailable: tried {len(tried)} runner(s); the gateway's log names them")
         return RunnerUnavailable(f"Runner unavailable: tried {', '.join(tried)}")
 
@@ -617,7 +627,7 @@ class ItemsRun:
     written. To `responses` it looks like any other `RunnerStream`."""
 
     def __init__(self, pool: RunnerPool, run: Any, metadata: Metadata) -> None:
-        config = pool._config
+        config = pool.config
         self.runner = "items"
         self._pool = pool
         self._metadata = metadata
@@ -644,14 +654,12 @@ class ItemsRun:
         self = cls(pool, run, metadata)
         self._feeder = asyncio.create_task(self._feed())
         first = asyncio.ensure_future(self._answers.get())
-        patience = pool._config.heartbeat_interval or None
         try:
-            done, _ = await asyncio.wait({first}, timeout=patience)
+            answered = await answered_within(first, pool.config.heartbeat_interval or None)
         except BaseException:
-            first.cancel()
             self.cancel()
             raise
-        if done and isinstance(first.result(), Refusal):
+        if answered and isinstance(first.result(), Refusal):
             self.cancel()
             raise first.result()
         self._first = first
@@ -731,14 +739,14 @@ class ItemsRun:
             runner = self._pick(tried)
             remaining = self._deadline - loop.time()
             if runner is None or remaining <= 0:
-                self._answers.put_nowait(self._pool._none_left(sorted(tried)) if remaining > 0 else Refusal("Runner did not answer before the deadline", 504))
+                self._answers.put_nowait(self._pool.none_left(sorted(tried)) if remaining > 0 else Refusal("Runner did not answer before the deadline", 504))
                 return
             tried.add(runner.target)
             try:
                 answer = await runner.run_dataset_item(request, metadata=self._metadata, timeout=remaining)
             except AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNAVAILABLE:
-                    self._pool._mark_down(runner, error)
+                    self._pool.mark_down(runner, error)
                     self._down.add(runner.target)
                     self._pool.on_item("retried")
                     continue  # nothing was answered: the item goes to another runner
