@@ -28,6 +28,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.events import RawData
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+
 from .. import _accel
 from .server import HYPERCORN_VERSION, PATCHED_HYPERCORN
 
@@ -37,18 +42,16 @@ __all__ = ["BodyWriter", "direct_body"]
 # before the next (None: nothing, the chunk is with the kernel already).
 BodyWriter = Callable[[bytes], Awaitable[None] | None]
 
+# Whether this Hypercorn is one whose internals below were checked.
+_CHECKED = HYPERCORN_VERSION.startswith(PATCHED_HYPERCORN)
+
 
 def direct_body(send: Callable[..., Any]) -> BodyWriter | None:
     """A writer of body chunks straight to the connection, for the response
     whose headers went out through `send` (Hypercorn's ASGI send); None
     where ASGI must write them (another server, HTTP/2, HTTP/1.0 clients)."""
-    if not HYPERCORN_VERSION.startswith(PATCHED_HYPERCORN):
+    if not _CHECKED:
         return None
-    from hypercorn.asyncio.tcp_server import TCPServer
-    from hypercorn.events import RawData
-    from hypercorn.protocol.h11 import H11Protocol
-    from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
-
     stream = getattr(send, "__self__", None)
     if not isinstance(stream, HTTPStream) or stream.state is not ASGIHTTPState.RESPONSE:
         return None
